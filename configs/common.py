@@ -1,0 +1,110 @@
+"""Base configuration shared by every data set config.
+
+Data set configs call ``get_config()`` from here and override a few fields.
+Every key can be overridden on the command line as ``--config.a.b=value``.
+Derived numbers (steps from epochs, model input shapes from the records) are
+computed by the trainer, never stored here.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # 'jit': one jax.jit over a Mesh of all devices (the main path).
+  # 'pmap': the same step under jax.pmap (legacy-style alternative).
+  config.parallelism = "jit"
+  # When > 0, overrides num_epochs.
+  config.total_steps = 0
+  config.num_epochs = 30
+
+  # --- Data: raw videos (data.root) and the builder's output (data.records).
+  config.data = ml_collections.ConfigDict()
+  config.data.root = ""        # ROOT/{train,test}/<video_id>/ (+ gt_frame/, gt_pixel/)
+  config.data.records = ""     # TFDS/TFRecord dir written by data_prep.build
+  config.data.synthetic = False  # generate the embedded synthetic data set if missing
+  config.data.train_split = "train"
+  config.data.test_split = "test"
+
+  # --- Builder (data_prep.build): how cubes and teacher targets are made.
+  config.build = ml_collections.ConfigDict()
+  config.build.half_window = 6   # W: crops of frames t-W..t+W are stored (2W+1 frames)
+  config.build.crop_size = 64    # crops resized to crop_size x crop_size
+  config.build.channels = 1      # 1 = grayscale, 3 = RGB
+  config.build.padding = 0.0     # box enlarged by this fraction of its size per side
+  config.build.min_box_size = 8.0  # px; smaller (clipped) boxes are dropped
+  config.build.square = False    # expand boxes to squares before cropping
+  config.build.workers = 2       # videos processed in parallel
+  config.build.num_det_classes = 80
+  # Detector: 'file' reads pre-computed detections (data_prep/detections.py
+  # format) from detector.path (default ROOT/detections).
+  config.build.detector = ml_collections.ConfigDict()
+  config.build.detector.kind = "file"
+  config.build.detector.path = ""
+  config.build.detector.min_score = 0.5
+  # Classifier teacher; 'none' stores no classifier logits (KD on the
+  # detector's class probabilities only).
+  config.build.classifier = ml_collections.ConfigDict()
+  config.build.classifier.kind = "none"
+  config.build.classifier.weights = ""
+
+  # --- Model.
+  config.model = ml_collections.ConfigDict()
+  config.model.variant = "narrow"  # narrow: 16/32/32, wide: 32/64/64
+  config.model.depth = "shallow"   # shallow: 1 conv per stage, deep: 2
+  config.model.widths = ()         # explicit widths override the variant
+  config.model.head_width = 0      # 0 = last backbone width
+  config.model.dtype = "float32"   # compute dtype ('bfloat16' for GPU/TPU)
+
+  # --- Proxy tasks. A task with weight 0 is skipped entirely (no compute).
+  config.tasks = ml_collections.ConfigDict()
+  config.tasks.seq_half = 3  # sequences of 2*seq_half+1 = 7 frames
+  # Intermittent sequences: each of the 2*seq_half gaps is 1..max_gap frames,
+  # at least one gap > 1. Needs seq_half * max_gap <= build.half_window.
+  config.tasks.max_gap = 2
+  for name in ("aot", "mi", "mbp", "kd"):
+    config.tasks[name] = ml_collections.ConfigDict()
+    config.tasks[name].weight = 1.0
+  config.tasks.kd.loss = "l1"  # 'l1' or 'l2', on det probabilities and cls logits
+
+  # --- Optimiser.
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = "adam"       # adam | adamw | sgd
+  config.optim.learning_rate = 1e-3
+  config.optim.schedule = "cosine"  # cosine | constant
+  config.optim.warmup_steps = 0
+  config.optim.weight_decay = 0.0
+  config.optim.grad_clip_norm = 0.0  # 0 = no clipping
+
+  # --- Input pipeline.
+  config.input = ml_collections.ConfigDict()
+  config.input.batch_size = 64     # global batch (all devices, all hosts)
+  config.input.shuffle_buffer = 4096
+  # Global batches are concatenations of num_pipelines independent, seeded
+  # pipelines (each over its own files). It fixes the data order independently
+  # of the number of hosts: 0 = one per process.
+  config.input.num_pipelines = 0
+  config.input.prefetch = 2
+
+  # --- Checkpoints and logging.
+  config.checkpoint = ml_collections.ConfigDict()
+  config.checkpoint.every_steps = 500
+  config.checkpoint.keep = 3
+  config.checkpoint.async_save = True
+  config.log_every_steps = 50
+  config.progress_bar = True
+
+  # --- Multi-host. Cloud TPU: initialize='auto' discovers everything.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.initialize = False
+  config.distributed.coordinator_address = ""  # e.g. 127.0.0.1:12345 (CPU tests)
+  config.distributed.num_processes = 0
+  config.distributed.process_id = -1
+  config.distributed.local_device_ids = ""  # e.g. "0,1"; "" = all
+
+  # --- Evaluation (ssmtl_jax.evaluate).
+  config.eval = ml_collections.ConfigDict()
+  config.eval.after_training = True
+  config.eval.batch_size = 256
+  return config

@@ -1,0 +1,1 @@
+"""Offline builder: raw videos -> object cubes + teacher targets -> TFDS/TFRecord shards."""

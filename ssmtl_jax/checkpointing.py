@@ -1,0 +1,58 @@
+"""One place for orbax checkpointing: manager, save, restore into a sharded state."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+
+class CheckpointError(FileNotFoundError):
+  """No usable checkpoint where one was required; names the directory/step."""
+
+
+def checkpoint_dir(workdir: str) -> epath.Path:
+  return epath.Path(workdir) / "checkpoints"
+
+
+def create_manager(workdir: str, *, every_steps: int = 1, keep: int = 3,
+                   async_save: bool = True) -> ocp.CheckpointManager:
+  """Keeps the latest `keep` checkpoints, saving every `every_steps` steps.
+
+  Saves are atomic: orbax writes to a temporary directory and renames it when
+  complete, so a process killed mid-save leaves the previous checkpoints intact.
+  """
+  options = ocp.CheckpointManagerOptions(
+      save_interval_steps=max(1, int(every_steps)), max_to_keep=int(keep),
+      enable_async_checkpointing=bool(async_save), create=True)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, *,
+         force: bool = False) -> bool:
+  return manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+
+def abstract_like(state: Any) -> Any:
+  """ShapeDtypeStructs (with shardings) of a state, as restore targets."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                     sharding=getattr(x, "sharding", None)),
+      state)
+
+
+def restore(manager: ocp.CheckpointManager, target: Any,
+            step: Optional[int] = None) -> Any:
+  """Restores `step` (default: latest) into the structure and shardings of
+  `target` (a state or its abstract version)."""
+  if step is None:
+    step = manager.latest_step()
+    if step is None:
+      raise CheckpointError(f"no checkpoint under {manager.directory}")
+  elif step not in manager.all_steps():
+    raise CheckpointError(
+        f"no checkpoint for step {step} under {manager.directory} "
+        f"(available: {sorted(manager.all_steps())})")
+  return manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))

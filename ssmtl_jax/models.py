@@ -1,0 +1,206 @@
+"""The SSMTL 3D CNN: a shared Conv3D backbone and four task heads.
+
+Shapes: object sequences are ``[B, T, H, W, C]`` floats in [0, 1] (T = 7 for
+the arrow-of-time, motion-irregularity and distillation views, T = 6 for the
+middle-box view whose middle frame is removed).
+
+No TensorFlow here: the model is pure JAX/Flax (Linen).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ssmtl_jax import errors
+
+TASKS = ("aot", "mi", "mbp", "kd")
+VARIANT_WIDTHS = {"narrow": (16, 32, 32), "wide": (32, 64, 64)}
+DEPTH_CONVS = {"shallow": 1, "deep": 2}
+
+
+def _norm(train: bool, axis_name: Optional[str], dtype) -> nn.Module:
+  # Under jax.jit over a data mesh the batch axis is global, so statistics are
+  # already synchronised; under pmap they are averaged over `axis_name`.
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                      epsilon=1e-5, axis_name=axis_name, dtype=dtype)
+
+
+class ConvBNReLU(nn.Module):
+  """Conv (2D or 3D, from len(kernel)) + batch norm + ReLU."""
+  features: int
+  kernel: Sequence[int]
+  bn_axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.Conv(self.features, tuple(self.kernel), padding="SAME",
+                use_bias=False, dtype=self.dtype)(x)
+    x = _norm(train, self.bn_axis_name, self.dtype)(x)
+    return nn.relu(x)
+
+
+class Backbone(nn.Module):
+  """Shared 3D CNN: stages of Conv3D 3x3x3 + BN + ReLU, spatial max-pool (1,2,2).
+
+  [B, T, H, W, C] -> [B, T, H/2^S, W/2^S, widths[-1]] for S = len(widths).
+  """
+  widths: Sequence[int]
+  convs_per_stage: int = 1
+  bn_axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    for width in self.widths:
+      for _ in range(self.convs_per_stage):
+        x = ConvBNReLU(width, (3, 3, 3), self.bn_axis_name, self.dtype)(x, train)
+      x = nn.max_pool(x, (1, 2, 2), strides=(1, 2, 2))
+    return x
+
+
+class ClassHead(nn.Module):
+  """Conv3D + BN + ReLU, spatial max-pool, global average pool, dense.
+
+  Used by the arrow-of-time and motion-irregularity tasks (2 classes) and by
+  knowledge distillation (teacher width outputs).
+  """
+  width: int
+  num_outputs: int
+  bn_axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = ConvBNReLU(self.width, (3, 3, 3), self.bn_axis_name, self.dtype)(x, train)
+    x = nn.max_pool(x, (1, 2, 2), strides=(1, 2, 2), padding="SAME")
+    x = jnp.mean(x, axis=(1, 2, 3))
+    return nn.Dense(self.num_outputs, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class MiddleBoxHead(nn.Module):
+  """Decoder from the backbone features of the 2k-frame sequence to the middle crop.
+
+  Time is folded into channels (the sequence length is fixed), then each stage
+  upsamples x2 and applies Conv2D + BN + ReLU until the crop size is reached; a
+  final Conv2D + sigmoid gives the crop in [0, 1]: [B, S, S, C].
+  """
+  widths: Sequence[int]
+  out_channels: int
+  bn_axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    b, t, h, w, c = x.shape
+    x = jnp.transpose(x, (0, 2, 3, 1, 4)).reshape(b, h, w, t * c)
+    x = ConvBNReLU(self.widths[-1], (3, 3), self.bn_axis_name, self.dtype)(x, train)
+    for width in reversed(self.widths):
+      b, h, w, c = x.shape
+      x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method="nearest")
+      x = ConvBNReLU(width, (3, 3), self.bn_axis_name, self.dtype)(x, train)
+    x = nn.Conv(self.out_channels, (3, 3), padding="SAME", dtype=self.dtype)(x)
+    return nn.sigmoid(x.astype(jnp.float32))
+
+
+class SSMTL(nn.Module):
+  """Shared backbone + the heads of the enabled tasks.
+
+  Attributes:
+    widths: backbone stage widths (narrow 16/32/32, wide 32/64/64).
+    convs_per_stage: 1 (shallow) or 2 (deep).
+    tasks: names of the enabled tasks (subset of TASKS); only their heads exist.
+    kd_outputs: width of the distillation head (detector classes + classifier logits).
+    out_channels: crop channels for the middle-box decoder.
+    head_width: width of the head convolutions (0 = widths[-1]).
+  """
+  widths: Sequence[int]
+  convs_per_stage: int
+  tasks: Sequence[str]
+  kd_outputs: int
+  out_channels: int
+  head_width: int = 0
+  bn_axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    norm_kw = dict(bn_axis_name=self.bn_axis_name, dtype=self.dtype)
+    hw = self.head_width or self.widths[-1]
+    self.backbone = Backbone(self.widths, self.convs_per_stage, **norm_kw)
+    heads = {}
+    if "aot" in self.tasks:
+      heads["aot"] = ClassHead(hw, 2, **norm_kw)
+    if "mi" in self.tasks:
+      heads["mi"] = ClassHead(hw, 2, **norm_kw)
+    if "mbp" in self.tasks:
+      heads["mbp"] = MiddleBoxHead(self.widths, self.out_channels, **norm_kw)
+    if "kd" in self.tasks:
+      heads["kd"] = ClassHead(hw, self.kd_outputs, **norm_kw)
+    self.heads = heads
+
+  def features(self, x, train: bool):
+    return self.backbone(x.astype(self.dtype), train)
+
+  def __call__(self, views: Mapping[str, jax.Array], train: bool):
+    """Runs each enabled task's head on its own view.
+
+    Args:
+      views: {task: [B, T, H, W, C] float} for a subset of the enabled tasks.
+      train: batch statistics (True) or running averages (False).
+    Returns:
+      {task: output}: logits [B, 2] for aot/mi, crop [B, H, W, C] for mbp,
+      [B, kd_outputs] for kd.
+    """
+    return {task: self.heads[task](self.features(x, train), train)
+            for task, x in views.items()}
+
+  def score_heads(self, consecutive, middle_removed, train: bool = False):
+    """Inference: the consecutive sequence goes through the backbone once and
+    feeds the aot, mi and kd heads; the middle-removed one feeds mbp."""
+    out = {}
+    if any(t in self.tasks for t in ("aot", "mi", "kd")):
+      feats = self.features(consecutive, train)
+      for task in ("aot", "mi", "kd"):
+        if task in self.tasks:
+          out[task] = self.heads[task](feats, train)
+    if "mbp" in self.tasks:
+      out["mbp"] = self.heads["mbp"](self.features(middle_removed, train), train)
+    return out
+
+
+def enabled_tasks(config) -> tuple[str, ...]:
+  tasks = tuple(t for t in TASKS if float(config.tasks[t].weight) > 0)
+  if not tasks:
+    raise errors.ConfigError("config.tasks: every task weight is 0; enable at least one "
+                     "of tasks.{aot,mi,mbp,kd}.weight")
+  return tasks
+
+
+def backbone_widths(config) -> tuple[int, ...]:
+  if config.model.widths:
+    return tuple(int(w) for w in config.model.widths)
+  if config.model.variant not in VARIANT_WIDTHS:
+    raise errors.ConfigError(f"config.model.variant={config.model.variant!r}: expected "
+                     f"one of {sorted(VARIANT_WIDTHS)}")
+  return VARIANT_WIDTHS[config.model.variant]
+
+
+def create_model(config, *, kd_outputs: int, channels: int,
+                 bn_axis_name: Optional[str] = None) -> SSMTL:
+  """Builds the model described by config.model / config.tasks."""
+  if config.model.depth not in DEPTH_CONVS:
+    raise errors.ConfigError(f"config.model.depth={config.model.depth!r}: expected one "
+                     f"of {sorted(DEPTH_CONVS)}")
+  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+  if config.model.dtype not in dtypes:
+    raise errors.ConfigError(f"config.model.dtype={config.model.dtype!r}: expected one "
+                     f"of {sorted(dtypes)}")
+  return SSMTL(widths=backbone_widths(config),
+               convs_per_stage=DEPTH_CONVS[config.model.depth],
+               tasks=enabled_tasks(config), kd_outputs=kd_outputs,
+               out_channels=channels, head_width=int(config.model.head_width),
+               bn_axis_name=bn_axis_name, dtype=dtypes[config.model.dtype])

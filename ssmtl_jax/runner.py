@@ -1,0 +1,101 @@
+"""The job behind ``python -m ssmtl_jax.main``: set-up, data, train, evaluate."""
+
+from __future__ import annotations
+
+import logging as logging_std
+import os
+
+from absl import logging
+import jax
+
+from data_prep import detections as detections_lib
+from data_prep import video_io
+from ssmtl_jax import checkpointing
+from ssmtl_jax import errors
+from ssmtl_jax import input_pipeline
+from ssmtl_jax import train
+
+# Errors caused by the user's input: reported as one line, exit status 2.
+USER_ERRORS = (errors.ConfigError, input_pipeline.DataError,
+               checkpointing.CheckpointError, train.NonFiniteLossError,
+               video_io.VideoInputError, detections_lib.DetectionFileError)
+
+
+class _DropLibraryInfo(logging_std.Filter):
+  """Drops INFO records of chatty libraries (orbax logs every save step by step)."""
+  QUIET = ("/orbax/", "/tensorflow_datasets/")
+
+  def filter(self, record):
+    return record.levelno > logging_std.INFO or not any(
+        q in record.pathname for q in self.QUIET)
+
+
+def quiet_library_logs() -> None:
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
+    handler.addFilter(_DropLibraryInfo())
+
+
+def initialize_distributed(config) -> None:
+  """jax.distributed.initialize per config.distributed (before any JAX op)."""
+  d = config.distributed
+  if not d.initialize:
+    return
+  if d.coordinator_address:
+    # CPU multi-process collectives (tests on 127.0.0.1) need gloo.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    local = ([int(i) for i in str(d.local_device_ids).split(",")]
+             if d.local_device_ids else None)
+    jax.distributed.initialize(coordinator_address=d.coordinator_address,
+                               num_processes=int(d.num_processes),
+                               process_id=int(d.process_id),
+                               local_device_ids=local)
+  else:  # Cloud TPU / SLURM / ...: discovered from the environment.
+    jax.distributed.initialize()
+
+
+def resolve_paths(config, workdir: str) -> None:
+  """Fills the synthetic config's default paths (DESIGN §8)."""
+  if config.data.synthetic:
+    if not config.data.root:
+      config.data.root = os.path.join(workdir, "synthetic_data")
+    if not config.data.records:
+      config.data.records = os.path.join(workdir, "records")
+
+
+def prepare_data(config) -> None:
+  """Synthetic config: generate the videos and build the records if missing."""
+  if not config.data.synthetic:
+    return
+  from data_prep import builder  # pylint: disable=g-import-not-at-top
+  from data_prep import synthetic  # pylint: disable=g-import-not-at-top
+  splits = (config.data.train_split, config.data.test_split)
+  if jax.process_index() == 0:
+    params = dict(config.synthetic)
+    if not synthetic.is_complete(config.data.root, **params):
+      logging.info("Generating the synthetic data set under %s", config.data.root)
+      synthetic.generate(config.data.root, **params)
+    if not builder.records_complete(config.data.records, splits):
+      builder.build(config, splits)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("prepare_data")
+
+
+def run(config, workdir: str) -> dict:
+  initialize_distributed(config)
+  logging.info("JAX %s: %d devices (%s), process %d of %d", jax.__version__,
+               jax.device_count(), jax.devices()[0].platform,
+               jax.process_index(), jax.process_count())
+  resolve_paths(config, workdir)
+  prepare_data(config)
+  summary = train.train_and_evaluate(config, workdir)
+  result = {"train": summary}
+  if config.eval.after_training and not summary["preempted"]:
+    try:
+      from ssmtl_jax import evaluate  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      logging.info("No evaluator in this version; skipping evaluation.")
+    else:
+      result["eval"] = evaluate.evaluate(config, workdir)
+  return result

@@ -1,0 +1,382 @@
+"""Training: state, the pure train step, and the loop (mesh, input, checkpoints, logging)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import signal
+import time
+from typing import Any, Mapping, Optional
+
+from absl import logging
+from clu import metric_writers
+from etils import epath
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+from ssmtl_jax import checkpointing
+from ssmtl_jax import errors
+from ssmtl_jax import input_pipeline
+from ssmtl_jax import models
+from ssmtl_jax import sharding
+from ssmtl_jax import tasks as tasks_lib
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  # -1 while every loss so far was finite; else the first step whose loss was
+  # not. From then on the step leaves the state untouched (see train_step).
+  bad_step: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Static settings of the train step (hashable, bound with functools.partial)."""
+  tasks: tuple[str, ...]
+  weights: tuple[tuple[str, float], ...]
+  seq_half: int
+  max_gap: int
+  num_det: int
+  kd_loss: str
+
+  @classmethod
+  def from_config(cls, config, info: input_pipeline.RecordsInfo) -> "StepConfig":
+    tasks = models.enabled_tasks(config)
+    half_window = (info.window - 1) // 2
+    if config.tasks.max_gap < 2:
+      raise errors.ConfigError(
+          f"config.tasks.max_gap={config.tasks.max_gap}: must be >= 2 for "
+          "intermittent sequences to have gaps")
+    if config.tasks.seq_half * config.tasks.max_gap > half_window:
+      raise errors.ConfigError(
+          f"config.tasks.seq_half * config.tasks.max_gap = "
+          f"{config.tasks.seq_half * config.tasks.max_gap} exceeds the records' "
+          f"half window {half_window} ({config.data.records}); lower "
+          "tasks.max_gap or rebuild with a larger build.half_window")
+    if config.tasks.kd.loss not in ("l1", "l2"):
+      raise errors.ConfigError(f"config.tasks.kd.loss={config.tasks.kd.loss!r}: "
+                       "expected 'l1' or 'l2'")
+    return cls(tasks=tasks,
+               weights=tuple((t, float(config.tasks[t].weight)) for t in tasks),
+               seq_half=int(config.tasks.seq_half),
+               max_gap=int(config.tasks.max_gap), num_det=info.num_det,
+               kd_loss=config.tasks.kd.loss)
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     total_steps: int) -> optax.GradientTransformation:
+  o = config.optim
+  lr = float(o.learning_rate)
+  if o.schedule == "cosine":
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0 if o.warmup_steps else lr, lr, int(o.warmup_steps),
+        max(total_steps, int(o.warmup_steps) + 1))
+  elif o.schedule == "constant":
+    schedule = (optax.linear_schedule(0.0, lr, int(o.warmup_steps))
+                if o.warmup_steps else lr)
+  else:
+    raise errors.ConfigError(f"config.optim.schedule={o.schedule!r}: expected 'cosine' "
+                     "or 'constant'")
+  if o.name == "adam":
+    tx = optax.adam(schedule)
+  elif o.name == "adamw":
+    tx = optax.adamw(schedule, weight_decay=float(o.weight_decay))
+  elif o.name == "sgd":
+    tx = optax.sgd(schedule, momentum=0.9)
+  else:
+    raise errors.ConfigError(f"config.optim.name={o.name!r}: expected adam, adamw or sgd")
+  if o.grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(float(o.grad_clip_norm)), tx)
+  return tx
+
+
+def init_views(info: input_pipeline.RecordsInfo, seq_half: int, tasks) -> dict:
+  t = 2 * seq_half + 1
+  shape = (1, t, info.crop_size, info.crop_size, info.channels)
+  views = {task: jnp.zeros(shape, jnp.float32) for task in tasks}
+  if "mbp" in views:
+    views["mbp"] = jnp.zeros((1, t - 1) + shape[2:], jnp.float32)
+  return views
+
+
+def create_train_state(rng: jax.Array, *, model: models.SSMTL,
+                       tx: optax.GradientTransformation,
+                       views: Mapping[str, jax.Array]) -> TrainState:
+  variables = model.init(rng, views, train=False)
+  params = variables["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}),
+                    opt_state=tx.init(params),
+                    bad_step=jnp.full((), -1, jnp.int32))
+
+
+def train_step(state: TrainState, batch, rng: jax.Array, *, model: models.SSMTL,
+               tx: optax.GradientTransformation, cfg: StepConfig,
+               axis_name: Optional[str] = None):
+  """One optimisation step on a batch of object records.
+
+  Args:
+    state: the train state (replicated).
+    batch: crops uint8 [B, 2W+1, S, S, C], teacher_det [B, D], teacher_cls [B, K]
+      (B = global batch under jit, per-device batch under pmap).
+    rng: the run's base key; views are drawn from fold_in(rng, step).
+    axis_name: pmap axis to average gradients, statistics and metrics over.
+  Returns:
+    (new state, metrics {name: scalar}).
+  """
+  offset = 0
+  if axis_name is not None:
+    offset = jax.lax.axis_index(axis_name) * batch["crops"].shape[0]
+  views, targets = tasks_lib.make_views(
+      batch, jax.random.fold_in(rng, state.step), tasks=cfg.tasks,
+      seq_half=cfg.seq_half, max_gap=cfg.max_gap, example_offset=offset)
+
+  def loss_fn(params):
+    outputs, new_vars = model.apply(
+        {"params": params, "batch_stats": state.batch_stats}, views,
+        train=True, mutable=["batch_stats"])
+    loss, metrics = tasks_lib.joint_loss(outputs, targets, dict(cfg.weights),
+                                         num_det=cfg.num_det,
+                                         kd_loss=cfg.kd_loss)
+    return loss, (metrics, new_vars["batch_stats"])
+
+  grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  if axis_name is not None:
+    grads = jax.lax.pmean(grads, axis_name)
+    metrics = jax.lax.pmean(metrics, axis_name)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  new_state = state.replace(step=state.step + 1, params=params,
+                            batch_stats=batch_stats, opt_state=opt_state)
+  # A non-finite loss freezes the state at the last good values and records
+  # the step; the host checks bad_step at log and checkpoint steps, so no
+  # per-step device->host sync is needed and no bad state is ever saved.
+  finite = jnp.isfinite(metrics["loss"])
+  ok = finite & (state.bad_step < 0)
+  new_state = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new_state, state)
+  bad_step = jnp.where((state.bad_step < 0) & ~finite, state.step,
+                       state.bad_step)
+  return new_state.replace(bad_step=bad_step), metrics
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def total_train_steps(config, num_examples: int) -> int:
+  if config.total_steps > 0:
+    return int(config.total_steps)
+  steps = int(config.num_epochs) * num_examples // int(config.input.batch_size)
+  if steps <= 0:
+    raise errors.ConfigError(
+        f"config.num_epochs={config.num_epochs} over {num_examples} examples "
+        f"with batch {config.input.batch_size} gives 0 steps; set "
+        "config.total_steps")
+  return steps
+
+
+class _Preemption:
+  """SIGTERM (e.g. TPU preemption) -> save a checkpoint and exit cleanly.
+
+  Single process: a local flag set by a signal handler. Multi-process: JAX's
+  preemption sync point, which agrees on the step to save at across hosts.
+  """
+
+  def __init__(self):
+    self.multi = jax.process_count() > 1
+    self.flag = False
+    self._previous = None
+    if not self.multi:
+      self._previous = signal.signal(signal.SIGTERM, self._handler)
+
+  def _handler(self, signum, frame):  # pylint: disable=unused-argument
+    self.flag = True
+
+  def reached(self, step: int) -> bool:
+    if self.multi:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self.flag
+
+  def close(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _fetch(tree):
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict:
+  """Trains per config (resuming from workdir); returns the train summary."""
+  workdir_path = epath.Path(workdir)
+  workdir_path.mkdir(parents=True, exist_ok=True)
+  pidx, pcount = jax.process_index(), jax.process_count()
+  use_pmap = config.parallelism == "pmap"
+  if config.parallelism not in ("jit", "pmap"):
+    raise errors.ConfigError(f"config.parallelism={config.parallelism!r}: expected "
+                     "'jit' or 'pmap'")
+
+  # --- Input.
+  info = input_pipeline.records_info(config.data.records, config.data.train_split)
+  global_batch = int(config.input.batch_size)
+  sharding.check_batch_size(global_batch, jax.device_count())
+  total_steps = total_train_steps(config, info.num_examples)
+
+  # --- Model, optimiser, state.
+  mesh = sharding.create_mesh()
+  cfg = StepConfig.from_config(config, info)
+  model = models.create_model(
+      config, kd_outputs=info.kd_outputs, channels=info.channels,
+      bn_axis_name=sharding.PMAP_AXIS if use_pmap else None)
+  tx = create_optimizer(config, total_steps)
+  init_rng, step_rng = jax.random.split(jax.random.PRNGKey(int(config.seed)))
+  views = init_views(info, cfg.seq_half, cfg.tasks)
+  state = jax.jit(
+      functools.partial(create_train_state, model=model, tx=tx, views=views),
+      out_shardings=sharding.replicated(mesh))(init_rng)
+  step_rng = sharding.to_replicated(step_rng, mesh)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info("Model: %s, %d parameters, tasks %s; %d examples, batch %d, "
+               "%d steps on %d devices (%d processes), %s.",
+               config.model.variant, num_params, ",".join(cfg.tasks),
+               info.num_examples, global_batch, total_steps,
+               jax.device_count(), pcount, config.parallelism)
+
+  # --- Checkpoints: resume from the latest one in workdir.
+  manager = checkpointing.create_manager(
+      workdir, every_steps=config.checkpoint.every_steps,
+      keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+  if manager.latest_step() is not None:
+    state = checkpointing.restore(manager, state)
+    logging.info("Resumed from checkpoint at step %d.", int(state.step))
+  start_step = int(jax.device_get(state.step))
+  if int(jax.device_get(state.bad_step)) >= 0:
+    raise NonFiniteLossError(
+        f"the checkpoint at step {start_step} recorded a non-finite loss at "
+        f"step {int(jax.device_get(state.bad_step))}")
+
+  # --- Step function and data placement.
+  step_fn = functools.partial(train_step, model=model, tx=tx, cfg=cfg)
+  if use_pmap:
+    p_step = sharding.pmap_train_step(step_fn)
+    run_state = sharding.replicate_for_pmap(_fetch(state))
+    place = sharding.split_for_pmap
+    first = lambda x: x[0]
+  else:
+    p_step = sharding.jit_train_step(step_fn, mesh)
+    run_state = state
+    place = functools.partial(sharding.global_batch, mesh=mesh)
+    first = lambda x: x
+  del state
+
+  def savable(s):
+    return sharding.to_replicated(sharding.unreplicate_from_pmap(s), mesh) \
+        if use_pmap else s
+
+  def check_finite(s, step):
+    bad = int(jax.device_get(first(s.bad_step)))
+    if bad >= 0:
+      latest = manager.latest_step()
+      raise NonFiniteLossError(
+          f"non-finite loss at step {bad}; stopped before step {step}. "
+          f"Last good checkpoint: "
+          f"{'step %d' % latest if latest is not None else 'none'} under "
+          f"{manager.directory}")
+
+  local_iter = input_pipeline.train_iterator(
+      info, global_batch=global_batch,
+      num_pipelines=int(config.input.num_pipelines), seed=int(config.seed),
+      start_step=start_step, shuffle_buffer=int(config.input.shuffle_buffer),
+      process_index=pidx, process_count=pcount)
+  batches = input_pipeline.Prefetcher(local_iter, place,
+                                      depth=int(config.input.prefetch))
+
+  # --- Loop.
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=pidx > 0, asynchronous=True)
+  preemption = _Preemption()
+  progress = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
+                       disable=pidx > 0 or not config.progress_bar,
+                       dynamic_ncols=True)
+  log_every = max(1, int(config.log_every_steps))
+  pending, last_metrics = [], {}
+  t_log, steps_log = time.perf_counter(), 0
+  t_start, steps_done, first_step_time = None, 0, None
+  step = start_step
+  preempted = False
+  try:
+    while step < total_steps:
+      batch = next(batches)
+      run_state, metrics = p_step(run_state, batch, step_rng)
+      step += 1
+      pending.append(metrics)
+      steps_log += 1
+      progress.update(1)
+      if t_start is None:  # exclude compilation from steps/s
+        jax.block_until_ready(metrics)
+        t_start = t_log = time.perf_counter()
+        first_step_time, steps_log = step, 0
+      if step % log_every == 0 or step == total_steps:
+        fetched = _fetch(jax.tree.map(lambda *xs: jnp.stack(xs).mean(0),
+                                      *pending))
+        check_finite(run_state, step)
+        last_metrics = {k: float(np.mean(first(v))) for k, v in fetched.items()}
+        pending = []
+        now = time.perf_counter()
+        rate = steps_log / max(now - t_log, 1e-9) if steps_log else float("nan")
+        t_log, steps_log = now, 0
+        writer.write_scalars(step, {f"train/{k}": v
+                                    for k, v in last_metrics.items()}
+                             | {"train/steps_per_sec": rate})
+        progress.set_postfix(loss=f"{last_metrics['loss']:.4f}")
+        if pidx == 0:
+          logging.info("step %d/%d: %s | %.2f steps/s", step, total_steps,
+                       " ".join(f"{k}={v:.4f}" for k, v in
+                                sorted(last_metrics.items())), rate)
+      preempted = preemption.reached(step)
+      if preempted or manager.should_save(step) or step == total_steps:
+        check_finite(run_state, step)
+        checkpointing.save(manager, step, savable(run_state),
+                           force=preempted or step == total_steps)
+      if preempted:
+        logging.warning("SIGTERM: saved checkpoint at step %d, exiting.", step)
+        break
+  finally:
+    progress.close()
+    preemption.close()
+    manager.wait_until_finished()
+    writer.flush()
+
+  steps_per_sec = float("nan")
+  if t_start is not None and step > first_step_time:
+    steps_per_sec = (step - first_step_time) / (time.perf_counter() - t_start)
+  summary = {
+      "step": step,
+      "total_steps": total_steps,
+      "preempted": preempted,
+      "losses": {"total": last_metrics.get("loss")}
+                | {t: last_metrics.get(f"{t}_loss") for t in models.TASKS},
+      "accuracies": {t: last_metrics.get(f"{t}_acc") for t in ("aot", "mi")},
+      "steps_per_sec": steps_per_sec,
+      "num_devices": jax.device_count(),
+      "num_processes": pcount,
+      "parallelism": config.parallelism,
+      "global_batch": global_batch,
+      "num_params": int(num_params),
+  }
+  if pidx == 0:
+    tmp = workdir_path / "train_summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.rename(workdir_path / "train_summary.json")
+  return summary

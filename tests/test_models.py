@@ -1,0 +1,79 @@
+"""Model: output shapes for every variant; disabled tasks have no head."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from configs import common
+from ssmtl_jax import errors
+from ssmtl_jax import models
+
+
+def _views(tasks, size=16, channels=1, batch=2):
+  views = {t: jnp.zeros((batch, 7, size, size, channels)) for t in tasks}
+  if "mbp" in views:
+    views["mbp"] = jnp.zeros((batch, 6, size, size, channels))
+  return views
+
+
+@pytest.mark.parametrize("variant,depth", [("narrow", "shallow"),
+                                           ("narrow", "deep"),
+                                           ("wide", "shallow"),
+                                           ("wide", "deep")])
+def test_output_shapes_every_variant(variant, depth):
+  config = common.get_config()
+  config.model.variant, config.model.depth = variant, depth
+  model = models.create_model(config, kd_outputs=80 + 1000, channels=1)
+  views = _views(models.TASKS, size=32)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), views,
+                                                train=False))
+  out = jax.eval_shape(lambda v: model.apply(v, views, train=False), variables)
+  assert out["aot"].shape == (2, 2)
+  assert out["mi"].shape == (2, 2)
+  assert out["mbp"].shape == (2, 32, 32, 1)
+  assert out["kd"].shape == (2, 1080)
+  convs = [p for p in jax.tree_util.tree_leaves_with_path(variables["params"])
+           if "backbone" in jax.tree_util.keystr(p[0]) and p[1].ndim == 5]
+  widths = models.VARIANT_WIDTHS[variant]
+  per_stage = models.DEPTH_CONVS[depth]
+  assert [k.shape[-1] for _, k in convs] == [w for w in widths
+                                             for _ in range(per_stage)]
+  assert all(k.shape[:3] == (3, 3, 3) for _, k in convs)
+
+
+def test_rgb_and_real_forward_values():
+  config = common.get_config()
+  config.model.widths = (4, 8, 8)
+  model = models.create_model(config, kd_outputs=5, channels=3)
+  views = _views(models.TASKS, size=16, channels=3)
+  variables = model.init(jax.random.PRNGKey(0), views, train=False)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (2, 7, 16, 16, 3))
+  views = {"aot": x, "mi": x, "kd": x, "mbp": x[:, :6]}
+  out, _ = model.apply(variables, views, train=True, mutable=["batch_stats"])
+  assert out["mbp"].shape == (2, 16, 16, 3)
+  assert bool(jnp.all((out["mbp"] >= 0) & (out["mbp"] <= 1)))
+  assert all(bool(jnp.all(jnp.isfinite(v))) for v in out.values())
+
+
+def test_disabled_task_has_no_head():
+  config = common.get_config()
+  config.model.widths = (4, 8, 8)
+  config.tasks.mbp.weight = 0.0
+  config.tasks.aot.weight = 0.0
+  model = models.create_model(config, kd_outputs=5, channels=1)
+  assert model.tasks == ("mi", "kd")
+  variables = model.init(jax.random.PRNGKey(0), _views(model.tasks),
+                         train=False)
+  assert sorted(variables["params"]) == ["backbone", "heads_kd", "heads_mi"]
+
+
+def test_bad_config_values_name_the_key():
+  config = common.get_config()
+  config.model.variant = "huge"
+  with pytest.raises(errors.ConfigError, match="config.model.variant"):
+    models.create_model(config, kd_outputs=5, channels=1)
+  config = common.get_config()
+  for t in models.TASKS:
+    config.tasks[t].weight = 0.0
+  with pytest.raises(errors.ConfigError, match="config.tasks"):
+    models.create_model(config, kd_outputs=5, channels=1)
