@@ -17,22 +17,22 @@ def checkpoint_dir(workdir: str) -> epath.Path:
   return epath.Path(workdir) / "checkpoints"
 
 
-def create_manager(workdir: str, *, every_steps: int = 1, keep: int = 3,
+def create_manager(workdir: str, *, keep: int = 3,
                    async_save: bool = True) -> ocp.CheckpointManager:
-  """Keeps the latest `keep` checkpoints, saving every `every_steps` steps.
+  """Keeps the latest `keep` checkpoints; the trainer decides when to save.
 
   Saves are atomic: orbax writes to a temporary directory and renames it when
   complete, so a process killed mid-save leaves the previous checkpoints intact.
   """
   options = ocp.CheckpointManagerOptions(
-      save_interval_steps=max(1, int(every_steps)), max_to_keep=int(keep),
-      enable_async_checkpointing=bool(async_save), create=True)
+      max_to_keep=int(keep), enable_async_checkpointing=bool(async_save),
+      create=True)
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, *,
-         force: bool = False) -> bool:
-  return manager.save(step, args=ocp.args.StandardSave(state), force=force)
+def save(manager: ocp.CheckpointManager, step: int, state: Any) -> bool:
+  """Saves `state` as `step` (asynchronously when the manager is async)."""
+  return manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
 
 def abstract_like(state: Any) -> Any:

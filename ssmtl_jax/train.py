@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import signal
 import time
 from typing import Any, Mapping, Optional
@@ -24,6 +23,7 @@ from ssmtl_jax import checkpointing
 from ssmtl_jax import errors
 from ssmtl_jax import input_pipeline
 from ssmtl_jax import models
+from ssmtl_jax import schema
 from ssmtl_jax import sharding
 from ssmtl_jax import tasks as tasks_lib
 
@@ -255,8 +255,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   # --- Checkpoints: resume from the latest one in workdir.
   manager = checkpointing.create_manager(
-      workdir, every_steps=config.checkpoint.every_steps,
-      keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+      workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
   if manager.latest_step() is not None:
     state = checkpointing.restore(manager, state)
     logging.info("Resumed from checkpoint at step %d.", int(state.step))
@@ -310,6 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        disable=pidx > 0 or not config.progress_bar,
                        dynamic_ncols=True)
   log_every = max(1, int(config.log_every_steps))
+  save_every = max(1, int(config.checkpoint.every_steps))
   pending, last_metrics = [], {}
   t_log, steps_log = time.perf_counter(), 0
   t_start, steps_done, first_step_time = None, 0, None
@@ -345,10 +345,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        " ".join(f"{k}={v:.4f}" for k, v in
                                 sorted(last_metrics.items())), rate)
       preempted = preemption.reached(step)
-      if preempted or manager.should_save(step) or step == total_steps:
+      if preempted or step % save_every == 0 or step == total_steps:
         check_finite(run_state, step)
-        checkpointing.save(manager, step, savable(run_state),
-                           force=preempted or step == total_steps)
+        checkpointing.save(manager, step, savable(run_state))
       if preempted:
         logging.warning("SIGTERM: saved checkpoint at step %d, exiting.", step)
         break
@@ -376,7 +375,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       "num_params": int(num_params),
   }
   if pidx == 0:
-    tmp = workdir_path / "train_summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.rename(workdir_path / "train_summary.json")
+    schema.write_json_atomic(str(workdir_path / "train_summary.json"), summary)
   return summary
