@@ -265,6 +265,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         f"the checkpoint at step {start_step} recorded a non-finite loss at "
         f"step {int(jax.device_get(state.bad_step))}")
 
+  summary_path = str(workdir_path / "train_summary.json")
+  if start_step >= total_steps and (workdir_path / "train_summary.json").exists():
+    logging.info("Already trained to step %d (total_steps=%d).", start_step,
+                 total_steps)
+    return schema.read_json(summary_path)
+
   # --- Step function and data placement.
   step_fn = functools.partial(train_step, model=model, tx=tx, cfg=cfg)
   if use_pmap:
@@ -357,7 +363,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     manager.wait_until_finished()
     writer.flush()
 
-  steps_per_sec = float("nan")
+  steps_per_sec = None
   if t_start is not None and step > first_step_time:
     steps_per_sec = (step - first_step_time) / (time.perf_counter() - t_start)
   summary = {
@@ -375,5 +381,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       "num_params": int(num_params),
   }
   if pidx == 0:
-    schema.write_json_atomic(str(workdir_path / "train_summary.json"), summary)
+    schema.write_json_atomic(summary_path, summary)
   return summary

@@ -1,0 +1,122 @@
+"""Builder on the synthetic data set: cubes land where the boxes are, records
+read back, resume redoes only unfinished videos, bad input names the file."""
+
+import os
+
+import numpy as np
+import pytest
+
+from configs import common
+from data_prep import builder
+from data_prep import cubes
+from data_prep import detections
+from data_prep import synthetic
+from data_prep import video_io
+from ssmtl_jax import errors
+from ssmtl_jax import input_pipeline
+
+PARAMS = dict(seed=1, num_train=2, num_test=1, num_frames=20, height=60,
+              width=80, channels=1, objects_per_frame=2)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("synthetic"))
+  synthetic.generate(root, **PARAMS)
+  return root
+
+
+def _config(root, records, **build):
+  config = common.get_config()
+  config.data.root, config.data.records = root, records
+  config.build.half_window = 3
+  config.build.crop_size = 16
+  config.build.min_box_size = 4.0
+  config.build.workers = 1
+  for k, v in build.items():
+    config.build[k] = v
+  return config
+
+
+def _expected_objects(root, split, video_id, num_frames, w=3, min_size=4.0):
+  dets = detections.read_detections(
+      os.path.join(root, "detections", split, f"{video_id}.csv"))
+  count = 0
+  for t, rows in dets.items():
+    if w <= t < num_frames - w:
+      for x1, y1, x2, y2, *_ in rows:
+        bx1, by1, bx2, by2 = cubes.clip_box((x1, y1, x2, y2), PARAMS["height"],
+                                            PARAMS["width"])
+        count += (bx2 - bx1 >= min_size) and (by2 - by1 >= min_size)
+  return count
+
+
+def test_build_synthetic_and_read_back(data_root, tmp_path):
+  records = str(tmp_path / "records")
+  metas = builder.build(_config(data_root, records))
+  assert metas["train"]["num_videos"] == 2 and metas["test"]["num_videos"] == 1
+  for split, meta in metas.items():
+    for vid, v in meta["videos"].items():
+      assert v["frames"] == 20 and (v["height"], v["width"]) == (60, 80)
+      assert v["objects"] == _expected_objects(data_root, split, vid, 20)
+  assert metas["test"]["videos"]["test_00"]["abnormal_frames"] > 0
+
+  info = input_pipeline.records_info(records, "test")
+  assert (info.window, info.crop_size, info.channels) == (7, 16, 1)
+  batch = next(input_pipeline.eval_dataset(
+      info, batch_size=4, keys=("crops", "box", "frame_index", "video_id",
+                                "teacher_det", "det_class")).as_numpy_iterator())
+  # The stored cube equals cropping the frames on disk around frame_index.
+  src = video_io.list_videos(data_root, "test")[0]
+  frames = np.stack(list(video_io.iter_frames(src, 1)))
+  for i in range(len(batch["crops"])):
+    t = int(batch["frame_index"][i])
+    want = cubes.crop_cube(frames[t - 3:t + 4], batch["box"][i], size=16,
+                           min_size=4.0)
+    np.testing.assert_array_equal(batch["crops"][i], want)
+    assert batch["teacher_det"][i].argmax() == batch["det_class"][i]
+
+
+def test_rerun_redoes_only_unfinished_videos(data_root, tmp_path):
+  records = str(tmp_path / "records")
+  config = _config(data_root, records)
+  builder.build(config)
+  shards = sorted(f for f in os.listdir(records) if ".tfrecord-" in f)
+  before = {f: open(os.path.join(records, f), "rb").read() for f in shards}
+  mtimes = {f: os.stat(os.path.join(records, f)).st_mtime_ns for f in shards}
+  # Simulate a build killed while writing train_01: its completion record and
+  # shard are absent, a temporary file lies around.
+  victim = [f for f in shards if "train.tfrecord-00001" in f][0]
+  os.remove(os.path.join(records, victim))
+  os.remove(os.path.join(records, "meta", "train", "train_01.json"))
+  open(os.path.join(records, victim + ".incomplete"), "wb").write(b"junk")
+  builder.build(config)
+  for f in shards:
+    assert open(os.path.join(records, f), "rb").read() == before[f]
+    if f != victim:
+      assert os.stat(os.path.join(records, f)).st_mtime_ns == mtimes[f]
+  # Other settings into the same directory are refused, not mixed.
+  with pytest.raises(errors.ConfigError, match="other settings"):
+    builder.build(_config(data_root, records, crop_size=24))
+
+
+def test_bad_inputs_name_the_file(data_root, tmp_path):
+  with pytest.raises(errors.ConfigError, match="config.data.root"):
+    builder.build(_config(str(tmp_path / "nope"), str(tmp_path / "r")))
+  dets = tmp_path / "dets"
+  for split, vid in (("train", "train_00"), ("train", "train_01"),
+                     ("test", "test_00")):
+    detections.write_detections(str(dets / split / f"{vid}.csv"),
+                                [(5, 1, 1, 20, 30, 0.9, 99 if vid == "train_01" else 0)])
+  config = _config(data_root, str(tmp_path / "r2"))
+  config.build.detector.path = str(dets)
+  with pytest.raises(detections.DetectionFileError,
+                     match=r"dets/train/train_01.csv: class 99"):
+    builder.build(config)
+
+
+def test_missing_detections_file_names_it(data_root, tmp_path):
+  config = _config(data_root, str(tmp_path / "r"))
+  config.build.detector.path = str(tmp_path / "dets")
+  with pytest.raises(detections.DetectionFileError, match="dets/train/train_00.csv"):
+    builder.build(config)
