@@ -5,14 +5,14 @@ r"""Builds object records from raw videos.
 """
 
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
+
+from ssmtl_jax import cli
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                 lock_config=True)
@@ -23,18 +23,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from data_prep import builder  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax import runner  # pylint: disable=g-import-not-at-top
-  try:
-    metas = builder.build(flags.FLAGS.config)
-  except runner.USER_ERRORS as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  metas = cli.run_reporting_user_errors(
+      lambda: builder.build(flags.FLAGS.config))
   for split, meta in metas.items():
-    logging.info("%s: %d videos, %d frames, %d objects", split,
-                 meta["num_videos"], meta["num_frames"], meta["num_objects"])
     print(f"{split}: {meta['num_videos']} videos, {meta['num_frames']} frames, "
           f"{meta['num_objects']} objects")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

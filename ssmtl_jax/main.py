@@ -6,15 +6,15 @@ r"""Trains SSMTL (and evaluates, when config.eval.after_training).
 """
 
 import os
-import sys
 
-# TensorFlow is only the input pipeline; keep it off any accelerator.
+# TensorFlow is only the input pipeline; keep it quiet and off accelerators.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
+
+from ssmtl_jax import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and reports.")
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
@@ -27,14 +27,9 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from ssmtl_jax import runner  # pylint: disable=g-import-not-at-top
   runner.quiet_library_logs()
-  config = flags.FLAGS.config
-  try:
-    runner.run(config, _WORKDIR.value)
-  except runner.USER_ERRORS as e:
-    logging.error("%s: %s", type(e).__name__, e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  cli.run_reporting_user_errors(
+      lambda: runner.run(flags.FLAGS.config, _WORKDIR.value))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)
