@@ -21,7 +21,7 @@ import dataclasses
 import multiprocessing
 import os
 import time
-from typing import Any, Optional
+from typing import Optional
 
 from absl import logging
 import numpy as np

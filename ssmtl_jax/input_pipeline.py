@@ -21,7 +21,7 @@ import dataclasses
 import os
 import queue
 import threading
-from typing import Iterator, Mapping, Optional
+from typing import Iterator, Mapping
 
 import numpy as np
 

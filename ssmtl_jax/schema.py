@@ -73,7 +73,7 @@ def write_json_atomic(path: str, obj: Any) -> None:
   tf.io.gfile.makedirs(os.path.dirname(path))
   tmp = f"{path}.incomplete"
   with tf.io.gfile.GFile(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True)
+    json.dump(obj, f, indent=1, sort_keys=True, allow_nan=False)
   tf.io.gfile.rename(tmp, path, overwrite=True)
 
 

@@ -318,7 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   save_every = max(1, int(config.checkpoint.every_steps))
   pending, last_metrics = [], {}
   t_log, steps_log = time.perf_counter(), 0
-  t_start, steps_done, first_step_time = None, 0, None
+  t_start, first_step_time = None, None
   step = start_step
   preempted = False
   try:

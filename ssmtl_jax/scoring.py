@@ -1,0 +1,352 @@
+"""Object scores -> per-frame anomaly maps -> frame scores (DESIGN §2, §6).
+
+Pure numpy/scipy: no TensorFlow or JAX, so the evaluator, notebooks and
+tests can use it anywhere.
+
+Pipeline for one video:
+
+1. per task, an object score (``aot``: p(backward), ``mi``: p(intermittent),
+   ``mbp``: reconstruction MAE, ``kd``: teacher discrepancy), float ``[N]``;
+2. :func:`normalize_scores` puts the tasks on one scale (z-score with
+   statistics of the *training* objects, :func:`fit_stats`; or min-max over
+   the test set; or none) and :func:`combine` takes their weighted mean;
+3. :func:`anomaly_maps` writes each object's score into its box of a per-frame
+   map (max where boxes overlap), :func:`smooth` applies a 3D Gaussian;
+4. :func:`frame_scores` takes each frame's maximum, optionally followed by
+   :func:`temporal_smooth`.
+
+:func:`video_frame_scores` runs steps 3-4 in one call.
+
+Conventions: boxes are ``(x1, y1, x2, y2)`` float pixels of the full-size
+frame with x2/y2 exclusive; they are rasterised with the same rounding as
+``data_prep.cubes.clip_box`` (each edge to the nearest pixel boundary, then
+clipped to the frame), so an object's map box is exactly the pixel box its
+crops were cut from (without the crop padding).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from scipy import ndimage
+
+TASKS = ("aot", "mi", "mbp", "kd")
+NORMALIZATIONS = ("zscore", "minmax", "none")
+
+Sigma = Union[float, Sequence[float]]
+
+
+# --------------------------------------------------------------------------
+# Per-task normalisation and combination.
+
+
+def _as_scores(name: str, values) -> np.ndarray:
+  arr = np.asarray(values, dtype=np.float64)
+  if arr.ndim != 1:
+    raise ValueError(f"scores of task {name!r} must be 1-D [N], got shape "
+                     f"{arr.shape}")
+  if not np.all(np.isfinite(arr)):
+    bad = int(np.count_nonzero(~np.isfinite(arr)))
+    raise ValueError(f"scores of task {name!r} hold {bad} non-finite values")
+  return arr
+
+
+def fit_stats(
+    train_scores: Mapping[str, np.ndarray],
+) -> dict[str, Tuple[float, float]]:
+  """Per-task (mean, std) of training-object scores, for z-scoring.
+
+  Args:
+    train_scores: {task: float [N_task]} scores of (normal) training objects.
+  Returns:
+    {task: (mean, std)}; std is the population std (ddof=0). A constant task
+    gets std 1.0 (its z-score is then just ``s - mean``), because dividing by
+    ~0 would turn float noise into huge test scores.
+  """
+  stats = {}
+  for task, values in train_scores.items():
+    arr = _as_scores(task, values)
+    if arr.size == 0:
+      raise ValueError(f"no training scores for task {task!r}")
+    mean, std = float(arr.mean()), float(arr.std())
+    stats[task] = (mean, std if std > 1e-12 else 1.0)
+  return stats
+
+
+def normalize_scores(
+    scores: Mapping[str, np.ndarray],
+    stats: Optional[Mapping[str, Tuple[float, float]]],
+    method: str,
+) -> dict[str, np.ndarray]:
+  """Puts each task's object scores on a common scale.
+
+  Args:
+    scores: {task: float [N]} object scores (typically of the test set).
+    stats: {task: (mean, std)} from :func:`fit_stats` on training objects;
+      required by 'zscore', ignored otherwise.
+    method: 'zscore': ``(s - mean) / std`` with the given statistics (the
+      test set never leaks into its own normalisation); 'minmax':
+      ``(s - min) / (max - min)`` over the given scores (i.e. over the test
+      set; a constant task maps to 0); 'none': unchanged.
+  Returns:
+    {task: float64 [N]} (new arrays; the inputs are not modified).
+  """
+  if method not in NORMALIZATIONS:
+    raise ValueError(f"normalisation method must be one of {NORMALIZATIONS}, "
+                     f"got {method!r}")
+  out = {}
+  for task, values in scores.items():
+    arr = _as_scores(task, values)
+    if method == "zscore":
+      if stats is None or task not in stats:
+        raise ValueError(f"zscore normalisation needs statistics for task "
+                         f"{task!r} (have: {sorted(stats or {})})")
+      mean, std = stats[task]
+      if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise ValueError(f"bad statistics for task {task!r}: mean={mean}, "
+                         f"std={std}")
+      out[task] = (arr - mean) / std
+    elif method == "minmax":
+      if arr.size == 0:
+        out[task] = arr.copy()
+        continue
+      lo, hi = arr.min(), arr.max()
+      out[task] = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    else:
+      out[task] = arr.copy()
+  return out
+
+
+def combine(
+    scores_by_task: Mapping[str, np.ndarray],
+    weights: Mapping[str, float],
+) -> np.ndarray:
+  """Weighted mean of the (normalised) task scores of each object.
+
+  Args:
+    scores_by_task: {task: float [N]}, all of the same length.
+    weights: {task: weight >= 0}. A task with weight 0, or absent from
+      ``weights``, is left out (its scores may be missing too); a task with a
+      positive weight must be in ``scores_by_task``.
+  Returns:
+    float64 [N]: sum_k w_k s_k / sum_k w_k over the tasks used.
+  """
+  used = {}
+  for task, w in weights.items():
+    w = float(w)
+    if not math.isfinite(w) or w < 0:
+      raise ValueError(f"weight of task {task!r} must be finite and >= 0, "
+                       f"got {w}")
+    if w == 0:
+      continue
+    if task not in scores_by_task:
+      raise ValueError(f"task {task!r} has weight {w} but no scores (have: "
+                       f"{sorted(scores_by_task)})")
+    used[task] = w
+  if not used:
+    raise ValueError(f"no task with a positive weight among {dict(weights)}")
+  total = None
+  length = None
+  for task, w in used.items():
+    arr = _as_scores(task, scores_by_task[task])
+    if length is None:
+      length = arr.shape[0]
+    elif arr.shape[0] != length:
+      raise ValueError(f"task {task!r} has {arr.shape[0]} scores, expected "
+                       f"{length} (as the other tasks)")
+    total = w * arr if total is None else total + w * arr
+  return total / sum(used.values())
+
+
+# --------------------------------------------------------------------------
+# Maps.
+
+
+def map_shape(height: int, width: int, scale: float = 1.0) -> Tuple[int, int]:
+  """(h, w) of a map at ``scale``: each side rounded, at least 1 pixel."""
+  if not (scale > 0 and math.isfinite(scale)):
+    raise ValueError(f"scale must be a positive number, got {scale}")
+  return (max(1, int(math.floor(height * scale + 0.5))),
+          max(1, int(math.floor(width * scale + 0.5))))
+
+
+def rasterize_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Integer pixel boxes, rounded and clipped as ``data_prep.cubes.clip_box``.
+
+  Args:
+    boxes: float [N, 4] (x1, y1, x2, y2) in pixels of a height x width image,
+      x2/y2 exclusive.
+    height, width: image size.
+  Returns:
+    int64 [N, 4] with 0 <= x1, x2 <= width and 0 <= y1, y2 <= height, for
+    ``image[y1:y2, x1:x2]``; empty (x2 <= x1 or y2 <= y1) when the box has no
+    pixel in the image.
+  """
+  boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+  if not np.all(np.isfinite(boxes)):
+    raise ValueError("boxes hold non-finite coordinates")
+  # floor(v + 0.5), as clip_box (nearest pixel boundary, halves round up), so
+  # a map box is exactly the pixel box the object's crops were cut from.
+  out = np.floor(boxes + 0.5)
+  hi = np.array([width, height, width, height], np.float64)
+  return np.clip(out, 0, hi).astype(np.int64)
+
+
+def anomaly_maps(
+    boxes: np.ndarray,
+    frame_index: np.ndarray,
+    scores: np.ndarray,
+    num_frames: int,
+    height: int,
+    width: int,
+    *,
+    scale: float = 1.0,
+    background: Optional[float] = None,
+) -> np.ndarray:
+  """Writes each object's score into its box of a per-frame map.
+
+  Args:
+    boxes: float [N, 4] (x1, y1, x2, y2) in pixels of the full-size frame,
+      x2/y2 exclusive.
+    frame_index: int [N] frame of each object, in [0, num_frames).
+    scores: float [N] object anomaly scores.
+    num_frames, height, width: video length and full frame size.
+    scale: map resolution relative to the frame (< 1 for speed/memory). The
+      map is ``map_shape(height, width, scale)`` and boxes are scaled by
+      h/height and w/width (so a box touching the frame edge still touches
+      the map edge), then rounded like ``cubes.clip_box``.
+    background: value of pixels (and whole frames) covered by no object;
+      default the minimum of ``scores`` (0.0 when there are none), i.e. "as
+      normal as the most normal object".
+  Returns:
+    float32 [T, h, w]. Where boxes overlap the map holds the largest score.
+    A box is written even when its score is below ``background``.
+  """
+  boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+  frame_index = np.asarray(frame_index).reshape(-1)
+  scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+  n = boxes.shape[0]
+  if frame_index.shape[0] != n or scores.shape[0] != n:
+    raise ValueError(f"boxes ({n}), frame_index ({frame_index.shape[0]}) and "
+                     f"scores ({scores.shape[0]}) must have the same length")
+  if not np.all(np.isfinite(scores)):
+    raise ValueError("scores hold non-finite values")
+  if n and not np.issubdtype(frame_index.dtype, np.integer):
+    raise ValueError(f"frame_index must be integers, got {frame_index.dtype}")
+  if n and (frame_index.min() < 0 or frame_index.max() >= num_frames):
+    raise ValueError(f"frame_index must lie in [0, {num_frames}), got "
+                     f"[{frame_index.min()}, {frame_index.max()}]")
+  if background is None:
+    background = float(scores.min()) if n else 0.0
+  h, w = map_shape(height, width, scale)
+  px = rasterize_boxes(boxes * np.array([w / width, h / height] * 2), h, w)
+  # -inf first, background last: a max against the background itself would
+  # hide objects scored below it.
+  maps = np.full((num_frames, h, w), -np.inf, np.float32)
+  # One slice write per object: objects are few per frame and each write is
+  # a small contiguous block; per-pixel work stays in numpy.
+  for (x1, y1, x2, y2), t, s in zip(px.tolist(), frame_index.tolist(),
+                                    scores.astype(np.float32).tolist()):
+    if x2 > x1 and y2 > y1:
+      view = maps[t, y1:y2, x1:x2]
+      np.maximum(view, s, out=view)
+  maps[np.isneginf(maps)] = background
+  return maps
+
+
+def _sigma3(sigma: Sigma) -> Tuple[float, float, float]:
+  if np.ndim(sigma) == 0:
+    sigma = (float(sigma),) * 3
+  sigma = tuple(float(s) for s in sigma)
+  if len(sigma) != 3 or not all(s >= 0 and math.isfinite(s) for s in sigma):
+    raise ValueError(f"sigma must be 3 finite numbers >= 0 (t, y, x), got "
+                     f"{sigma}")
+  return sigma
+
+
+def smooth(maps: np.ndarray, sigma: Sigma, *, truncate: float = 4.0
+           ) -> np.ndarray:
+  """3D Gaussian smoothing of a video's maps.
+
+  Args:
+    maps: float [T, h, w].
+    sigma: (t, y, x) standard deviations in frames / map pixels (a scalar is
+      used for all three); 0 leaves that axis unsmoothed.
+    truncate: kernel radius in sigmas (scipy's default).
+  Returns:
+    float32 [T, h, w] = ``scipy.ndimage.gaussian_filter(maps, sigma,
+    mode='nearest')``. 'nearest' repeats the edge value, so a box at the
+    frame border (or an anomaly in the first/last frame) is not diluted by a
+    zero/mirrored outside as it would be with 'constant'/'reflect'.
+  """
+  maps = np.asarray(maps, dtype=np.float32)
+  if maps.ndim != 3:
+    raise ValueError(f"maps must be [T, h, w], got shape {maps.shape}")
+  sigma = _sigma3(sigma)
+  if not any(sigma):
+    return maps.copy()
+  return ndimage.gaussian_filter(maps, sigma, mode="nearest",
+                                 truncate=truncate)
+
+
+def frame_scores(maps: np.ndarray) -> np.ndarray:
+  """Per-frame maximum of the maps: float32 [T] from [T, h, w]."""
+  maps = np.asarray(maps)
+  if maps.ndim != 3:
+    raise ValueError(f"maps must be [T, h, w], got shape {maps.shape}")
+  if maps.shape[0] == 0:
+    return np.zeros((0,), np.float32)
+  return maps.reshape(maps.shape[0], -1).max(axis=1).astype(np.float32)
+
+
+def temporal_smooth(scores: np.ndarray, sigma: float) -> np.ndarray:
+  """1D Gaussian over frame scores (mode 'nearest'); sigma in frames, 0 = off.
+
+  Returns float32 [T].
+  """
+  scores = np.asarray(scores, dtype=np.float32)
+  if scores.ndim != 1:
+    raise ValueError(f"scores must be [T], got shape {scores.shape}")
+  if not (sigma >= 0 and math.isfinite(sigma)):
+    raise ValueError(f"sigma must be finite and >= 0, got {sigma}")
+  if sigma == 0 or scores.size == 0:
+    return scores.copy()
+  return ndimage.gaussian_filter1d(scores, sigma, mode="nearest")
+
+
+def video_frame_scores(
+    boxes: np.ndarray,
+    frame_index: np.ndarray,
+    scores: np.ndarray,
+    num_frames: int,
+    height: int,
+    width: int,
+    *,
+    sigma: Sigma = (0.0, 3.0, 3.0),
+    scale: float = 1.0,
+    background: Optional[float] = None,
+    temporal_sigma: float = 0.0,
+    return_maps: bool = False,
+):
+  """Object scores of one video -> frame scores (maps, smoothing, max).
+
+  Args:
+    boxes, frame_index, scores, num_frames, height, width, scale, background:
+      as :func:`anomaly_maps`.
+    sigma: (t, y, x) Gaussian sigma in frames and *full-resolution* pixels
+      (the spatial sigmas are multiplied by the map scale, so the result
+      barely depends on ``scale``); a scalar is used for all three axes.
+    temporal_sigma: optional extra 1D smoothing of the frame scores (frames).
+    return_maps: also return the smoothed maps.
+  Returns:
+    float32 [T] frame scores, or (scores, maps float32 [T, h, w]).
+  """
+  st, sy, sx = _sigma3(sigma)
+  h, w = map_shape(height, width, scale)
+  maps = anomaly_maps(boxes, frame_index, scores, num_frames, height, width,
+                      scale=scale, background=background)
+  maps = smooth(maps, (st, sy * h / height, sx * w / width))
+  out = temporal_smooth(frame_scores(maps), temporal_sigma)
+  return (out, maps) if return_maps else out
