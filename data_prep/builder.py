@@ -151,7 +151,7 @@ def build_video(settings: BuildSettings, src: video_io.VideoSource,
         continue
       teacher_det = np.zeros(settings.num_det, np.float32)
       teacher_det[int(cls)] = score
-      serialized.append(feats.serialize_example({
+      serialized.append(schema.serialize(feats, {
           "video_id": src.video_id, "frame_index": t,
           "box": np.asarray([x1, y1, x2, y2], np.float32),
           "det_score": score, "det_class": int(cls), "crops": cube,

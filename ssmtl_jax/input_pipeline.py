@@ -171,12 +171,14 @@ def train_iterator(info: RecordsInfo, *, global_batch: int, num_pipelines: int,
   return ds.as_numpy_iterator()
 
 
-def eval_dataset(info: RecordsInfo, *, batch_size: int, keys):
+def eval_dataset(info: RecordsInfo, *, batch_size: int, keys, every: int = 1):
   """All examples of the split in file order (video order), batched; the last
-  batch may be smaller."""
+  batch may be smaller. every > 1 keeps every every-th example."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   feats = _builder(info.records_dir).info.features
   ds = tf.data.TFRecordDataset(list(info.files))
+  if every > 1:
+    ds = ds.shard(every, 0)
   ds = ds.map(lambda s: {k: v for k, v in feats.deserialize_example(s).items()
                          if k in keys},
               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -53,6 +53,19 @@ def features(*, window: int, crop_size: int, channels: int, num_det: int,
   })
 
 
+def serialize(feats, example) -> bytes:
+  """Serialises one example with a byte-stable encoding.
+
+  tf.train.Example holds a protobuf map whose entry order follows Python's
+  per-process string hashing, so the same example can serialise to different
+  bytes in two processes; deterministic=True sorts the keys, which is what
+  makes a resumed build byte-identical to an uninterrupted one.
+  """
+  from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
+  proto = example_pb2.Example.FromString(feats.serialize_example(example))
+  return proto.SerializeToString(deterministic=True)
+
+
 def shard_filename(split: str, index: int, num_shards: int) -> str:
   return (f"{DATASET_NAME}-{split}.tfrecord-{index:05d}-of-{num_shards:05d}")
 
