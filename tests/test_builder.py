@@ -33,6 +33,9 @@ def _config(root, records, **build):
   config.build.crop_size = 16
   config.build.min_box_size = 4.0
   config.build.workers = 1
+  config.build.detector.kind = "file"
+  config.build.detector.min_score = 0.0
+  config.build.classifier.kind = "none"
   for k, v in build.items():
     config.build[k] = v
   return config
@@ -136,7 +139,10 @@ def test_kill9_mid_build_then_rerun_gives_identical_records(tmp_path):
     cmd = [sys.executable, "-m", "data_prep.build",
            "--config=configs/common.py", f"--config.data.root={root}",
            f"--config.data.records={records}", "--config.build.crop_size=48",
-           "--config.build.min_box_size=4", "--config.build.workers=1"]
+           "--config.build.min_box_size=4", "--config.build.workers=1",
+           "--config.build.detector.kind=file",
+           "--config.build.detector.min_score=0",
+           "--config.build.classifier.kind=none"]
     return subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
