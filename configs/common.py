@@ -114,6 +114,22 @@ def get_config() -> ml_collections.ConfigDict:
 
   # --- Evaluation (ssmtl_jax.evaluate).
   config.eval = ml_collections.ConfigDict()
-  config.eval.after_training = True
+  config.eval.after_training = True  # ssmtl_jax.main runs the evaluator
+  config.eval.checkpoint_step = -1   # -1 = latest
   config.eval.batch_size = 256
+  # Per-task score normalisation before averaging: 'zscore' (statistics of
+  # training objects, computed once per checkpoint), 'minmax' (test set), 'none'.
+  config.eval.normalize = "zscore"
+  config.eval.norm_max_objects = 4000  # training objects scored for the stats
+  # Weights of the task scores in the object score (trained tasks only).
+  config.eval.task_weights = ml_collections.ConfigDict(
+      dict(aot=1.0, mi=1.0, mbp=1.0, kd=1.0))
+  config.eval.sigma = (3.0, 3.0, 3.0)  # 3D Gaussian (frames, px, px)
+  config.eval.map_scale = 0.5         # anomaly-map resolution vs the frame
+  config.eval.temporal_sigma = 0.0    # extra 1D smoothing of frame scores
+  # RBDC/TBDC: extend detection curves flat to 1 FP/frame (as the SSMTL
+  # authors' script); False reproduces py-ssvad-metrics.
+  config.eval.extend_curves = True
+  config.eval.plots = True
+  config.eval.render_video = False  # annotated videos under eval/videos/
   return config

@@ -96,11 +96,11 @@ def run(config, workdir: str) -> dict:
   prepare_data(config)
   summary = train.train_and_evaluate(config, workdir)
   result = {"train": summary}
-  if config.eval.after_training and not summary["preempted"]:
-    try:
-      from ssmtl_jax import evaluate  # pylint: disable=g-import-not-at-top
-    except ImportError:
-      logging.info("No evaluator in this version; skipping evaluation.")
-    else:
-      result["eval"] = evaluate.evaluate(config, workdir)
+  if (config.eval.after_training and not summary["preempted"]
+      and jax.process_count() == 1):
+    from ssmtl_jax import evaluation  # pylint: disable=g-import-not-at-top
+    result["eval"] = evaluation.evaluate(config, workdir)
+  elif config.eval.after_training and jax.process_count() > 1:
+    logging.info("Multi-process run: evaluate on one host with "
+                 "`python -m ssmtl_jax.evaluate`.")
   return result

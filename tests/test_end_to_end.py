@@ -1,33 +1,103 @@
-"""The README's main job on a shrunken synthetic config: generate -> build -> train."""
+"""The README's main job on a shrunken synthetic config: generate -> build ->
+train -> evaluate; and the evaluator's outputs and errors."""
 
 import json
 import os
+import shutil
+
+import numpy as np
+import pytest
 
 from configs import synthetic as synthetic_config
+from ssmtl_jax import checkpointing
+from ssmtl_jax import evaluation
 from ssmtl_jax import runner
 
+STEPS = 150
+# Measured: micro AUC 0.677 after 150 steps (chance: 0.5).
+MIN_MICRO_AUC = 0.60
 
-def test_synthetic_job_generates_builds_and_trains(tmp_path):
+
+def _config():
   config = synthetic_config.get_config()
-  config.synthetic.update(dict(num_train=2, num_test=1, num_frames=24,
-                               height=60, width=80))
   config.build.crop_size = 16
   config.model.widths = (4, 8, 8)
-  config.input.batch_size = 8
-  config.total_steps = 3
-  config.log_every_steps = 1
-  config.checkpoint.every_steps = 2
+  config.input.batch_size = 16
+  config.total_steps = STEPS
+  config.log_every_steps = 50
+  config.checkpoint.every_steps = 100
   config.progress_bar = False
-  workdir = str(tmp_path)
+  return config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("synthetic_job"))
+  config = _config()
   result = runner.run(config, workdir)
+  return config, workdir, result
+
+
+def test_job_generates_builds_trains_and_evaluates(trained):
+  config, workdir, result = trained
   assert config.data.root == os.path.join(workdir, "synthetic_data")
   assert config.data.records == os.path.join(workdir, "records")
-  assert os.path.exists(os.path.join(workdir, "synthetic_data", "synthetic.json"))
   with open(os.path.join(workdir, "records", "meta", "train.json")) as f:
-    meta = json.load(f)
-  assert meta["num_videos"] == 2 and meta["num_objects"] > 8
-  assert result["train"]["step"] == 3
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "3"]
-  # A rerun finds the data, the records and the final checkpoint: no work.
+    assert json.load(f)["num_videos"] == 4
+  assert result["train"]["step"] == STEPS
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
+      "100", str(STEPS)]
+  report = result["eval"]
+  assert report["micro_auc"] > MIN_MICRO_AUC, report
+  assert report["checkpoint_step"] == STEPS
+
+
+def test_eval_outputs_follow_the_contract(trained):
+  config, workdir, _ = trained
+  eval_dir = os.path.join(workdir, "eval")
+  with open(os.path.join(eval_dir, "report.json")) as f:
+    report = json.load(f)
+  for key in ("micro_auc", "macro_auc", "rbdc", "tbdc", "per_task_micro_auc",
+              "fps", "num_frames", "num_videos", "checkpoint_step"):
+    assert key in report, key
+  for key in ("micro_auc", "macro_auc", "rbdc", "tbdc"):
+    assert 0.0 <= report[key] <= 1.0, key
+  assert set(report["per_task_micro_auc"]) == {"aot", "mi", "mbp", "kd"}
+  assert report["fps"]["model"] > 0 and report["fps"]["end_to_end"] > 0
+  assert report["num_videos"] == 3 and report["num_frames"] == 3 * 64
+  gt_dir = os.path.join(config.data.root, "gt_frame")
+  for vid in ("test_00", "test_01", "test_02"):
+    scores = np.load(os.path.join(eval_dir, "scores", f"{vid}.npy"))
+    labels = np.load(os.path.join(gt_dir, f"{vid}.npy"))
+    assert scores.dtype == np.float32 and scores.shape == labels.shape
+    assert os.path.getsize(os.path.join(eval_dir, f"scores_{vid}.png")) > 1000
+  assert os.path.getsize(os.path.join(eval_dir, "roc.png")) > 1000
+
+
+def test_rerun_does_not_retrain(trained):
+  config, workdir, result = trained
   again = runner.run(config, workdir)
   assert again["train"] == json.loads(json.dumps(result["train"]))
+  assert again["eval"]["micro_auc"] == pytest.approx(result["eval"]["micro_auc"])
+
+
+def test_eval_errors(trained, tmp_path):
+  config, workdir, _ = trained
+  with pytest.raises(checkpointing.CheckpointError, match="no checkpoint"):
+    evaluation.evaluate(config, str(tmp_path / "empty"))
+  with pytest.raises(checkpointing.CheckpointError, match="step 7"):
+    evaluation.evaluate(config, workdir, step=7)
+  # A data root without frame labels.
+  bare = tmp_path / "bare"
+  bare.mkdir()
+  config = _config()
+  config.data.records = os.path.join(workdir, "records")
+  config.data.root = str(bare)
+  with pytest.raises(evaluation.EvalDataError, match="no frame labels"):
+    evaluation.evaluate(config, workdir)
+  # Frame labels that disagree with the video length.
+  shutil.copytree(os.path.join(workdir, "synthetic_data", "gt_frame"),
+                  bare / "gt_frame")
+  np.save(bare / "gt_frame" / "test_01.npy", np.zeros(10, np.uint8))
+  with pytest.raises(evaluation.EvalDataError, match="10 labels"):
+    evaluation.evaluate(config, workdir)
