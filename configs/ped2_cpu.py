@@ -1,0 +1,22 @@
+"""UCSD Ped2 on a laptop CPU: the ped2 pipeline with a lighter detector
+threshold, smaller crops and the narrow shallow network.
+
+  scripts/reproduce_ped2.sh ../shared/data/ped2 /tmp/ped2_cpu configs/ped2_cpu.py
+"""
+
+from configs import ped2
+
+
+def get_config():
+  config = ped2.get_config()
+  config.build.crop_size = 32
+  config.build.detector.min_score = 0.25
+  config.model.variant = "narrow"
+  config.model.depth = "shallow"
+  config.input.batch_size = 64
+  config.num_epochs = 3
+  config.optim.warmup_steps = 100
+  config.checkpoint.every_steps = 500
+  config.log_every_steps = 50
+  config.eval.norm_max_objects = 2000
+  return config
