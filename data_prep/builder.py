@@ -35,7 +35,7 @@ import hashlib
 import multiprocessing
 import os
 import time
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from absl import logging
 import numpy as np
@@ -264,11 +264,13 @@ def _detections(settings: BuildSettings, src: video_io.VideoSource,
 
 
 def build_video(settings: BuildSettings, src: video_io.VideoSource,
-                shard_path: str, with_gt: bool) -> dict:
+                shard_path: str, with_gt: bool,
+                on_frame: Optional[Callable[[], None]] = None) -> dict:
   """Writes the shard of one video; returns its summary (frames, objects, ...).
 
   with_gt: check the video's ground truth (gt_frame/, gt_pixel/) against it;
   ground truth belongs to the test split (training video is normal).
+  on_frame: called once per frame read (progress).
   """
   t0 = time.perf_counter()
   feats = settings.features()
@@ -301,6 +303,8 @@ def build_video(settings: BuildSettings, src: video_io.VideoSource,
         height, width = frame.shape[:2]
       dets_by_frame[num_frames] = dets
       num_frames += 1
+      if on_frame is not None:
+        on_frame()
       yield frame
 
   for t, window in cubes.sliding_windows(frames_only(), w):
@@ -365,28 +369,39 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
   logging.info("Building %s: %d of %d videos to do.", settings.records,
                len(jobs), total)
   workers = max(1, min(int(config.build.workers), len(jobs)))
-  with tqdm.tqdm(total=len(jobs), unit="video", desc="build",
+  # Frame folders are counted by listing; video files would need a decode
+  # pass, so their frames only count once built (total unknown then).
+  todo_frames = None
+  if all(job[1].kind == "frames" for job in jobs):
+    todo_frames = sum(len(video_io.list_frame_files(job[1].path))
+                      for job in jobs)
+  with tqdm.tqdm(total=todo_frames, unit="frame", desc="build",
                  dynamic_ncols=True) as bar:
-    frames = objects = 0
+    counts = {"videos": 0, "objects": 0}
     t0 = time.perf_counter()
 
-    def done(summary):
-      nonlocal frames, objects
-      frames += summary["frames"]
-      objects += summary["objects"]
+    def postfix():
       dt = max(time.perf_counter() - t0, 1e-9)
-      bar.set_postfix(frames_s=f"{frames / dt:.0f}", objects_s=f"{objects / dt:.0f}")
-      bar.update(1)
+      bar.set_postfix(videos=f"{counts['videos']}/{len(jobs)}",
+                      objects_s=f"{counts['objects'] / dt:.1f}", refresh=False)
+
+    def done(summary, frames_counted: bool):
+      counts["videos"] += 1
+      counts["objects"] += summary["objects"]
+      postfix()
+      if not frames_counted:
+        bar.update(summary["frames"])
 
     if workers == 1:
-      for job in jobs:
-        done(_build_video_job(job)[1])
+      for settings_, src, shard, with_gt in jobs:
+        done(build_video(settings_, src, shard, with_gt,
+                         on_frame=lambda: bar.update(1)), True)
     else:
       # spawn: TensorFlow (used to serialise) is not fork-safe.
       ctx = multiprocessing.get_context("spawn")
       with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
         for _, summary in ex.map(_build_video_job, jobs):
-          done(summary)
+          done(summary, False)
 
   metas = {}
   for split in splits:
