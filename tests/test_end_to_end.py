@@ -101,3 +101,20 @@ def test_eval_errors(trained, tmp_path):
   np.save(bare / "gt_frame" / "test_01.npy", np.zeros(10, np.uint8))
   with pytest.raises(evaluation.EvalDataError, match="10 labels"):
     evaluation.evaluate(config, workdir)
+
+
+def test_render_annotated_videos(trained, tmp_path):
+  import cv2
+  config, workdir, _ = trained
+  config = _config()
+  config.data.root = os.path.join(workdir, "synthetic_data")
+  config.data.records = os.path.join(workdir, "records")
+  config.eval.render_video = True
+  config.eval.plots = False
+  evaluation.evaluate(config, workdir)
+  path = os.path.join(workdir, "eval", "videos", "test_01.mp4")
+  cap = cv2.VideoCapture(path)
+  frames = 0
+  while cap.read()[0]:
+    frames += 1
+  assert frames == 64
