@@ -65,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.widths = ()         # explicit widths override the variant
   config.model.head_width = 0      # 0 = last backbone width
   config.model.dtype = "float32"   # compute dtype ('bfloat16' for GPU/TPU)
+  # 3x3x3 convolutions: 'xla' (XLA's conv3d), 'fast' (im2col / conv2d +
+  # temporal shifts: same maths, faster on CPU), 'auto' (fast on CPU only).
+  config.model.conv_impl = "auto"
 
   # --- Proxy tasks. A task with weight 0 is skipped entirely (no compute).
   config.tasks = ml_collections.ConfigDict()

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from configs import common
@@ -77,3 +78,30 @@ def test_bad_config_values_name_the_key():
     config.tasks[t].weight = 0.0
   with pytest.raises(errors.ConfigError, match="config.tasks"):
     models.create_model(config, kd_outputs=5, channels=1)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_fast_conv_equals_xla_conv3d(channels):
+  """'fast' (im2col / conv2d + temporal shifts) is the same model as XLA's
+  conv3d: same parameters, same outputs and gradients up to float rounding."""
+  config = common.get_config()
+  config.model.widths = (4, 8, 8)
+  views = {t: jax.random.uniform(jax.random.PRNGKey(i), (3, 7, 16, 16, channels))
+           for i, t in enumerate(models.TASKS)}
+  views["mbp"] = views["mbp"][:, :6]
+  outs, grads = {}, {}
+  for impl in ("xla", "fast"):
+    config.model.conv_impl = impl
+    model = models.create_model(config, kd_outputs=5, channels=channels)
+    variables = model.init(jax.random.PRNGKey(0), views, train=False)
+
+    def loss(params, model=model, variables=variables):
+      out, _ = model.apply({**variables, "params": params}, views, train=True,
+                           mutable=["batch_stats"])
+      return sum(jnp.sum(v ** 2) for v in out.values()), out
+
+    grads[impl], outs[impl] = jax.grad(loss, has_aux=True)(variables["params"])
+  for a, b in zip(jax.tree.leaves(outs["fast"]), jax.tree.leaves(outs["xla"])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(grads["fast"]), jax.tree.leaves(grads["xla"])):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(jnp.abs(b).max()))
