@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -55,3 +55,25 @@ def check_variables(variables: Mapping, model: nn.Module, input_size: int,
         f"{what}: the state dict does not fit the model: missing "
         f"{missing[:5]}, unexpected {extra[:5]}, wrong shapes (got, want) "
         f"{wrong[:5]}")
+
+
+def convert_state_dict(state_dict: Mapping[str, np.ndarray],
+                       flax_path: Callable[[str], Optional[Sequence[str]]],
+                       model: nn.Module, input_size: int, name: str) -> dict:
+  """torch state dict -> checked Flax variables.
+
+  Args:
+    state_dict: {torch key: array}.
+    flax_path: torch key -> path in the Flax variables (None = not a variable,
+      e.g. num_batches_tracked).
+    model, input_size, name: for :func:`check_variables`.
+  Returns:
+    {"params": ..., "batch_stats": ...} float32 numpy trees.
+  """
+  variables: dict = {}
+  for key, value in state_dict.items():
+    path = flax_path(key)
+    if path is not None:
+      assign(variables, path, torch_to_flax(value))
+  check_variables(variables, model, input_size, name)
+  return variables

@@ -199,11 +199,5 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray],
   Raises:
     ValueError naming missing, unexpected or mis-shaped keys.
   """
-  variables: dict = {}
-  for key, value in state_dict.items():
-    path = _flax_path(key)
-    if path is not None:
-      common.assign(variables, path, common.torch_to_flax(value))
-  common.check_variables(variables, model or EfficientNetLite0(), INPUT_SIZE,
-                         "efficientnet_lite0")
-  return variables
+  return common.convert_state_dict(state_dict, _flax_path, model or EfficientNetLite0(),
+                                   INPUT_SIZE, "efficientnet_lite0")
