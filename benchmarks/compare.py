@@ -1,0 +1,831 @@
+r"""Side-by-side speed: the JAX model vs its PyTorch twin, and the detector.
+
+  python -m benchmarks.compare [--quick] [--out results.json] [--markdown t.md]
+
+Measured in one process on one machine (DESIGN §7), each after warm-up
+(compilation and first calls excluded, reported separately as
+``first_call_s``), over several repeats, interleaved between frameworks (so
+that drifting background load hits all of them alike); the median and the
+spread (min, max, quartiles) of the per-repeat rates are reported:
+
+* train: cubes/s of a full optimisation step on one global batch of object
+  records (all four tasks: views built on device, forward, joint loss,
+  backward, Adam with a constant schedule). JAX: the real
+  ``ssmtl_jax.train.train_step`` under ``sharding.jit_train_step`` over every
+  local device. PyTorch: ``benchmarks.torch_ssmtl.Trainer`` eager and with
+  ``torch.compile`` (views + forward + loss compiled, backward through
+  AOTAutograd, optimiser eager). A failing ``torch.compile`` is recorded as
+  its error string.
+* infer: cubes/s of the scoring forward (as ``ssmtl_jax.object_scores``: the
+  consecutive view through the backbone once for the aot, mi and kd heads,
+  the middle-removed view for mbp, then the per-task object scores).
+* detector: frames/s of YOLOv3-tiny at the same input size, Flax
+  (``data_prep.detector.yolo.Detector``) vs OpenCV dnn
+  (``cv2.dnn.readNetFromDarknet``) on the same weights. "network": one
+  letterboxed blob in, decoded rows out (host to host for both); "end_to_end":
+  frames in, final detections out, both with our letterbox pre-processing and
+  our NMS post-processing (only the network differs).
+* flops: this machine's f32 matmul FLOP/s (JAX and torch) and the model's
+  FLOPs per cube (analytic: conv + dense multiply-adds x 2; training = 3 x
+  forward), giving the achieved model FLOP/s as a percentage of the JAX
+  matmul rate; plus XLA's own estimate for the compiled train step.
+
+Devices: JAX uses its default backend (all local devices); torch uses CUDA
+when ``torch.cuda.is_available()`` (one device; TF32 allowed like JAX's
+default precision), else the CPU with ``torch.set_num_threads(os.cpu_count())``
+(``--torch-threads`` overrides) and ``OMP_WAIT_POLICY=PASSIVE`` unless set
+(why: see below the imports). OpenCV's dnn always runs on the CPU
+(``cv2.setNumThreads(os.cpu_count())``; the pip wheels have no CUDA).
+
+Configurations:
+
+* full: global batch 256 of 7x64x64x1 cubes, narrow model (16/32/32,
+  shallow), 5 repeats of >= 2 s; detector at 736x480 (the Ped2 setting) in
+  batches of 8, 32 frames per end-to-end repeat.
+* quick: global batch 8 of 7x32x32x1 cubes, narrow shallow model, 3 repeats
+  of >= 0.4 s; detector at 416x416, batches of 4, 4 frames per end-to-end
+  repeat. About 1 minute on 2 CPU cores once torch.compile's on-disk cache
+  (``/tmp/torchinductor_$USER``) is warm; the very first run on a machine adds
+  about a minute of Inductor C++ compilation (shown as ``first_call_s``).
+
+Numbers on a shared machine are noisy; the JSON records the load average
+before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import functools
+import glob
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from typing import Any, Callable, Optional, Sequence
+
+# JAX and torch share the accelerator in one process: no preallocation.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+# Idle OpenMP threads of torch's CPU ops sleep instead of spinning (libgomp /
+# libiomp spin up to ~200 ms after every parallel region). Spinning steals
+# the cores from JAX's next measurement in this same process, and on a
+# machine with other load it made torch itself 10-20x slower here (a thread
+# spinning at a barrier while its partner is descheduled). Must be set before
+# torch is imported; an explicit OMP_WAIT_POLICY in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import cv2  # pylint: disable=g-import-not-at-top
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from benchmarks import torch_ssmtl
+from configs import common
+from ssmtl_jax import models
+from ssmtl_jax import sharding
+from ssmtl_jax import tasks as tasks_lib
+from ssmtl_jax import train
+
+PED2_TEST = "/work/shared/data/ped2/test"
+
+
+@dataclasses.dataclass
+class Settings:
+  """What is measured (see the module docstring for the two presets)."""
+  quick: bool = False
+  batch: int = 256
+  crop: int = 64
+  channels: int = 1
+  variant: str = "narrow"
+  depth: str = "shallow"
+  head_width: int = 0
+  half_window: int = 6
+  seq_half: int = 3
+  max_gap: int = 2
+  num_det: int = 80
+  num_cls: int = 1000
+  learning_rate: float = 1e-3
+  repeats: int = 5
+  warmup: int = 1          # untimed calls after the first (compiling) one
+  min_repeat_s: float = 2.0  # steps per repeat chosen to last about this long
+  max_steps: int = 50
+  det_input: tuple[int, int] = (736, 480)
+  det_batch: int = 8
+  det_frames: int = 32     # frames per end-to-end repeat
+  matmul_n: int = 4096     # doubled on accelerators
+  torch_compile: bool = True
+  detector: bool = True
+  torch_channels_last: bool = True
+  torch_threads: int = 0   # 0 = os.cpu_count()
+
+  @classmethod
+  def quick_preset(cls) -> "Settings":
+    return cls(quick=True, batch=8, crop=32, repeats=3, warmup=1,
+               min_repeat_s=0.4, max_steps=20, det_input=(416, 416),
+               det_batch=4, det_frames=4, matmul_n=2048)
+
+  @property
+  def widths(self) -> tuple[int, ...]:
+    return models.VARIANT_WIDTHS[self.variant]
+
+  @property
+  def kd_outputs(self) -> int:
+    return self.num_det + self.num_cls
+
+
+# --- Timing -----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Runner:
+  """One contender: ``call()`` runs one step; ``sync(result)`` waits for it."""
+  name: str
+  call: Callable[[], Any]
+  sync: Callable[[Any], None]
+  items: int  # cubes or frames per call
+  first_call_s: Optional[float] = None
+  steps: int = 1
+  rates: list = dataclasses.field(default_factory=list)
+  error: Optional[str] = None
+
+
+def _error(e: BaseException) -> str:
+  return f"{type(e).__name__}: {str(e).strip()}"[:2000]
+
+
+def _warm_up(runner: Runner, settings: Settings) -> None:
+  """First call (compilation) + warm-up calls, then sizes the repeats."""
+  try:
+    t0 = time.perf_counter()
+    runner.sync(runner.call())
+    runner.first_call_s = time.perf_counter() - t0
+    for _ in range(settings.warmup):
+      runner.sync(runner.call())
+    t0 = time.perf_counter()
+    runner.sync(runner.call())
+    one = time.perf_counter() - t0
+    runner.steps = int(min(settings.max_steps,
+                           max(1, math.ceil(settings.min_repeat_s / one))))
+  except Exception as e:  # pylint: disable=broad-except
+    runner.error = _error(e)
+    print(f"  {runner.name}: FAILED in warm-up: {runner.error.splitlines()[0]}",
+          file=sys.stderr)
+    if os.environ.get("BENCH_TRACEBACK"):
+      traceback.print_exc()
+
+
+def _measure(runners: Sequence[Runner], settings: Settings) -> None:
+  """Warm up each runner, then interleave the timed repeats."""
+  for r in runners:
+    _warm_up(r, settings)
+  for _ in range(settings.repeats):
+    for r in runners:
+      if r.error:
+        continue
+      try:
+        t0 = time.perf_counter()
+        out = None
+        for _ in range(r.steps):
+          out = r.call()
+        r.sync(out)
+        r.rates.append(r.steps * r.items / (time.perf_counter() - t0))
+      except Exception as e:  # pylint: disable=broad-except
+        r.error = _error(e)
+
+
+def _summary(r: Runner, unit: str) -> dict:
+  if r.error:
+    return {"error": r.error, "first_call_s": r.first_call_s}
+  rates = np.asarray(r.rates)
+  q1, med, q3 = np.percentile(rates, [25, 50, 75])
+  return {unit: float(med), "min": float(rates.min()),
+          "max": float(rates.max()), "q1": float(q1), "q3": float(q3),
+          "repeats": [float(x) for x in rates], "steps_per_repeat": r.steps,
+          "items_per_step": r.items, "first_call_s": r.first_call_s}
+
+
+def _jax_sync(out: Any) -> None:
+  jax.block_until_ready(out)
+
+
+def _torch_sync_fn(device: torch.device) -> Callable[[Any], None]:
+  if device.type == "cuda":
+    return lambda _: torch.cuda.synchronize(device)
+  return lambda _: None  # CPU ops are synchronous.
+
+
+# --- Inputs and models --------------------------------------------------------
+
+
+def _records(settings: Settings, seed: int = 0) -> dict:
+  """A global batch of synthetic object records (speed does not depend on the
+  pixel values)."""
+  rng = np.random.default_rng(seed)
+  s = settings
+  return {
+      "crops": rng.integers(0, 256, (s.batch, 2 * s.half_window + 1, s.crop,
+                                     s.crop, s.channels), np.uint8),
+      "teacher_det": rng.random((s.batch, s.num_det), np.float32),
+      "teacher_cls": rng.normal(size=(s.batch, s.num_cls)).astype(np.float32),
+  }
+
+
+def _config(settings: Settings):
+  config = common.get_config()
+  config.model.variant = settings.variant
+  config.model.depth = settings.depth
+  config.model.head_width = settings.head_width
+  config.optim.name = "adam"
+  config.optim.schedule = "constant"
+  config.optim.learning_rate = settings.learning_rate
+  config.tasks.seq_half = settings.seq_half
+  config.tasks.max_gap = settings.max_gap
+  config.input.batch_size = settings.batch
+  return config
+
+
+def _step_config(settings: Settings) -> train.StepConfig:
+  return train.StepConfig(
+      tasks=models.TASKS, weights=tuple((t, 1.0) for t in models.TASKS),
+      seq_half=settings.seq_half, max_gap=settings.max_gap,
+      num_det=settings.num_det, kd_loss="l1")
+
+
+def _init_views(settings: Settings) -> dict:
+  t = 2 * settings.seq_half + 1
+  shape = (1, t, settings.crop, settings.crop, settings.channels)
+  views = {task: jnp.zeros(shape, jnp.float32) for task in models.TASKS}
+  views["mbp"] = jnp.zeros((1, t - 1) + shape[2:], jnp.float32)
+  return views
+
+
+def _torch_device() -> torch.device:
+  return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _torch_batch(records: dict, device: torch.device):
+  """uint8 crops [B, C, 2W+1, S, S] and teacher targets [B, D + K] on device
+  (the layout a PyTorch data loader would produce)."""
+  crops = torch.from_numpy(records["crops"]).permute(0, 4, 1, 2, 3)
+  teacher = torch.from_numpy(np.concatenate(
+      [records["teacher_det"], records["teacher_cls"]], axis=1))
+  return crops.contiguous().to(device), teacher.to(device)
+
+
+# --- FLOPs ------------------------------------------------------------------
+
+
+def model_flops(settings: Settings) -> dict:
+  """Analytic conv + dense FLOPs (2 x multiply-adds) per cube.
+
+  Returns:
+    {"forward_train": forward of the four task views, "train": 3 x that
+    (backward ~ 2 x forward), "infer": the scoring forward}.
+  """
+  s = settings
+  widths, convs = s.widths, models.DEPTH_CONVS[s.depth]
+  hw = s.head_width or widths[-1]
+
+  def backbone(t: int) -> float:
+    flops, c, size = 0.0, s.channels, s.crop
+    for w in widths:
+      for _ in range(convs):
+        flops += 2 * 27 * c * w * t * size * size
+        c = w
+      size //= 2
+    return flops
+
+  final = s.crop // 2 ** len(widths)
+
+  def class_head(t: int, outputs: int) -> float:
+    return 2 * 27 * widths[-1] * hw * t * final * final + 2 * hw * outputs
+
+  def mbp_head(t: int) -> float:
+    c, size = t * widths[-1], final
+    flops = 2 * 9 * c * widths[-1] * size * size
+    c = widths[-1]
+    for w in reversed(widths):
+      size *= 2
+      flops += 2 * 9 * c * w * size * size
+      c = w
+    return flops + 2 * 9 * c * s.channels * size * size
+
+  t = 2 * s.seq_half + 1
+  forward_train = (3 * backbone(t) + backbone(t - 1) + 2 * class_head(t, 2) +
+                   class_head(t, s.kd_outputs) + mbp_head(t - 1))
+  infer = (backbone(t) + backbone(t - 1) + 2 * class_head(t, 2) +
+           class_head(t, s.kd_outputs) + mbp_head(t - 1))
+  return {"forward_train": forward_train, "train": 3 * forward_train,
+          "infer": infer}
+
+
+def _xla_flops(lowered) -> Optional[float]:
+  try:
+    cost = lowered.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0]
+    return float(cost["flops"])
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def matmul_flops(n: int, repeats: int = 5) -> dict:
+  """f32 n x n matmul FLOP/s, best and median of `repeats`, JAX and torch."""
+  out = {"n": n}
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+  f = jax.jit(jnp.matmul)
+  jax.block_until_ready(f(a, b))
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(a, b))
+    times.append(time.perf_counter() - t0)
+  out["jax_flops_per_s"] = 2 * n ** 3 / min(times)
+  out["jax_flops_per_s_median"] = 2 * n ** 3 / float(np.median(times))
+  device = _torch_device()
+  ta = torch.randn(n, n, device=device)
+  tb = torch.randn(n, n, device=device)
+  sync = _torch_sync_fn(device)
+  torch.mm(ta, tb)
+  sync(None)
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    torch.mm(ta, tb)
+    sync(None)
+    times.append(time.perf_counter() - t0)
+  out["torch_flops_per_s"] = 2 * n ** 3 / min(times)
+  out["torch_flops_per_s_median"] = 2 * n ** 3 / float(np.median(times))
+  return out
+
+
+# --- Sections -----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Models:
+  """The Flax model with its initial variables and the twin holding them."""
+  flax: models.SSMTL
+  variables: dict
+  twin: torch_ssmtl.SSMTL
+
+
+def build_models(settings: Settings, device: torch.device) -> Models:
+  config = _config(settings)
+  model = models.create_model(config, kd_outputs=settings.kd_outputs,
+                              channels=settings.channels)
+  variables = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.PRNGKey(0), _init_views(settings))
+  twin = torch_ssmtl.from_flax_module(
+      model, seq_half=settings.seq_half,
+      channels_last=settings.torch_channels_last)
+  torch_ssmtl.load_flax_variables(twin, jax.device_get(variables))
+  twin.to(device)
+  return Models(model, variables, twin)
+
+
+def train_section(settings: Settings, m: Models, records: dict,
+                  device: torch.device) -> tuple[dict, dict]:
+  """Train throughput; returns (results, XLA cost info)."""
+  config = _config(settings)
+  cfg = _step_config(settings)
+  tx = train.create_optimizer(config, total_steps=1_000_000)
+  mesh = sharding.create_mesh()
+  sharding.check_batch_size(settings.batch, jax.device_count())
+  # Fresh copies: the step donates its state.
+  params = jax.tree.map(jnp.copy, m.variables["params"])
+  state = train.TrainState(
+      step=jnp.zeros((), jnp.int32), params=params,
+      batch_stats=jax.tree.map(jnp.copy, m.variables["batch_stats"]),
+      opt_state=tx.init(params), bad_step=jnp.full((), -1, jnp.int32))
+  state = jax.device_put(state, sharding.replicated(mesh))
+  step = sharding.jit_train_step(
+      functools.partial(train.train_step, model=m.flax, tx=tx, cfg=cfg), mesh)
+  batch = sharding.global_batch(records, mesh)
+  rng = sharding.to_replicated(jax.random.PRNGKey(0), mesh)
+  xla = {"xla_flops_per_step": _xla_flops(step.lower(state, batch, rng))}
+
+  holder = {"state": state}
+
+  def jax_call():
+    holder["state"], metrics = step(holder["state"], batch, rng)
+    return metrics
+
+  runners = [Runner("jax", jax_call, _jax_sync, settings.batch)]
+  crops, teacher = _torch_batch(records, device)
+  sync = _torch_sync_fn(device)
+  for name, compiled in (("torch_eager", False), ("torch_compile", True)):
+    if compiled and not settings.torch_compile:
+      continue
+    twin = copy.deepcopy(m.twin)
+    opt, sched = torch_ssmtl.create_optimizer(twin, config.optim, 1_000_000)
+    trainer = torch_ssmtl.Trainer(
+        twin, tasks=cfg.tasks, weights=dict(cfg.weights),
+        seq_half=cfg.seq_half, max_gap=cfg.max_gap, num_det=cfg.num_det,
+        kd_loss=cfg.kd_loss, optimizer=opt, scheduler=sched, compiled=compiled)
+    runners.append(Runner(name, functools.partial(trainer.step, crops,
+                                                  teacher),
+                          sync, settings.batch))
+  _measure(runners, settings)
+  return {r.name: _summary(r, "cubes_per_s") for r in runners}, xla
+
+
+def infer_section(settings: Settings, m: Models, records: dict,
+                  device: torch.device) -> dict:
+  """Scoring throughput (and the largest score difference, as a check that
+  both frameworks compute the same thing)."""
+  cfg = _step_config(settings)
+  mesh = sharding.create_mesh()
+
+  def score(variables, batch):
+    consec, middle_removed = tasks_lib.inference_views(batch, cfg.seq_half)
+    outputs = m.flax.apply(variables, consec, middle_removed,
+                           method=models.SSMTL.score_heads)
+    return tasks_lib.object_scores(outputs, consec, batch, num_det=cfg.num_det,
+                                   seq_half=cfg.seq_half, kd_loss=cfg.kd_loss)
+
+  fn = jax.jit(score, in_shardings=(sharding.replicated(mesh),
+                                    sharding.data_sharding(mesh)),
+               out_shardings=sharding.replicated(mesh))
+  variables = jax.device_put(m.variables, sharding.replicated(mesh))
+  batch = sharding.global_batch(records, mesh)
+  runners = [Runner("jax", functools.partial(fn, variables, batch), _jax_sync,
+                    settings.batch)]
+  crops, teacher = _torch_batch(records, device)
+  scorers = {}
+  for name, compiled in (("torch_eager", False), ("torch_compile", True)):
+    if compiled and not settings.torch_compile:
+      continue
+    scorers[name] = torch_ssmtl.Scorer(
+        m.twin, seq_half=cfg.seq_half, num_det=cfg.num_det,
+        kd_loss=cfg.kd_loss, compiled=compiled)
+    runners.append(Runner(name, functools.partial(scorers[name], crops,
+                                                  teacher),
+                          _torch_sync_fn(device), settings.batch))
+  _measure(runners, settings)
+  out = {r.name: _summary(r, "cubes_per_s") for r in runners}
+  try:
+    ref = jax.device_get(fn(variables, batch))
+    got = scorers["torch_eager"](crops, teacher)
+    out["max_abs_score_diff"] = {
+        t: float(np.abs(got[t].float().cpu().numpy() - ref[t]).max())
+        for t in ref}
+  except Exception as e:  # pylint: disable=broad-except
+    out["max_abs_score_diff"] = {"error": _error(e)}
+  return out
+
+
+def _detector_frames(n: int) -> tuple[list[np.ndarray], str]:
+  paths = sorted(glob.glob(os.path.join(PED2_TEST, "*", "*.jpg")))
+  if len(paths) >= n:
+    return [cv2.imread(p, cv2.IMREAD_GRAYSCALE) for p in paths[:n]], PED2_TEST
+  rng = np.random.default_rng(0)
+  frames = []
+  for _ in range(n):
+    g = cv2.GaussianBlur(rng.integers(0, 256, (240, 360), np.uint8), (9, 9), 3)
+    frames.append(g)
+  return frames, "synthetic 240x360 gray"
+
+
+def detector_section(settings: Settings) -> dict:
+  from data_prep.detector import weights  # pylint: disable=g-import-not-at-top
+  from data_prep.detector import yolo  # pylint: disable=g-import-not-at-top
+  try:
+    files = weights.ensure_yolov3_tiny()
+  except weights.WeightsError as e:
+    return {"error": _error(e)}
+  size = tuple(settings.det_input)
+  det = yolo.Detector(files.cfg, files.weights, input_size=size,
+                      conf_threshold=0.25, nms_threshold=0.45,
+                      batch_size=settings.det_batch)
+  net = cv2.dnn.readNetFromDarknet(files.cfg, files.weights)
+  net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+  net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+  yolo_names = [f"yolo_{i}" for i in det.net.yolo_indices]
+  frames, source = _detector_frames(settings.det_frames)
+  blob, _ = yolo.preprocess(frames[:settings.det_batch], size)
+  nchw = np.ascontiguousarray(blob.transpose(0, 3, 1, 2))
+
+  def cv_rows(x: np.ndarray) -> np.ndarray:
+    net.setInput(x)
+    return np.concatenate(net.forward(yolo_names), axis=1)
+
+  def cv_detect(frames_: list[np.ndarray]) -> list[np.ndarray]:
+    out = []
+    for i in range(0, len(frames_), settings.det_batch):
+      b, boxes = yolo.preprocess(frames_[i:i + settings.det_batch], size)
+      rows = cv_rows(np.ascontiguousarray(b.transpose(0, 3, 1, 2)))
+      out.extend(yolo.postprocess(rows[j], lb, conf_threshold=0.25,
+                                  nms_threshold=0.45)
+                 for j, lb in enumerate(boxes))
+    return out
+
+  nosync = lambda _: None  # both return host arrays
+  runners = [
+      Runner("flax_network", functools.partial(det.decoded_rows, blob),
+             nosync, settings.det_batch),
+      Runner("opencv_network", functools.partial(cv_rows, nchw), nosync,
+             settings.det_batch),
+      Runner("flax_end_to_end", functools.partial(det.detect, frames), nosync,
+             len(frames)),
+      Runner("opencv_end_to_end", functools.partial(cv_detect, frames),
+             nosync, len(frames)),
+  ]
+  _measure(runners, settings)
+  out = {r.name: _summary(r, "frames_per_s") for r in runners}
+  out.update(input_size=list(size), batch=settings.det_batch,
+             frames=source, flax_device=str(jax.devices()[0].platform),
+             opencv_device="cpu", conf_threshold=0.25, nms_threshold=0.45)
+  try:
+    out["max_abs_row_diff"] = float(np.abs(det.decoded_rows(blob)[..., :5] -
+                                           cv_rows(nchw)[..., :5]).max())
+  except Exception as e:  # pylint: disable=broad-except
+    out["max_abs_row_diff"] = _error(e)
+  return out
+
+
+# --- Report -------------------------------------------------------------------
+
+
+def machine_info(device: torch.device) -> dict:
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  devs = jax.devices()
+  info = {
+      "cpu": cpu,
+      "cpu_count": os.cpu_count(),
+      "platform": platform.platform(),
+      "python": platform.python_version(),
+      "jax": jax.__version__,
+      "jax_backend": jax.default_backend(),
+      "jax_devices": len(devs),
+      "jax_device_kind": devs[0].device_kind,
+      "torch": torch.__version__,
+      "torch_device": str(device),
+      "torch_num_threads": torch.get_num_threads(),
+      "torch_num_interop_threads": torch.get_num_interop_threads(),
+      "opencv": cv2.__version__,
+      "opencv_num_threads": cv2.getNumThreads(),
+  }
+  if hasattr(os, "sched_getaffinity"):
+    info["cpu_affinity"] = len(os.sched_getaffinity(0))
+  if device.type == "cuda":
+    info["torch_device_name"] = torch.cuda.get_device_name(device)
+    info["torch_float32_matmul_precision"] = (
+        torch.get_float32_matmul_precision())
+    info["torch_cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+  if hasattr(os, "getloadavg"):
+    info["loadavg_start"] = list(os.getloadavg())
+  return info
+
+
+def _ratio(a: dict, b: dict, key: str) -> Optional[float]:
+  if key in a and key in b and b[key]:
+    return a[key] / b[key]
+  return None
+
+
+def ratios(results: dict) -> dict:
+  out = {}
+  for section in ("train", "infer"):
+    sec = results.get(section, {})
+    for other in ("torch_eager", "torch_compile"):
+      out[f"{section}_jax_over_{other}"] = _ratio(
+          sec.get("jax", {}), sec.get(other, {}), "cubes_per_s")
+  det = results.get("detector", {})
+  for kind in ("network", "end_to_end"):
+    out[f"detector_{kind}_flax_over_opencv"] = _ratio(
+        det.get(f"flax_{kind}", {}), det.get(f"opencv_{kind}", {}),
+        "frames_per_s")
+  return out
+
+
+def _cell(entry: dict, key: str) -> str:
+  if not entry:
+    return "-"
+  if "error" in entry:
+    return "error"
+  return f"{entry[key]:.1f} [{entry['min']:.1f}-{entry['max']:.1f}]"
+
+
+def _fmt_ratio(x: Optional[float]) -> str:
+  return "-" if x is None else f"{x:.2f}"
+
+
+def markdown(results: dict) -> str:
+  """The summary table (median [min-max] per repeat)."""
+  mach, cfg, rat = results["machine"], results["config"], results["ratios"]
+  lines = [
+      f"Machine: {mach['cpu']}, {mach['cpu_count']} cores; JAX "
+      f"{mach['jax']} on {mach['jax_devices']} x {mach['jax_device_kind']} "
+      f"({mach['jax_backend']}); torch {mach['torch']} on "
+      f"{mach['torch_device']} ({mach['torch_num_threads']} threads); OpenCV "
+      f"{mach['opencv']} ({mach['opencv_num_threads']} threads). Load average "
+      f"{mach.get('loadavg_start')} -> {mach.get('loadavg_end')}.",
+      f"Config: {'quick' if cfg['quick'] else 'full'}; batch {cfg['batch']} "
+      f"of {cfg['frames']}x{cfg['crop']}x{cfg['crop']}x{cfg['channels']}, "
+      f"{cfg['variant']}/{cfg['depth']} {cfg['widths']}, "
+      f"{cfg['repeats']} repeats" + (
+          f"; detector {cfg['det_input'][0]}x{cfg['det_input'][1]}, batch "
+          f"{cfg['det_batch']}." if "detector" in results else "."),
+      "",
+      "| benchmark | JAX | torch eager | torch.compile | JAX/eager | "
+      "JAX/compile |",
+      "|---|---|---|---|---|---|",
+  ]
+  for section, label in (("train", "train cubes/s"),
+                         ("infer", "infer cubes/s")):
+    sec = results.get(section, {})
+    lines.append(
+        f"| {label} | {_cell(sec.get('jax'), 'cubes_per_s')} | "
+        f"{_cell(sec.get('torch_eager'), 'cubes_per_s')} | "
+        f"{_cell(sec.get('torch_compile'), 'cubes_per_s')} | "
+        f"{_fmt_ratio(rat.get(f'{section}_jax_over_torch_eager'))} | "
+        f"{_fmt_ratio(rat.get(f'{section}_jax_over_torch_compile'))} |")
+  first = []
+  for section in ("train", "infer"):
+    sec = results.get(section, {})
+    cells = [f"{sec[k]['first_call_s']:.1f}" if sec.get(k, {}).get(
+        "first_call_s") is not None else "-"
+             for k in ("jax", "torch_eager", "torch_compile")]
+    first.append(f"| {section} first call s (compile) | " + " | ".join(cells) +
+                 " | | |")
+  lines += first
+  det = results.get("detector", {})
+  if det and "error" not in det:
+    lines += ["", "| detector frames/s | Flax | OpenCV dnn | Flax/OpenCV |",
+              "|---|---|---|---|"]
+    for kind in ("network", "end_to_end"):
+      lines.append(
+          f"| {kind} | {_cell(det.get(f'flax_{kind}'), 'frames_per_s')} | "
+          f"{_cell(det.get(f'opencv_{kind}'), 'frames_per_s')} | "
+          f"{_fmt_ratio(rat.get(f'detector_{kind}_flax_over_opencv'))} |")
+  elif det:
+    lines += ["", f"detector: {det['error']}"]
+  fl = results.get("flops", {})
+  if fl:
+    lines += ["", f"Matmul f32 {fl['matmul']['n']}^2: JAX "
+              f"{fl['matmul']['jax_flops_per_s'] / 1e9:.1f} GFLOP/s, torch "
+              f"{fl['matmul']['torch_flops_per_s'] / 1e9:.1f} GFLOP/s. Model: "
+              f"{fl['train_flops_per_cube'] / 1e9:.3f} GFLOP/cube train, "
+              f"{fl['infer_flops_per_cube'] / 1e9:.3f} inference (analytic)."]
+    for key, label in (("train", "train"), ("infer", "infer")):
+      pct = fl.get(f"{key}_pct_of_jax_matmul", {})
+      if pct:
+        lines.append(f"{label} achieved % of JAX matmul peak: " + ", ".join(
+            f"{k} {v:.1f}%" for k, v in pct.items()))
+  diff = results.get("infer", {}).get("max_abs_score_diff")
+  if diff and "error" not in diff:
+    lines.append("Same weights, JAX vs torch eager object scores: max |diff| " +
+                 ", ".join(f"{k} {v:.1e}" for k, v in diff.items()) +
+                 (f"; detector rows (box, objectness) Flax vs OpenCV: "
+                  f"{det['max_abs_row_diff']:.1e}"
+                  if isinstance(det.get("max_abs_row_diff"), float) else ""))
+  for section in ("train", "infer"):
+    for name, entry in results.get(section, {}).items():
+      if isinstance(entry, dict) and "error" in entry:
+        lines.append(f"{section} {name} error: "
+                     f"{str(entry['error']).splitlines()[0][:300]}")
+  return "\n".join(lines)
+
+
+def run(settings: Settings) -> dict:
+  ncpu = os.cpu_count() or 1
+  torch.set_num_threads(settings.torch_threads or ncpu)
+  cv2.setNumThreads(ncpu)
+  device = _torch_device()
+  if device.type == "cuda":
+    # Same precision policy as JAX's default on GPUs (TF32 convs/matmuls).
+    torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision("high")
+  results: dict[str, Any] = {"machine": machine_info(device)}
+  s = settings
+  results["config"] = {
+      "quick": s.quick, "batch": s.batch, "crop": s.crop,
+      "channels": s.channels, "frames": 2 * s.seq_half + 1,
+      "half_window": s.half_window, "variant": s.variant, "depth": s.depth,
+      "widths": list(s.widths), "head_width": s.head_width,
+      "kd_outputs": s.kd_outputs, "tasks": list(models.TASKS),
+      "optimizer": f"adam lr {s.learning_rate}, constant",
+      "repeats": s.repeats, "warmup_calls": s.warmup,
+      "min_repeat_s": s.min_repeat_s, "det_input": list(s.det_input),
+      "det_batch": s.det_batch, "det_frames": s.det_frames,
+      "torch_channels_last": s.torch_channels_last,
+      "torch_compile": s.torch_compile,
+      "jax_conv_impl": str(_config(s).model.get("conv_impl", "xla")),
+      "torch_threads_policy": (f"torch.set_num_threads({s.torch_threads})"
+                               if s.torch_threads else
+                               "torch.set_num_threads(os.cpu_count())"),
+      "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+  }
+  records = _records(s)
+  walls = results["config"]["section_wall_s"] = {}
+
+  def section(name: str, fn: Callable[[], Any]) -> Any:
+    print(f"{name} ...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    try:
+      return fn()
+    finally:
+      walls[name] = time.perf_counter() - t0
+
+  m = section("models", lambda: build_models(s, device))
+  results["train"], xla = section(
+      "train", lambda: train_section(s, m, records, device))
+  results["infer"] = section("infer",
+                             lambda: infer_section(s, m, records, device))
+  if s.detector:
+    try:
+      results["detector"] = section("detector", lambda: detector_section(s))
+    except Exception as e:  # pylint: disable=broad-except
+      results["detector"] = {"error": _error(e)}
+  n = s.matmul_n * (1 if jax.default_backend() == "cpu" else 2)
+  mm = section("matmul", lambda: matmul_flops(n))
+  fl = model_flops(s)
+  flops = {"matmul": mm, "train_flops_per_cube": fl["train"],
+           "infer_flops_per_cube": fl["infer"],
+           "method": "analytic conv+dense FLOPs (2 x MACs); train = 3 x "
+                     "forward of the four views",
+           "xla_train_flops_per_cube": (xla["xla_flops_per_step"] / s.batch
+                                        if xla["xla_flops_per_step"] else None)}
+  for section in ("train", "infer"):
+    pct = {}
+    for name, entry in results[section].items():
+      if isinstance(entry, dict) and "cubes_per_s" in entry:
+        achieved = entry["cubes_per_s"] * fl[section]
+        entry["model_flops_per_s"] = achieved
+        pct[name] = 100 * achieved / mm["jax_flops_per_s"]
+    flops[f"{section}_pct_of_jax_matmul"] = pct
+  results["flops"] = flops
+  results["ratios"] = ratios(results)
+  if hasattr(os, "getloadavg"):
+    results["machine"]["loadavg_end"] = list(os.getloadavg())
+  results["machine"]["note"] = (
+      "Timings on a shared machine are noisy: compare the spread (min/max, "
+      "quartiles) and the load averages.")
+  return results
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m benchmarks.compare",
+                                   description=__doc__.split("\n\n")[0])
+  parser.add_argument("--quick", action="store_true",
+                      help="small preset, < 2 minutes on 2 CPU cores")
+  parser.add_argument("--out", default=None, help="write the JSON here")
+  parser.add_argument("--markdown", default=None,
+                      help="write the table here")
+  parser.add_argument("--batch", type=int, default=None)
+  parser.add_argument("--crop", type=int, default=None)
+  parser.add_argument("--variant", choices=sorted(models.VARIANT_WIDTHS),
+                      default=None)
+  parser.add_argument("--depth", choices=sorted(models.DEPTH_CONVS),
+                      default=None)
+  parser.add_argument("--repeats", type=int, default=None)
+  parser.add_argument("--no-compile", action="store_true",
+                      help="skip torch.compile")
+  parser.add_argument("--no-detector", action="store_true",
+                      help="skip the detector comparison")
+  parser.add_argument("--torch-threads", type=int, default=0,
+                      help="torch CPU threads (default: os.cpu_count())")
+  parser.add_argument("--torch-contiguous", action="store_true",
+                      help="torch in NCDHW instead of channels_last_3d")
+  args = parser.parse_args(argv)
+  settings = Settings.quick_preset() if args.quick else Settings()
+  for key in ("batch", "crop", "variant", "depth", "repeats"):
+    if getattr(args, key) is not None:
+      setattr(settings, key, getattr(args, key))
+  settings.torch_compile = not args.no_compile
+  settings.detector = not args.no_detector
+  settings.torch_channels_last = not args.torch_contiguous
+  settings.torch_threads = args.torch_threads
+  t0 = time.perf_counter()
+  results = run(settings)
+  results["config"]["wall_s"] = time.perf_counter() - t0
+  table = markdown(results)
+  print(table)
+  print(f"(total {results['config']['wall_s']:.0f} s)")
+  if args.out:
+    with open(args.out, "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=2)
+  if args.markdown:
+    with open(args.markdown, "w", encoding="utf-8") as f:
+      f.write(table + "\n")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

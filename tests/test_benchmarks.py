@@ -1,0 +1,340 @@
+"""The PyTorch twin (benchmarks/torch_ssmtl.py) computes what Flax computes.
+
+Flax variables are copied into the twin; both get the same pre-built views
+(ssmtl_jax.tasks.make_views) and targets. Checked: all four heads in train
+mode (batch statistics) and eval mode (running statistics set to non-trivial
+values), the scoring forward, the running-stat updates, and one real
+``train.train_step`` (Adam, constant schedule) against one twin step: joint
+and per-task losses, gradients, then every parameter after the update.
+
+Weights are random (numpy, with non-trivial BN scales and biases); the Flax
+model uses XLA's conv3d (``model.conv_impl='xla'`` where that key exists; the
+other implementations are checked against it in test_models.py) because
+op-by-op it is the quickest to run here.
+
+Achieved on the dev machine (CPU, float32): head outputs within 6e-6 (train
+and eval mode, scoring forward), losses within 5e-7, gradients (Adam's first
+moment) within 9e-8, parameters after the step within 1.2e-7 where the step is
+well posed (|gradient| >= 1e-6; elsewhere within 1.5e-6, bound 2 lr), running
+means within 3e-7, running variances within 0.8% relative (see VAR_RTOL).
+The tolerances leave room for other conv kernels and summation orders.
+"""
+
+import functools
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from benchmarks import torch_ssmtl  # pylint: disable=g-import-not-at-top
+from configs import common
+from ssmtl_jax import models
+from ssmtl_jax import tasks as tasks_lib
+from ssmtl_jax import train
+
+BATCH, CROP, HALF_WINDOW, SEQ_HALF, MAX_GAP = 4, 16, 6, 3, 2
+NUM_DET, NUM_CLS = 8, 12
+OUT_ATOL = 1e-4      # head outputs (logits, crops in [0, 1], kd outputs)
+LOSS_RTOL = 1e-5     # joint and per-task losses
+GRAD_ATOL = 1e-6     # Adam first moment = 0.1 * gradient (|g| up to ~0.4)
+PARAM_ATOL = 2e-5    # parameters after one Adam step (lr 1e-3), see below
+MEAN_ATOL = 1e-5     # running means after the step
+# Running variances: torch updates them with the unbiased batch variance
+# (x n / (n - 1)), Flax with the biased one. With n as small as 16 elements per
+# channel (the decoder's first conv: batch 4 x 2 x 2) and momentum 0.1 that is
+# up to ~0.8% here; outputs in train mode use the (biased) batch variance in
+# both and are checked tightly above.
+VAR_RTOL = 2e-2
+
+
+def _config(depth: str, head_width: int):
+  config = common.get_config()
+  config.model.widths = (4, 8, 8)
+  config.model.depth = depth
+  config.model.head_width = head_width
+  config.optim.schedule = "constant"
+  config.optim.learning_rate = 1e-3
+  if "conv_impl" in config.model:
+    config.model.conv_impl = "xla"
+  return config
+
+
+def _batch(seed: int = 0) -> dict:
+  rng = np.random.default_rng(seed)
+  return {
+      "crops": rng.integers(0, 256, (BATCH, 2 * HALF_WINDOW + 1, CROP, CROP, 1),
+                            np.uint8),
+      "teacher_det": rng.random((BATCH, NUM_DET), np.float32),
+      "teacher_cls": rng.normal(size=(BATCH, NUM_CLS)).astype(np.float32),
+  }
+
+
+def _views(batch: dict, key: jax.Array):
+  # Not jitted: a dict output would come back key-sorted; the order matters
+  # for the running-stat updates (see _torch_views).
+  return tasks_lib.make_views(batch, key, tasks=models.TASKS,
+                              seq_half=SEQ_HALF, max_gap=MAX_GAP)
+
+
+def _torch_views(views: dict) -> dict:
+  # TASKS order: the order in which train_step's (traced) views dict feeds the
+  # backbone, hence the order of running-stat updates.
+  return {t: torch_ssmtl.jax_to_torch_layout(views[t]) for t in models.TASKS}
+
+
+def _torch_targets(targets: dict) -> dict:
+  out = {t: torch.from_numpy(np.array(targets[t])).long()
+         for t in ("aot", "mi")}
+  out["mbp"] = torch_ssmtl.jax_to_torch_layout(targets["mbp"])
+  out["kd"] = torch.from_numpy(np.array(targets["kd"]))
+  return out
+
+
+def _assert_outputs_close(flax_out: dict, torch_out: dict, atol: float):
+  assert set(flax_out) == set(torch_out)
+  for task, ref in flax_out.items():
+    got = torch_out[task].detach()
+    if task == "mbp":
+      got = got.permute(0, 2, 3, 1)  # NCHW -> NHWC
+    np.testing.assert_allclose(got.numpy(), np.asarray(ref), atol=atol,
+                               rtol=0, err_msg=task)
+
+
+def _random_variables(model, views: dict, seed: int = 0) -> dict:
+  """Variables of the model's shapes drawn with numpy: much faster than
+  op-by-op model.init on CPU, and BN scales/biases and conv/dense biases are
+  non-trivial, so their copying is checked too."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(functools.partial(model.init, train=False),
+                          jax.random.PRNGKey(0), views)
+
+  def draw(path, leaf):
+    name, shape = path[-1].key, leaf.shape
+    if name == "kernel":  # fan-in scaled, like LeCun normal
+      x = rng.normal(size=shape) / np.sqrt(np.prod(shape[:-1]))
+    elif name == "scale":
+      x = rng.uniform(0.5, 1.5, shape)
+    elif name == "var":
+      x = np.ones(shape)
+    elif name == "mean":
+      x = np.zeros(shape)
+    else:  # biases
+      x = 0.1 * rng.normal(size=shape)
+    return x.astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def _setup(depth: str, head_width: int, channels_last: bool):
+  config = _config(depth, head_width)
+  model = models.create_model(config, kd_outputs=NUM_DET + NUM_CLS, channels=1)
+  batch = _batch()
+  views, targets = _views(batch, jax.random.PRNGKey(1))
+  variables = _random_variables(model, views)
+  twin = torch_ssmtl.from_flax_module(model, seq_half=SEQ_HALF,
+                                      channels_last=channels_last)
+  torch_ssmtl.load_flax_variables(twin, variables)
+  return config, model, batch, views, targets, variables, twin
+
+
+@pytest.mark.parametrize("depth,head_width,channels_last",
+                         [("shallow", 0, False), ("deep", 6, True)])
+def test_heads_match_in_train_and_eval_mode(depth, head_width, channels_last):
+  _, model, batch, views, _, variables, twin = _setup(depth, head_width,
+                                                      channels_last)
+  views_t = _torch_views(views)
+
+  # Train mode: batch statistics; also the running-stat updates.
+  ref, new_vars = model.apply(variables, views, train=True,
+                              mutable=["batch_stats"])
+  twin.train()
+  _assert_outputs_close(ref, twin(views_t), OUT_ATOL)
+  _assert_stats_close(twin, new_vars["batch_stats"])
+
+  # Eval mode with non-trivial running statistics.
+  rng = np.random.default_rng(2)
+  stats = jax.tree.map(
+      lambda x: rng.uniform(0.5, 1.5, x.shape).astype(np.float32),
+      variables["batch_stats"])
+  stats = jax.tree_util.tree_map_with_path(
+      lambda p, x: (x - 1.0) * 0.2 if p[-1].key == "mean" else x, stats)
+  variables = {"params": variables["params"], "batch_stats": stats}
+  torch_ssmtl.load_flax_variables(twin, variables)
+  twin.eval()
+  with torch.inference_mode():
+    _assert_outputs_close(model.apply(variables, views, train=False),
+                          twin(views_t), OUT_ATOL)
+    consec, middle_removed = tasks_lib.inference_views(batch, SEQ_HALF)
+    ref = model.apply(variables, consec, middle_removed,
+                      method=models.SSMTL.score_heads)
+    got = twin.score_heads(torch_ssmtl.jax_to_torch_layout(consec),
+                           torch_ssmtl.jax_to_torch_layout(middle_removed))
+    _assert_outputs_close(ref, got, OUT_ATOL)
+
+
+def _assert_stats_close(twin, flax_stats: dict) -> None:
+  """Running stats of every BN after a train-mode pass (see VAR_RTOL)."""
+  blocks = torch_ssmtl.flax_named_blocks(twin)
+  assert {(top, key) for top in flax_stats for key in flax_stats[top]} == set(
+      blocks)
+  for (top, key), block in blocks.items():
+    ref = flax_stats[top][key]["BatchNorm_0"]
+    np.testing.assert_allclose(block.bn.running_mean.numpy(),
+                               np.asarray(ref["mean"]), atol=MEAN_ATOL,
+                               err_msg=f"{top}/{key} mean")
+    np.testing.assert_allclose(block.bn.running_var.numpy(),
+                               np.asarray(ref["var"]), rtol=VAR_RTOL,
+                               err_msg=f"{top}/{key} var")
+
+
+def test_one_adam_step_matches_train_step():
+  config, model, batch, _, _, variables, twin = _setup("shallow", 0, False)
+  cfg = train.StepConfig(tasks=models.TASKS,
+                         weights=tuple((t, 1.0) for t in models.TASKS),
+                         seq_half=SEQ_HALF, max_gap=MAX_GAP, num_det=NUM_DET,
+                         kd_loss="l1")
+  tx = train.create_optimizer(config, total_steps=10)
+  state = train.TrainState(
+      step=np.zeros((), np.int32), params=variables["params"],
+      batch_stats=variables["batch_stats"],
+      opt_state=tx.init(variables["params"]),
+      bad_step=np.full((), -1, np.int32))
+  rng = jax.random.PRNGKey(3)
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
+                                   cfg=cfg))
+  new_state, metrics = step(state, batch, rng)
+
+  # The views train_step drew at step 0, rebuilt outside it for the twin.
+  views, targets = _views(batch, jax.random.fold_in(rng, 0))
+  opt, sched = torch_ssmtl.create_optimizer(twin, config.optim, 10)
+  trainer = torch_ssmtl.Trainer(
+      twin, tasks=cfg.tasks, weights=dict(cfg.weights), seq_half=SEQ_HALF,
+      max_gap=MAX_GAP, num_det=NUM_DET, optimizer=opt, scheduler=sched)
+  got = trainer.step_on_views(_torch_views(views), _torch_targets(targets))
+
+  for name in ("loss", "aot_loss", "mi_loss", "mbp_loss", "kd_loss",
+               "aot_acc", "mi_acc"):
+    np.testing.assert_allclose(float(got[name].detach()), float(metrics[name]),
+                               rtol=LOSS_RTOL, err_msg=name)
+  # Gradients: Adam's first moment after one step is 0.1 * gradient in both
+  # (optax: the adam state's mu; torch: exp_avg). Loaded into a twin as if they
+  # were parameters, they convert to torch layout like the parameters.
+  mu = optax.tree_utils.tree_get(new_state.opt_state, "mu")
+  grads_ref = _as_torch_params(model, mu, new_state.batch_stats)
+  grads_got = {name: opt.state[p]["exp_avg"]
+               for name, p in twin.named_parameters()}
+  _assert_close(grads_got, grads_ref, GRAD_ATOL, "first moment")
+
+  # Parameters after the update. Adam's first step is ~lr * sign(gradient):
+  # where |gradient| < 1e-6 (dead ReLU inputs, cancelling L1 signs) float
+  # noise decides it, so there only |difference| <= 2 lr is meaningful.
+  ref = _as_torch_params(model, new_state.params, new_state.batch_stats)
+  got = dict(twin.named_parameters())
+  well_posed = {n: p.grad.abs() >= 1e-6 for n, p in got.items()}
+  total = sum(m.numel() for m in well_posed.values())
+  ill = sum(int((~m).sum()) for m in well_posed.values())
+  assert ill < 0.05 * total, (ill, total)  # 0.4% with these seeds
+  _assert_close({n: got[n][m] for n, m in well_posed.items()},
+                {n: ref[n][m] for n, m in well_posed.items()}, PARAM_ATOL,
+                "parameter")
+  _assert_close(got, ref, 2.001 * float(config.optim.learning_rate),
+                "parameter")
+  _assert_stats_close(twin, new_state.batch_stats)
+
+
+def _as_torch_params(model, params, batch_stats) -> dict:
+  """A Flax params-shaped tree -> {torch parameter name: tensor}."""
+  twin = torch_ssmtl.from_flax_module(model, seq_half=SEQ_HALF)
+  torch_ssmtl.load_flax_variables(twin, {"params": params,
+                                         "batch_stats": batch_stats})
+  return {n: p.detach() for n, p in twin.named_parameters()}
+
+
+def _assert_close(got: dict, ref: dict, atol: float, what: str) -> None:
+  assert set(got) == set(ref)
+  for name, value in ref.items():
+    np.testing.assert_allclose(got[name].detach().numpy(), value.numpy(),
+                               atol=atol, rtol=0, err_msg=f"{what} {name}")
+
+
+# --- The harness's pure parts (no timing here) -------------------------------
+
+
+def _jaxpr_flops(jaxpr) -> float:
+  """2 x multiply-adds of every conv and dot in a jaxpr, recursively."""
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "conv_general_dilated":
+      out, rhs = eqn.outvars[0].aval.shape, eqn.invars[1].aval.shape
+      rhs_out_dim = eqn.params["dimension_numbers"].rhs_spec[0]
+      total += 2 * np.prod(out) * np.prod(rhs) / rhs[rhs_out_dim]
+    elif name == "dot_general":
+      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      total += 2 * np.prod(eqn.outvars[0].aval.shape) * np.prod(
+          [lhs[d] for d in lhs_contract])
+    for param in eqn.params.values():
+      for sub in (param if isinstance(param, (tuple, list)) else (param,)):
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          total += _jaxpr_flops(sub.jaxpr)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          total += _jaxpr_flops(sub)
+  return total
+
+
+@pytest.mark.parametrize("depth,head_width", [("shallow", 0), ("deep", 24)])
+def test_analytic_model_flops_match_the_traced_model(depth, head_width):
+  from benchmarks import compare  # pylint: disable=g-import-not-at-top
+  settings = compare.Settings(batch=2, crop=16, depth=depth,
+                              head_width=head_width, num_det=8, num_cls=12)
+  config = compare._config(settings)  # pylint: disable=protected-access
+  model = models.create_model(config, kd_outputs=settings.kd_outputs,
+                              channels=1)
+  views = compare._init_views(settings)  # pylint: disable=protected-access
+  views = jax.tree.map(lambda v: np.zeros((2,) + v.shape[1:], np.float32),
+                       views)
+  variables = jax.eval_shape(functools.partial(model.init, train=False),
+                             jax.random.PRNGKey(0), views)
+  want = compare.model_flops(settings)
+  train_fwd = jax.make_jaxpr(functools.partial(
+      model.apply, train=True, mutable=["batch_stats"]))(variables, views)
+  assert _jaxpr_flops(train_fwd.jaxpr) == 2 * want["forward_train"]
+  infer = jax.make_jaxpr(functools.partial(
+      model.apply, method=models.SSMTL.score_heads))(
+          variables, views["aot"], views["mbp"])
+  assert _jaxpr_flops(infer.jaxpr) == 2 * want["infer"]
+
+
+def test_report_table_handles_errors_and_ratios():
+  from benchmarks import compare  # pylint: disable=g-import-not-at-top
+  entry = lambda v, unit: {unit: v, "min": v, "max": v, "first_call_s": 1.0}
+  results = {
+      "machine": {"cpu": "x", "cpu_count": 2, "jax": "0", "jax_devices": 1,
+                  "jax_device_kind": "cpu", "jax_backend": "cpu", "torch": "0",
+                  "torch_device": "cpu", "torch_num_threads": 2,
+                  "opencv": "4", "opencv_num_threads": 2},
+      "config": {"quick": True, "batch": 8, "frames": 7, "crop": 32,
+                 "channels": 1, "variant": "narrow", "depth": "shallow",
+                 "widths": [16, 32, 32], "repeats": 3, "det_input": [416, 416],
+                 "det_batch": 4},
+      "train": {"jax": entry(20.0, "cubes_per_s"),
+                "torch_eager": entry(40.0, "cubes_per_s"),
+                "torch_compile": {"error": "BackendCompilerFailed: no cc"}},
+      "infer": {"jax": entry(300.0, "cubes_per_s"),
+                "torch_eager": entry(200.0, "cubes_per_s")},
+      "detector": {"flax_network": entry(15.0, "frames_per_s"),
+                   "opencv_network": entry(10.0, "frames_per_s")},
+  }
+  results["ratios"] = compare.ratios(results)
+  assert results["ratios"]["train_jax_over_torch_eager"] == 0.5
+  assert results["ratios"]["train_jax_over_torch_compile"] is None
+  assert results["ratios"]["infer_jax_over_torch_eager"] == 1.5
+  assert results["ratios"]["detector_network_flax_over_opencv"] == 1.5
+  table = compare.markdown(results)
+  assert "| train cubes/s | 20.0 [20.0-20.0] | 40.0 [40.0-40.0] | error |" in (
+      table)
+  assert "BackendCompilerFailed" in table
