@@ -265,11 +265,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         f"the checkpoint at step {start_step} recorded a non-finite loss at "
         f"step {int(jax.device_get(state.bad_step))}")
 
-  summary_path = str(workdir_path / "train_summary.json")
-  if start_step >= total_steps and (workdir_path / "train_summary.json").exists():
+  summary_file = workdir_path / "train_summary.json"
+  if start_step >= total_steps and summary_file.exists():
     logging.info("Already trained to step %d (total_steps=%d).", start_step,
                  total_steps)
-    return schema.read_json(summary_path)
+    return schema.read_json(str(summary_file))
 
   # --- Step function and data placement.
   step_fn = functools.partial(train_step, model=model, tx=tx, cfg=cfg)
@@ -381,5 +381,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       "num_params": int(num_params),
   }
   if pidx == 0:
-    schema.write_json_atomic(summary_path, summary)
+    schema.write_json_atomic(str(summary_file), summary)
   return summary
