@@ -36,6 +36,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.build.min_box_size = 8.0  # px; smaller (clipped) boxes are dropped
   config.build.square = False    # expand boxes to squares before cropping
   config.build.workers = 2       # videos processed in parallel
+  # Training objects from every k-th frame only (detector and classifier
+  # skip the others, which still serve as cube context); test split: all.
+  config.build.train_stride = 1
   config.build.num_det_classes = 80
   # Detector: 'yolov3' runs our Flax YOLOv3/YOLOv3-tiny (darknet cfg +
   # weights; both empty = the MIT YOLOv3-tiny, fetched offline from the
@@ -57,6 +60,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.build.classifier.kind = "efficientnet_lite0"
   config.build.classifier.weights = ""
   config.build.classifier.batch_size = 64
+  # Square side the crops are resized to for the classifier (224 = ImageNet;
+  # smaller is quadratically cheaper).
+  config.build.classifier.input_size = 224
 
   # --- Model.
   config.model = ml_collections.ConfigDict()

@@ -74,10 +74,19 @@ class BuildSettings:
   classifier_sha256: str
   num_cls: int
   classifier_batch: int
+  classifier_input: int
+  train_stride: int
 
   @classmethod
   def from_config(cls, config) -> "BuildSettings":
     b = config.build
+    if int(b.train_stride) < 1:
+      raise errors.ConfigError(
+          f"config.build.train_stride={b.train_stride}: must be >= 1")
+    if not 32 <= int(b.classifier.input_size) <= 1024:
+      raise errors.ConfigError(
+          f"config.build.classifier.input_size={b.classifier.input_size}: "
+          "expected a square side in [32, 1024] px (224 = ImageNet)")
     if not config.data.root:
       raise errors.ConfigError("config.data.root is empty: point it at the "
                                "videos (ROOT/{train,test}/<video_id>/)")
@@ -143,7 +152,9 @@ class BuildSettings:
                det_input_size=input_size, det_nms=float(det.nms_threshold),
                det_batch=int(det.batch_size), classifier_kind=clf.kind,
                classifier_weights=clf_weights, classifier_sha256=clf_sha,
-               num_cls=num_cls, classifier_batch=int(clf.batch_size))
+               num_cls=num_cls, classifier_batch=int(clf.batch_size),
+               classifier_input=int(clf.input_size),
+               train_stride=int(b.train_stride))
 
   @property
   def fingerprint(self) -> dict:
@@ -157,6 +168,18 @@ class BuildSettings:
     if self.detector_kind == "yolov3":
       d["det_cfg_sha256"] = sha256_file(self.det_cfg)
     return d
+
+  def fingerprint_for(self, split: str, train_split: str) -> dict:
+    """The fingerprint of one split's records: train_stride only shapes the
+    training split, so changing it never invalidates test records."""
+    d = dict(self.fingerprint)
+    d["stride"] = self.stride(split, train_split)
+    d.pop("train_stride")
+    return d
+
+  def stride(self, split: str, train_split: str) -> int:
+    """Objects come from every stride-th frame (1 outside training)."""
+    return self.train_stride if split == train_split else 1
 
   def features(self):
     return schema.features(window=2 * self.half_window + 1,
@@ -193,7 +216,8 @@ def _classifier(settings: BuildSettings):
   from data_prep import teachers  # pylint: disable=g-import-not-at-top
   return teachers.load_classifier(settings.classifier_kind,
                                   settings.classifier_weights,
-                                  batch_size=settings.classifier_batch)
+                                  batch_size=settings.classifier_batch,
+                                  input_size=settings.classifier_input)
 
 
 def _video_done_path(records: str, split: str, video_id: str) -> str:
@@ -201,12 +225,12 @@ def _video_done_path(records: str, split: str, video_id: str) -> str:
 
 
 def _is_done(settings: BuildSettings, split: str, video_id: str,
-             shard: str) -> bool:
+             shard: str, fingerprint: dict) -> bool:
   done = _video_done_path(settings.records, split, video_id)
   if not (os.path.exists(done) and os.path.exists(shard)):
     return False
   previous = schema.read_json(done)
-  if previous.get("settings") != settings.fingerprint:
+  if previous.get("settings") != fingerprint:
     raise errors.ConfigError(
         f"{settings.records} holds records of video {video_id!r} built with "
         f"other settings ({done}); use a new config.data.records directory "
@@ -215,36 +239,44 @@ def _is_done(settings: BuildSettings, split: str, video_id: str,
 
 
 def _detections(settings: BuildSettings, src: video_io.VideoSource,
-                frames: Iterator[np.ndarray]
+                frames: Iterator[np.ndarray], stride: int = 1
                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """(frame, detections float32 [N, 6 + num_det]) per frame, streamed.
 
   Rows: x1, y1, x2, y2 (frame px), score, class, then the class vector that
-  becomes teacher_det. Only rows with score >= min_score are kept.
+  becomes teacher_det. Only rows with score >= min_score are kept. With
+  stride > 1 only frames t % stride == 0 get detections (the others, which
+  are still needed as cube context, get none, and the detector skips them).
   """
+  empty = np.zeros((0, 6 + settings.num_det), np.float32)
   if settings.detector_kind == "yolov3":
     detector = _detector(settings)
+    # Frames read but not yet yielded, with whether the detector sees them.
     pending: collections.deque = collections.deque()
 
-    def remember(stream):
-      for frame in stream:
-        pending.append(frame)
-        yield frame
+    def selected(stream):
+      for t, frame in enumerate(stream):
+        pending.append((frame, t % stride == 0))
+        if t % stride == 0:
+          yield frame
 
     # detect_stream runs a batch ahead; `pending` holds those frames.
-    for dets in detector.detect_stream(remember(frames)):
-      yield pending.popleft(), dets[dets[:, 4] >= settings.min_score]
+    for dets in detector.detect_stream(selected(frames)):
+      while not pending[0][1]:
+        yield pending.popleft()[0], empty
+      yield pending.popleft()[0], dets[dets[:, 4] >= settings.min_score]
+    while pending:
+      yield pending.popleft()[0], empty
     return
 
   path = os.path.join(settings.detections_dir, src.split,
                       f"{src.video_id}.csv")
   per_frame = detections_lib.read_detections(path)
-  empty = np.zeros((0, 6 + settings.num_det), np.float32)
   num_frames = 0
   for t, frame in enumerate(frames):
     num_frames = t + 1
     rows = per_frame.get(t)
-    if rows is None:
+    if rows is None or t % stride:
       yield frame, empty
       continue
     rows = rows[rows[:, 4] >= settings.min_score]
@@ -265,12 +297,15 @@ def _detections(settings: BuildSettings, src: video_io.VideoSource,
 
 def build_video(settings: BuildSettings, src: video_io.VideoSource,
                 shard_path: str, with_gt: bool,
-                on_frame: Optional[Callable[[], None]] = None) -> dict:
+                on_frame: Optional[Callable[[], None]] = None, *,
+                stride: int = 1, fingerprint: Optional[dict] = None) -> dict:
   """Writes the shard of one video; returns its summary (frames, objects, ...).
 
   with_gt: check the video's ground truth (gt_frame/, gt_pixel/) against it;
   ground truth belongs to the test split (training video is normal).
   on_frame: called once per frame read (progress).
+  stride: objects of every stride-th frame only (training subsampling).
+  fingerprint: stored in the completion record (default: the settings').
   """
   t0 = time.perf_counter()
   feats = settings.features()
@@ -298,7 +333,7 @@ def build_video(settings: BuildSettings, src: video_io.VideoSource,
   def frames_only():
     nonlocal num_frames, height, width
     for frame, dets in _detections(
-        settings, src, video_io.iter_frames(src, settings.channels)):
+        settings, src, video_io.iter_frames(src, settings.channels), stride):
       if height is None:
         height, width = frame.shape[:2]
       dets_by_frame[num_frames] = dets
@@ -340,14 +375,14 @@ def build_video(settings: BuildSettings, src: video_io.VideoSource,
              "seconds": seconds}
   schema.write_json_atomic(
       _video_done_path(settings.records, src.split, src.video_id),
-      {"settings": settings.fingerprint, "summary": summary,
+      {"settings": fingerprint or settings.fingerprint, "summary": summary,
        "shard": os.path.basename(shard_path)})
   return summary
 
 
 def _build_video_job(args):
-  settings, src, shard, with_gt = args
-  return src.video_id, build_video(settings, src, shard, with_gt)
+  settings, src, shard, with_gt, kwargs = args
+  return src.video_id, build_video(settings, src, shard, with_gt, **kwargs)
 
 
 def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
@@ -362,9 +397,13 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
     shards[split] = [os.path.join(settings.records,
                                   schema.shard_filename(split, i, n))
                      for i in range(n)]
+    fingerprint = settings.fingerprint_for(split, config.data.train_split)
     for src, shard in zip(videos[split], shards[split]):
-      if not _is_done(settings, split, src.video_id, shard):
-        jobs.append((settings, src, shard, split == config.data.test_split))
+      if not _is_done(settings, split, src.video_id, shard, fingerprint):
+        jobs.append((settings, src, shard, split == config.data.test_split,
+                     dict(stride=settings.stride(split,
+                                                 config.data.train_split),
+                          fingerprint=fingerprint)))
   total = sum(len(v) for v in videos.values())
   logging.info("Building %s: %d of %d videos to do.", settings.records,
                len(jobs), total)
@@ -393,9 +432,9 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
         bar.update(summary["frames"])
 
     if workers == 1:
-      for settings_, src, shard, with_gt in jobs:
+      for settings_, src, shard, with_gt, kwargs in jobs:
         done(build_video(settings_, src, shard, with_gt,
-                         on_frame=lambda: bar.update(1)), True)
+                         on_frame=lambda: bar.update(1), **kwargs), True)
     else:
       # spawn: TensorFlow (used to serialise) is not fork-safe.
       ctx = multiprocessing.get_context("spawn")
@@ -420,7 +459,7 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
         "num_objects": sum(v["objects"] for v in per_video.values()),
         "half_window": settings.half_window,
         "build_seconds": seconds,
-        "settings": settings.fingerprint,
+        "settings": settings.fingerprint_for(split, config.data.train_split),
         "weights": {"detector": settings.det_weights or None,
                     "detector_sha256": settings.det_weights_sha256 or None,
                     "classifier": settings.classifier_weights or None,
@@ -429,9 +468,18 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
     }
     schema.write_json_atomic(schema.meta_path(settings.records, split),
                              metas[split])
-  schema.finalize(settings.records, settings.features(),
-                  {split: [metas[split]["videos"][s.video_id]["objects"]
-                           for s in videos[split]] for split in splits})
+  # TFDS metadata covers every split in the directory, also those built by
+  # an earlier call (build(config, ("test",)) next to existing train records).
+  counts = {}
+  for split in dict.fromkeys(
+      (config.data.train_split, config.data.test_split) + tuple(splits)):
+    if split in metas:
+      counts[split] = [metas[split]["videos"][s.video_id]["objects"]
+                       for s in videos[split]]
+    elif os.path.exists(schema.meta_path(settings.records, split)):
+      other = schema.read_json(schema.meta_path(settings.records, split))
+      counts[split] = [v["objects"] for v in other["videos"].values()]
+  schema.finalize(settings.records, settings.features(), counts)
   return metas
 
 

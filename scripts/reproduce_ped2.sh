@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Build -> train -> evaluate SSMTL on UCSD Ped2; resumable (rerun skips what is done).
-#   scripts/reproduce_ped2.sh DATA_ROOT WORKDIR [CONFIG]
+#   scripts/reproduce_ped2.sh DATA_ROOT WORKDIR [CONFIG [--config.key=value ...]]
 # e.g. scripts/reproduce_ped2.sh ../shared/data/ped2 /tmp/ped2_cpu configs/ped2_cpu.py
+# Extra --config.* overrides go to every stage (build, train, evaluate).
 set -euo pipefail
 if [ $# -lt 2 ]; then
-  echo "usage: $0 DATA_ROOT WORKDIR [CONFIG (default configs/ped2_cpu.py)]" >&2
+  echo "usage: $0 DATA_ROOT WORKDIR [CONFIG (default configs/ped2_cpu.py) [--config.key=value ...]]" >&2
   exit 2
 fi
 root=$(cd "$1" && pwd)
 mkdir -p "$2"
 workdir=$(cd "$2" && pwd)
 config=${3:-configs/ped2_cpu.py}
+shift $(( $# < 3 ? $# : 3 ))
 cd "$(dirname "$0")/.."
-common=(--config "$config" --config.data.root="$root" --config.data.records="$workdir/records")
+common=(--config "$config" --config.data.root="$root" --config.data.records="$workdir/records" "$@")
 stamp() { date +%s; }
 
 t0=$(stamp)

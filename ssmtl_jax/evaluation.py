@@ -2,7 +2,10 @@
 
 Writes under ``WORKDIR/eval/``: ``report.json`` (DESIGN §8), ``scores/<video>.npy``
 (float32 frame scores aligned with ``gt_frame/<video>.npy``), ``roc.png``,
-``scores_<video>.png`` and, on request, annotated videos.
+``scores_<video>.png``, on request annotated videos, and two per-checkpoint
+caches: ``train_stats_step<N>.json`` (normalisation statistics) and
+``object_scores_step<N>.npz`` (raw per-task test object scores), so that a
+re-evaluation with other ``eval.*`` settings does not rerun the model.
 
 Decisions (see also ssmtl_jax/scoring.py and ssmtl_jax/metrics.py):
 
@@ -22,6 +25,7 @@ Decisions (see also ssmtl_jax/scoring.py and ssmtl_jax/metrics.py):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import platform
 import time
@@ -80,18 +84,58 @@ def load_test_gt(config, meta: dict) -> dict[str, VideoGT]:
   return out
 
 
+def _cache_key(scorer, config) -> str:
+  """Identifies what the cached scores depend on: the checkpoint's variables
+  and the records (their split metadata), not only the step number."""
+  digest = hashlib.sha256()
+  for leaf in jax.tree.leaves(jax.device_get(scorer.variables)):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  for split in (config.data.train_split, config.data.test_split):
+    with open(schema.meta_path(config.data.records, split), "rb") as f:
+      digest.update(f.read())
+  return digest.hexdigest()
+
+
 def _train_stats(scorer, config, eval_dir: str) -> dict:
   path = os.path.join(eval_dir, f"train_stats_step{scorer.step}.json")
+  key = f"{_cache_key(scorer, config)}:{int(config.eval.norm_max_objects)}"
   if os.path.exists(path):
-    return {k: tuple(v) for k, v in schema.read_json(path).items()}
+    cached = schema.read_json(path)
+    if cached.get("cache_key") == key:
+      return {k: tuple(v) for k, v in cached["stats"].items()}
   info = input_pipeline.records_info(config.data.records,
                                      config.data.train_split)
   train_scores = scorer.score_split(
       info, int(config.eval.batch_size),
       max_objects=int(config.eval.norm_max_objects), desc="train stats")
   stats = scoring.fit_stats(train_scores.scores)
-  schema.write_json_atomic(path, {k: list(v) for k, v in stats.items()})
+  schema.write_json_atomic(path, {"cache_key": key, "stats": {
+      k: list(v) for k, v in stats.items()}})
   return stats
+
+
+def _test_scores(scorer, info, config, eval_dir: str
+                 ) -> object_scores.ObjectScores:
+  """The raw per-task scores of every test object, cached per checkpoint in
+  ``eval/object_scores_step<N>.npz`` so that re-evaluating with other eval.*
+  settings (normalisation, task weights, sigma) skips the model."""
+  path = os.path.join(eval_dir, f"object_scores_step{scorer.step}.npz")
+  key = _cache_key(scorer, config)
+  if os.path.exists(path):
+    with np.load(path) as f:
+      if str(f["cache_key"]) == key:
+        return object_scores.ObjectScores(
+            video_id=f["video_id"], frame_index=f["frame_index"], box=f["box"],
+            scores={k[len("score_"):]: f[k] for k in f.files
+                    if k.startswith("score_")},
+            seconds=float(f["seconds"]))
+  objs = scorer.score_split(info, int(config.eval.batch_size), desc="test")
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, video_id=objs.video_id, frame_index=objs.frame_index,
+           box=objs.box, seconds=objs.seconds, cache_key=key,
+           **{f"score_{k}": v for k, v in objs.scores.items()})
+  os.replace(tmp, path)
+  return objs
 
 
 def evaluate(config, workdir: str, step: Optional[int] = None) -> dict:
@@ -113,7 +157,7 @@ def evaluate(config, workdir: str, step: Optional[int] = None) -> dict:
 
   scorer = object_scores.restore_scorer(config, workdir, step)
   info = input_pipeline.records_info(config.data.records, split)
-  objs = scorer.score_split(info, int(config.eval.batch_size), desc="test")
+  objs = _test_scores(scorer, info, config, eval_dir)
   tasks = tuple(t for t in models.TASKS if t in objs.scores)
 
   # --- Object scores: normalise per task, combine.

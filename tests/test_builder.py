@@ -244,3 +244,60 @@ def test_build_with_flax_detector_and_classifier(data_root, tmp_path):
                                 batch["det_class"])
   assert np.isfinite(batch["teacher_cls"]).all()
   assert batch["teacher_cls"].std() > 0.1
+
+
+def _objects(records, split):
+  info = input_pipeline.records_info(records, split)
+  rows = []
+  for b in input_pipeline.eval_dataset(
+      info, batch_size=64, keys=("video_id", "frame_index", "box", "crops",
+                                 "teacher_det")).as_numpy_iterator():
+    rows += [(v.decode(), int(t), tuple(np.round(box, 3)), c.tobytes(),
+              d.tobytes()) for v, t, box, c, d in zip(
+                  b["video_id"], b["frame_index"], b["box"], b["crops"],
+                  b["teacher_det"])]
+  return rows
+
+
+@pytest.mark.parametrize("kind", ["file", "yolov3"])
+def test_train_stride_keeps_every_kth_frame_of_training_only(
+    data_root, tmp_path, kind):
+  def config(records, stride):
+    c = _config(data_root, records, train_stride=stride)
+    if kind == "yolov3":
+      from data_prep.detector import weights as yolo_weights  # pylint: disable=g-import-not-at-top
+      try:
+        yolo_weights.ensure_yolov3_tiny()
+      except yolo_weights.DownloadError as e:
+        pytest.skip(f"YOLOv3-tiny weights unavailable offline: {e}")
+      c.build.detector.kind = "yolov3"
+      c.build.detector.input_size = (128, 96)
+      c.build.detector.min_score = 0.01
+      c.build.detector.batch_size = 3  # batches straddle skipped frames
+    return c
+
+  full, strided = str(tmp_path / "s1"), str(tmp_path / "s2")
+  builder.build(config(full, 1))
+  builder.build(config(strided, 2))
+  want = [o for o in _objects(full, "train") if o[1] % 2 == 0]
+  got = _objects(strided, "train")
+  assert got and got == want
+  assert _objects(strided, "test") == _objects(full, "test")
+  # Changing only train_stride leaves the test records valid (no rebuild).
+  test_shard = [f for f in os.listdir(full) if "test.tfrecord" in f][0]
+  mtime = os.stat(os.path.join(full, test_shard)).st_mtime_ns
+  with pytest.raises(errors.ConfigError, match="other settings"):
+    builder.build(config(full, 3), ("train",))
+  builder.build(config(full, 3), ("test",))
+  assert os.stat(os.path.join(full, test_shard)).st_mtime_ns == mtime
+
+
+def test_build_config_errors_name_the_key(data_root, tmp_path):
+  records = str(tmp_path / "records")
+  with pytest.raises(errors.ConfigError, match="config.build.train_stride"):
+    builder.build(_config(data_root, records, train_stride=0))
+  config = _config(data_root, records)
+  config.build.classifier.input_size = 8
+  with pytest.raises(errors.ConfigError,
+                     match="config.build.classifier.input_size"):
+    builder.build(config)

@@ -22,7 +22,7 @@ from data_prep.detector import yolo
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 YOLOV3_CFG = os.path.join(DATA, "yolov3.cfg")
-PED2 = "/work/shared/data/ped2"
+from tests.paths import PED2
 # (video, frame): 01/100 has a cyclist, 04/090 a cart (both anomalies).
 PED2_FRAMES = (("01", 100), ("04", 90), ("02", 150))
 

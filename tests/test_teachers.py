@@ -343,6 +343,21 @@ def test_lite0_matches_torch(lite0):
   assert _rel_err(got, want) < REL_TOL, _rel_err(got, want)
 
 
+@needs_lite0
+def test_lite0_smaller_input_size_matches_torch(lite0):
+  """build.classifier.input_size: crops resized to 128, same network."""
+  small = teachers.load_classifier("efficientnet_lite0", batch_size=4,
+                                   input_size=128)
+  assert small.input_size == 128
+  model = _TorchLite0().eval()
+  model.load_state_dict(torch.load(lite0.weights_path, weights_only=True))
+  images = _random_images(2, 128, seed=5)
+  got = small.logits(images)
+  want = _torch_logits(model, images.astype(np.float32),
+                       efficientnet_lite.MEAN_RGB, efficientnet_lite.STDDEV_RGB)
+  assert _rel_err(got, want) < REL_TOL, _rel_err(got, want)
+
+
 # Freely licensed photos that ship with packages this project already depends
 # on (the only recognisable images available offline): matplotlib's portrait
 # of Grace Hopper in US Navy uniform (public domain) and scikit-learn's

@@ -9,7 +9,7 @@ import pytest
 from data_prep import video_io
 from data_prep.video_io import VideoInputError, VideoSource
 
-PED2 = "/work/shared/data/ped2"
+from tests.paths import PED2
 
 
 def _write_frames(folder, names, h=8, w=10):

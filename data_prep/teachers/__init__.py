@@ -158,7 +158,8 @@ def _sha256(path: str) -> str:
 
 
 def load_classifier(kind: str, weights_path: Optional[str] = None, *,
-                    batch_size: int = 32) -> Classifier:
+                    batch_size: int = 32,
+                    input_size: Optional[int] = None) -> Classifier:
   """Builds a classifier teacher from a torch ``.pth`` state dict.
 
   Args:
@@ -166,6 +167,9 @@ def load_classifier(kind: str, weights_path: Optional[str] = None, *,
     weights_path: the ``.pth``; None or "" means the packaged Lite0 weights
       (an error for ResNet-50, whose weights must be supplied).
     batch_size: images per jitted call (memory vs. per-call overhead).
+    input_size: square side the crops are resized to (None = the model's
+      ImageNet size, 224). Smaller is quadratically cheaper; both networks
+      are fully convolutional with global pooling, so any size >= 32 runs.
   Raises:
     errors.ConfigError: unknown kind, missing weights or package (the message
       names the config key and the fix); a file that does not fit the model.
@@ -198,6 +202,7 @@ def load_classifier(kind: str, weights_path: Optional[str] = None, *,
         f"{_WEIGHTS_KEY}={weights_path!r} is not a {kind} state dict: {e}"
     ) from e
   return Classifier(kind, model, variables, mean=mean, std=std,
-                    input_size=lib.INPUT_SIZE, num_classes=lib.NUM_CLASSES,
+                    input_size=input_size or lib.INPUT_SIZE,
+                    num_classes=lib.NUM_CLASSES,
                     batch_size=batch_size, weights_path=weights_path,
                     weights_sha256=_sha256(weights_path))
