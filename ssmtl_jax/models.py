@@ -68,6 +68,25 @@ def _conv3d_im2col(x, kernel):
 CONV_IMPLS = ("auto", "xla", "fast")
 
 
+def max_pool_hw(x, padding: str = "VALID"):
+  """Max-pooling (1, 2, 2) with stride (1, 2, 2) of [..., H, W, C].
+
+  The same function as ``nn.max_pool(x, (1, 2, 2), strides=(1, 2, 2),
+  padding=padding)``, written as a reshape and a max: its gradient is an
+  elementwise select instead of XLA's select-and-scatter, which runs 3-7x
+  slower on CPU. (Exact ties split the gradient instead of routing it to one
+  input; after a ReLU ties are zeros, whose gradient is zero either way.)
+  """
+  *lead, h, w, c = x.shape
+  if padding == "SAME":
+    x = jnp.pad(x, [(0, 0)] * len(lead) + [(0, h % 2), (0, w % 2), (0, 0)],
+                constant_values=-jnp.inf)
+  else:
+    x = x[..., :h - h % 2, :w - w % 2, :]
+  h2, w2 = x.shape[-3] // 2, x.shape[-2] // 2
+  return x.reshape(*lead, h2, 2, w2, 2, c).max(axis=(-4, -2))
+
+
 class Conv3x3x3(nn.Module):
   """A 3x3x3 SAME, bias-free 3D convolution with a selectable implementation.
 
@@ -132,7 +151,7 @@ class Backbone(nn.Module):
       for _ in range(self.convs_per_stage):
         x = ConvBNReLU(width, (3, 3, 3), self.bn_axis_name, self.dtype,
                        self.conv_impl)(x, train)
-      x = nn.max_pool(x, (1, 2, 2), strides=(1, 2, 2))
+      x = max_pool_hw(x)
     return x
 
 
@@ -152,7 +171,7 @@ class ClassHead(nn.Module):
   def __call__(self, x, train: bool):
     x = ConvBNReLU(self.width, (3, 3, 3), self.bn_axis_name, self.dtype,
                    self.conv_impl)(x, train)
-    x = nn.max_pool(x, (1, 2, 2), strides=(1, 2, 2), padding="SAME")
+    x = max_pool_hw(x, padding="SAME")
     x = jnp.mean(x, axis=(1, 2, 3))
     return nn.Dense(self.num_outputs, dtype=self.dtype)(x).astype(jnp.float32)
 

@@ -1,5 +1,6 @@
 """Model: output shapes for every variant; disabled tasks have no head."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,3 +106,20 @@ def test_fast_conv_equals_xla_conv3d(channels):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   for a, b in zip(jax.tree.leaves(grads["fast"]), jax.tree.leaves(grads["xla"])):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(jnp.abs(b).max()))
+
+
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+@pytest.mark.parametrize("hw", [(8, 8), (7, 5)])
+def test_reshape_max_pool_equals_flax_max_pool(padding, hw):
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 3, *hw, 4))  # no ties
+
+  def flax_pool(x):
+    return nn.max_pool(x, (1, 2, 2), strides=(1, 2, 2), padding=padding)
+
+  def ours(x):
+    return models.max_pool_hw(x, padding)
+
+  np.testing.assert_array_equal(ours(x), flax_pool(x))
+  w = jax.random.normal(jax.random.PRNGKey(2), flax_pool(x).shape)
+  grad = lambda f: jax.grad(lambda x: jnp.sum(w * f(x)))(x)
+  np.testing.assert_array_equal(grad(ours), grad(flax_pool))
