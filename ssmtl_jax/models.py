@@ -115,6 +115,15 @@ class Conv3x3x3(nn.Module):
     return _conv3d_as_2d(x, kernel)
 
 
+def upsample2x_nearest(x):
+  """[B, H, W, C] -> [B, 2H, 2W, C], each pixel repeated 2x2: the same as
+  ``jax.image.resize(..., method='nearest')``, as a broadcast + reshape whose
+  gradient is a sum (resize's is a scatter-add, slow on CPU)."""
+  b, h, w, c = x.shape
+  return jnp.broadcast_to(x[:, :, None, :, None, :],
+                          (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+
+
 class ConvBNReLU(nn.Module):
   """Conv (2D or 3D, from len(kernel)) + batch norm + ReLU."""
   features: int
@@ -194,8 +203,7 @@ class MiddleBoxHead(nn.Module):
     x = jnp.transpose(x, (0, 2, 3, 1, 4)).reshape(b, h, w, t * c)
     x = ConvBNReLU(self.widths[-1], (3, 3), self.bn_axis_name, self.dtype)(x, train)
     for width in reversed(self.widths):
-      b, h, w, c = x.shape
-      x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method="nearest")
+      x = upsample2x_nearest(x)
       x = ConvBNReLU(width, (3, 3), self.bn_axis_name, self.dtype)(x, train)
     x = nn.Conv(self.out_channels, (3, 3), padding="SAME", dtype=self.dtype)(x)
     return nn.sigmoid(x.astype(jnp.float32))

@@ -81,10 +81,12 @@ def test_bad_config_values_name_the_key():
     models.create_model(config, kd_outputs=5, channels=1)
 
 
+@pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("channels", [1, 3])
-def test_fast_conv_equals_xla_conv3d(channels):
-  """'fast' (im2col / conv2d + temporal shifts) is the same model as XLA's
-  conv3d: same parameters, same outputs and gradients up to float rounding."""
+def test_fast_conv_equals_xla_conv3d(channels, train):
+  """'fast' (im2col / conv2d + temporal shifts; im2col + matmul when
+  training) is the same model as XLA's conv3d: same parameters, same outputs
+  and gradients up to float rounding."""
   config = common.get_config()
   config.model.widths = (4, 8, 8)
   views = {t: jax.random.uniform(jax.random.PRNGKey(i), (3, 7, 16, 16, channels))
@@ -97,7 +99,7 @@ def test_fast_conv_equals_xla_conv3d(channels):
     variables = model.init(jax.random.PRNGKey(0), views, train=False)
 
     def loss(params, model=model, variables=variables):
-      out, _ = model.apply({**variables, "params": params}, views, train=True,
+      out, _ = model.apply({**variables, "params": params}, views, train=train,
                            mutable=["batch_stats"])
       return sum(jnp.sum(v ** 2) for v in out.values()), out
 
@@ -123,3 +125,16 @@ def test_reshape_max_pool_equals_flax_max_pool(padding, hw):
   w = jax.random.normal(jax.random.PRNGKey(2), flax_pool(x).shape)
   grad = lambda f: jax.grad(lambda x: jnp.sum(w * f(x)))(x)
   np.testing.assert_array_equal(grad(ours), grad(flax_pool))
+
+
+def test_upsample_equals_nearest_resize():
+  x = jax.random.normal(jax.random.PRNGKey(3), (2, 3, 5, 4))
+
+  def resize(x):
+    return jax.image.resize(x, (2, 6, 10, 4), method="nearest")
+
+  np.testing.assert_array_equal(models.upsample2x_nearest(x), resize(x))
+  w = jax.random.normal(jax.random.PRNGKey(4), (2, 6, 10, 4))
+  grad = lambda f: jax.grad(lambda x: jnp.sum(w * f(x)))(x)
+  np.testing.assert_allclose(grad(models.upsample2x_nearest), grad(resize),
+                             rtol=1e-6, atol=1e-6)
