@@ -10,13 +10,17 @@ from configs import ped2
 def get_config():
   config = ped2.get_config()
   config.build.crop_size = 32
-  config.build.detector.min_score = 0.25
+  config.build.detector.min_score = 0.1
+  # Training objects from every 2nd frame (neighbouring frames hold nearly
+  # the same objects); the test split always uses every frame.
+  config.build.train_stride = 2
+  config.build.classifier.input_size = 128
   config.model.variant = "narrow"
   config.model.depth = "shallow"
   config.input.batch_size = 64
-  config.num_epochs = 3
+  config.num_epochs = 4
   config.optim.warmup_steps = 100
-  config.checkpoint.every_steps = 500
+  config.checkpoint.every_steps = 250
   config.log_every_steps = 50
   config.eval.norm_max_objects = 2000
   return config
