@@ -25,5 +25,5 @@ t2=$(stamp)
 python -m ssmtl_jax.evaluate "${common[@]}" --workdir "$workdir"
 t3=$(stamp)
 python -m data_prep.recall --records "$workdir/records" --root "$root" > "$workdir/eval/detector_recall.json"
-echo "wall time: build $((t1 - t0)) s, train $((t2 - t1)) s, evaluate $((t3 - t2)) s" | tee "$workdir/eval/wall_time.txt"
+echo "wall time: build $((t1 - t0)) s, train $((t2 - t1)) s, evaluate $((t3 - t2)) s" | tee -a "$workdir/eval/wall_time.txt"
 cat "$workdir/eval/detector_recall.json"
