@@ -71,11 +71,15 @@ CONV_IMPLS = ("auto", "xla", "fast")
 def max_pool_hw(x, padding: str = "VALID"):
   """Max-pooling (1, 2, 2) with stride (1, 2, 2) of [..., H, W, C].
 
-  The same function as ``nn.max_pool(x, (1, 2, 2), strides=(1, 2, 2),
-  padding=padding)``, written as a reshape and a max: its gradient is an
-  elementwise select instead of XLA's select-and-scatter, which runs 3-7x
-  slower on CPU. (Exact ties split the gradient instead of routing it to one
-  input; after a ReLU ties are zeros, whose gradient is zero either way.)
+  The same function and gradient as ``nn.max_pool(x, (1, 2, 2),
+  strides=(1, 2, 2), padding=padding)``: the gradient goes to the first
+  maximum of each window (in row-major window order), as XLA's
+  select-and-scatter routes it. Written as the argmax of the four window
+  elements and a one-hot select, so the gradient is elementwise: XLA:CPU's
+  select-and-scatter runs 3-7x slower. (A plain ``max`` over the window axes
+  would split the gradient between tied elements, and whether elements tie
+  can then depend on how XLA fuses the producer -- on some CPUs that made
+  1-device and 8-device training disagree.)
   """
   *lead, h, w, c = x.shape
   if padding == "SAME":
@@ -84,7 +88,12 @@ def max_pool_hw(x, padding: str = "VALID"):
   else:
     x = x[..., :h - h % 2, :w - w % 2, :]
   h2, w2 = x.shape[-3] // 2, x.shape[-2] // 2
-  return x.reshape(*lead, h2, 2, w2, 2, c).max(axis=(-4, -2))
+  x = x.reshape(*lead, h2, 2, w2, 2, c)
+  windows = jnp.stack([x[..., :, dy, :, dx, :] for dy in (0, 1)
+                       for dx in (0, 1)], axis=-1)   # [..., h2, w2, c, 4]
+  first = jnp.argmax(jax.lax.stop_gradient(windows), axis=-1)
+  onehot = first[..., None] == jnp.arange(4)
+  return jnp.sum(jnp.where(onehot, windows, 0), axis=-1)
 
 
 class Conv3x3x3(nn.Module):
