@@ -338,3 +338,17 @@ def test_report_table_handles_errors_and_ratios():
   assert "| train cubes/s | 20.0 [20.0-20.0] | 40.0 [40.0-40.0] | error |" in (
       table)
   assert "BackendCompilerFailed" in table
+
+
+def test_layer_profile_runs(capsys, monkeypatch):
+  from benchmarks import layer_profile  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(layer_profile, "STAGES", ((1, 4, 8), (4, 8, 4)))
+  assert layer_profile.main(["--batch", "2", "--frames", "3",
+                             "--repeats", "1"]) == 0
+  rows = [l for l in capsys.readouterr().out.splitlines() if " @ " in l]
+  assert [r.split("|")[1].strip() for r in rows] == ["1 -> 4 @ 8px",
+                                                     "4 -> 8 @ 4px"]
+  for row in rows:
+    for cell in row.split("|")[2:4]:
+      fwd, both = (float(v) for v in cell.split("/"))
+      assert fwd >= 0 and both >= 0
