@@ -30,7 +30,7 @@ def _subset_root(tmp: pathlib.Path) -> pathlib.Path:
 
 
 def _run(root, workdir):
-  cmd = ["bash", str(REPO / "scripts" / "reproduce_ped2.sh"), str(root),
+  cmd = ["bash", os.path.join(REPO, "scripts", "reproduce_ped2.sh"), str(root),
          str(workdir), "configs/ped2_cpu.py", "--config.total_steps=120",
          "--config.input.batch_size=32", "--config.optim.warmup_steps=20",
          "--config.checkpoint.every_steps=60", "--config.progress_bar=False"]
