@@ -38,7 +38,7 @@ def get_config():
   config.eval.sigma = (3.0, 3.0, 3.0)
   # Chosen on the ped2_cpu run (README "What mattered"): per-task min-max
   # over the test objects' scores (no labels) beat z-scoring with training
-  # statistics by 3-4 points, and 1D smoothing of the frame scores added ~1.5.
+  # statistics by 2-3 points, and 1D smoothing of the frame scores added ~1.5.
   config.eval.normalize = "minmax"
   config.eval.temporal_sigma = 5.0
   config.eval.map_scale = 0.5

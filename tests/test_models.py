@@ -84,9 +84,9 @@ def test_bad_config_values_name_the_key():
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_fast_conv_equals_xla_conv3d(channels, train):
-  """'fast' (im2col / conv2d + temporal shifts; im2col + matmul when
-  training) is the same model as XLA's conv3d: same parameters, same outputs
-  and gradients up to float rounding."""
+  """'fast' (im2col / conv2d + temporal shifts) is the same model as XLA's
+  conv3d in training and in eval mode: same parameters, same outputs and
+  gradients up to float rounding."""
   config = common.get_config()
   config.model.widths = (4, 8, 8)
   views = {t: jax.random.uniform(jax.random.PRNGKey(i), (3, 7, 16, 16, channels))
@@ -113,7 +113,7 @@ def test_fast_conv_equals_xla_conv3d(channels, train):
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])
 @pytest.mark.parametrize("hw", [(8, 8), (7, 5)])
-def test_reshape_max_pool_equals_flax_max_pool(padding, hw, ties):
+def test_max_pool_hw_equals_flax_max_pool(padding, hw, ties):
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 3, *hw, 4))
   if ties:  # few distinct values: many windows with tied maxima
     x = jnp.round(jnp.maximum(x, 0))
