@@ -394,13 +394,19 @@ def inference_views(crops: Tensor, seq_half: int) -> tuple[Tensor, Tensor]:
                             consec[:, :, seq_half + 1:]], dim=2)
 
 
+def kd_parts(pred: Tensor, target: Tensor, num_det: int,
+             kind: str = "l1") -> dict[str, Tensor]:
+  """Per-example distance to each teacher [B] (as tasks.kd_parts)."""
+  err = (pred - target).abs() if kind == "l1" else (pred - target).square()
+  parts = {"det": err[:, :num_det], "cls": err[:, num_det:]}
+  return {k: p.mean(dim=-1) for k, p in parts.items() if p.shape[-1] > 0}
+
+
 def kd_discrepancy(pred: Tensor, target: Tensor, num_det: int,
                    kind: str = "l1") -> Tensor:
   """Per-example distance [B]: detector and classifier parts averaged
   separately, then summed (as tasks.kd_discrepancy)."""
-  err = (pred - target).abs() if kind == "l1" else (pred - target).square()
-  parts = [err[:, :num_det], err[:, num_det:]]
-  return sum(p.mean(dim=-1) for p in parts if p.shape[-1] > 0)
+  return sum(kd_parts(pred, target, num_det, kind).values())
 
 
 def task_losses(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor],
@@ -440,7 +446,9 @@ def object_scores(outputs: Mapping[str, Tensor], consecutive: Tensor,
     middle = consecutive[:, :, seq_half]
     scores["mbp"] = (outputs["mbp"] - middle).abs().mean(dim=(1, 2, 3))
   if "kd" in outputs:
-    scores["kd"] = kd_discrepancy(outputs["kd"], teacher, num_det, kd_loss)
+    parts = kd_parts(outputs["kd"], teacher, num_det, kd_loss)
+    scores["kd"] = sum(parts.values())
+    scores.update({f"kd_{k}": v for k, v in parts.items()})
   return scores
 
 

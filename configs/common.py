@@ -130,6 +130,10 @@ def get_config() -> ml_collections.ConfigDict:
   # training objects, computed once per checkpoint), 'minmax' (test set), 'none'.
   config.eval.normalize = "zscore"
   config.eval.norm_max_objects = 4000  # training objects scored for the stats
+  # KD score from the discrepancies to the two teachers: 'balanced' (each
+  # part normalised like a task, then averaged), 'sum' (the training loss,
+  # where the logits' error outweighs the probabilities' ~100x), 'det', 'cls'.
+  config.eval.kd_score = "balanced"
   # Weights of the task scores in the object score (trained tasks only).
   config.eval.task_weights = ml_collections.ConfigDict(
       dict(aot=1.0, mi=1.0, mbp=1.0, kd=1.0))

@@ -87,7 +87,7 @@ def load_test_gt(config, meta: dict) -> dict[str, VideoGT]:
 def _cache_key(scorer, config) -> str:
   """Identifies what the cached scores depend on: the checkpoint's variables
   and the records (their split metadata), not only the step number."""
-  digest = hashlib.sha256()
+  digest = hashlib.sha256(b"scores-v2")  # v2: + kd_det, kd_cls
   for leaf in jax.tree.leaves(jax.device_get(scorer.variables)):
     digest.update(np.ascontiguousarray(leaf).tobytes())
   for split in (config.data.train_split, config.data.test_split):
@@ -142,6 +142,11 @@ def evaluate(config, workdir: str, step: Optional[int] = None) -> dict:
   """Evaluates checkpoint `step` (default config.eval.checkpoint_step, -1 =
   latest) of workdir on the test split; returns the report."""
   t_start = time.perf_counter()
+  kd_mode = str(config.eval.get("kd_score", "balanced"))
+  if kd_mode not in scoring.KD_SCORES:
+    raise input_pipeline.DataError(
+        f"config.eval.kd_score must be one of {scoring.KD_SCORES}, got "
+        f"{kd_mode!r}")
   eval_dir = os.path.join(workdir, "eval")
   os.makedirs(os.path.join(eval_dir, "scores"), exist_ok=True)
   if step is None and int(config.eval.checkpoint_step) >= 0:
@@ -164,6 +169,7 @@ def evaluate(config, workdir: str, step: Optional[int] = None) -> dict:
   method = config.eval.normalize
   stats = _train_stats(scorer, config, eval_dir) if method == "zscore" else None
   normed = scoring.normalize_scores(objs.scores, stats, method)
+  normed = scoring.kd_score(normed, kd_mode)
   weights = {t: float(config.eval.task_weights.get(t, 0.0)) for t in tasks}
   if not any(weights.values()):
     raise input_pipeline.DataError(
@@ -236,6 +242,7 @@ def evaluate(config, workdir: str, step: Optional[int] = None) -> dict:
       "num_objects": int(len(combined)),
       "checkpoint_step": scorer.step,
       "tasks": list(tasks), "task_weights": weights, "normalize": method,
+      "kd_score": kd_mode if "kd" in tasks else None,
       "sigma": list(config.eval.sigma), "map_scale": float(config.eval.map_scale),
       "machine": _machine(),
       "records": config.data.records,

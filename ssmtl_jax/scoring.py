@@ -9,7 +9,9 @@ Pipeline for one video:
    ``mbp``: reconstruction MAE, ``kd``: teacher discrepancy), float ``[N]``;
 2. :func:`normalize_scores` puts the tasks on one scale (z-score with
    statistics of the *training* objects, :func:`fit_stats`; or min-max over
-   the test set; or none) and :func:`combine` takes their weighted mean;
+   the test set; or none), :func:`kd_score` makes the KD score from its
+   detector and classifier parts, and :func:`combine` takes their weighted
+   mean;
 3. :func:`anomaly_maps` writes each object's score into its box of a per-frame
    map (max where boxes overlap), :func:`smooth` applies a 3D Gaussian;
 4. :func:`frame_scores` takes each frame's maximum, optionally followed by
@@ -158,6 +160,41 @@ def combine(
                        f"{length} (as the other tasks)")
     total = w * arr if total is None else total + w * arr
   return total / sum(used.values())
+
+
+KD_SCORES = ("balanced", "sum", "det", "cls")
+KD_PARTS = ("kd_det", "kd_cls")
+
+
+def kd_score(normed: Mapping[str, np.ndarray], mode: str) -> dict[str, np.ndarray]:
+  """Sets the KD task's score from its (normalised) parts.
+
+  Args:
+    normed: {task: float [N]} after :func:`normalize_scores`, where 'kd' is
+      the training-loss discrepancy (detector part + classifier part) and
+      'kd_det' / 'kd_cls' are the two parts on their own (present when the
+      scorer produced them; 'kd_cls' is absent without a classifier teacher).
+    mode: 'balanced': the mean of the normalised parts, so each teacher
+      counts equally (on raw scales the error on 1000 logits is ~100x the
+      error on 80 probabilities and would decide the sum alone); 'sum': the
+      normalised training-loss discrepancy; 'det' / 'cls': one part only.
+  Returns:
+    A new dict without the part entries, with 'kd' set per ``mode`` (or
+    unchanged when there is no 'kd' task).
+  """
+  if mode not in KD_SCORES:
+    raise ValueError(f"KD score must be one of {KD_SCORES}, got {mode!r}")
+  out = {k: v for k, v in normed.items() if k not in KD_PARTS}
+  if "kd" not in normed or mode == "sum":
+    return out
+  wanted = KD_PARTS if mode == "balanced" else (f"kd_{mode}",)
+  parts = [normed[k] for k in wanted if k in normed]
+  if not parts or (mode != "balanced" and len(parts) != len(wanted)):
+    raise ValueError(f"KD score {mode!r} needs the part scores {wanted}, have "
+                     f"{sorted(k for k in normed if k in KD_PARTS)} (scores "
+                     f"cached by an older version? delete eval/object_scores_*.npz)")
+  out["kd"] = np.mean(parts, axis=0)
+  return out
 
 
 # --------------------------------------------------------------------------

@@ -110,14 +110,22 @@ def teacher_targets(batch: Batch) -> jax.Array:
                           batch["teacher_cls"].astype(jnp.float32)], axis=-1)
 
 
+def kd_parts(pred: jax.Array, target: jax.Array, num_det: int,
+             kind: str = "l1") -> dict[str, jax.Array]:
+  """Per-example distance to each teacher [B]: {'det': mean error over the
+  detector's class probabilities, 'cls': mean error over the classifier's
+  logits} (a part is absent when its teacher has no outputs)."""
+  err = jnp.abs(pred - target) if kind == "l1" else jnp.square(pred - target)
+  parts = {"det": err[:, :num_det], "cls": err[:, num_det:]}
+  return {k: p.mean(axis=-1) for k, p in parts.items() if p.shape[-1] > 0}
+
+
 def kd_discrepancy(pred: jax.Array, target: jax.Array, num_det: int,
                    kind: str = "l1") -> jax.Array:
-  """Per-example distance to the teachers [B]: the detector part and the
-  classifier part are averaged separately, then summed, so the 1000 logits do
-  not drown the 80 probabilities."""
-  err = jnp.abs(pred - target) if kind == "l1" else jnp.square(pred - target)
-  parts = [err[:, :num_det], err[:, num_det:]]
-  return sum(p.mean(axis=-1) for p in parts if p.shape[-1] > 0)
+  """Per-example distance to the teachers [B]: the sum of the two parts of
+  :func:`kd_parts` (averaged separately, so the 1000 logits do not outnumber
+  the 80 probabilities). This is the KD training loss."""
+  return sum(kd_parts(pred, target, num_det, kind).values())
 
 
 def task_losses(outputs, targets, *, num_det: int, kd_loss: str = "l1"):
@@ -151,7 +159,10 @@ def object_scores(outputs, consecutive: jax.Array, batch: Batch, *,
   """Per-object anomaly scores of each task [B] (higher = more abnormal).
 
   aot: P(backward | forward input); mi: P(intermittent | consecutive input);
-  mbp: mean absolute error of the middle crop; kd: discrepancy to the teachers.
+  mbp: mean absolute error of the middle crop; kd: discrepancy to the teachers
+  (the training loss: detector part + classifier part), and its two parts on
+  their own as kd_det and kd_cls (see scoring.kd_score: on raw scales the
+  logits' error is ~100x the probabilities' and would decide the sum alone).
   """
   scores = {}
   for task in ("aot", "mi"):
@@ -161,8 +172,9 @@ def object_scores(outputs, consecutive: jax.Array, batch: Batch, *,
     middle = consecutive[:, seq_half]
     scores["mbp"] = jnp.abs(outputs["mbp"] - middle).mean(axis=(1, 2, 3))
   if "kd" in outputs:
-    scores["kd"] = kd_discrepancy(outputs["kd"], teacher_targets(batch),
-                                  num_det, kd_loss)
+    parts = kd_parts(outputs["kd"], teacher_targets(batch), num_det, kd_loss)
+    scores["kd"] = sum(parts.values())
+    scores.update({f"kd_{k}": v for k, v in parts.items()})
   return scores
 
 

@@ -63,6 +63,7 @@ def test_eval_outputs_follow_the_contract(trained):
   for key in ("micro_auc", "macro_auc", "rbdc", "tbdc"):
     assert 0.0 <= report[key] <= 1.0, key
   assert set(report["per_task_micro_auc"]) == {"aot", "mi", "mbp", "kd"}
+  assert report["kd_score"] == "balanced"
   assert report["fps"]["model"] > 0 and report["fps"]["end_to_end"] > 0
   assert report["num_videos"] == 3 and report["num_frames"] == 3 * 64
   gt_dir = os.path.join(config.data.root, "gt_frame")
@@ -100,6 +101,11 @@ def test_eval_errors(trained, tmp_path):
                   bare / "gt_frame")
   np.save(bare / "gt_frame" / "test_01.npy", np.zeros(10, np.uint8))
   with pytest.raises(evaluation.EvalDataError, match="10 labels"):
+    evaluation.evaluate(config, workdir)
+  config = _config()
+  config.eval.kd_score = "logits"
+  with pytest.raises(evaluation.input_pipeline.DataError,
+                     match="config.eval.kd_score"):
     evaluation.evaluate(config, workdir)
 
 

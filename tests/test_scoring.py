@@ -42,6 +42,29 @@ def test_normalize_minmax_none_and_errors():
     scoring.normalize_scores({"mi": np.array([np.nan])}, None, "none")
 
 
+def test_kd_score_modes():
+  normed = {"mi": np.array([0.5, 0.5]), "kd": np.array([9.0, 8.0]),
+            "kd_det": np.array([0.0, 1.0]), "kd_cls": np.array([1.0, 0.0])}
+  got = scoring.kd_score(normed, "balanced")
+  assert set(got) == {"mi", "kd"}  # the parts are folded into kd
+  np.testing.assert_allclose(got["kd"], [0.5, 0.5])
+  np.testing.assert_allclose(scoring.kd_score(normed, "sum")["kd"], [9.0, 8.0])
+  np.testing.assert_allclose(scoring.kd_score(normed, "det")["kd"], [0.0, 1.0])
+  np.testing.assert_allclose(scoring.kd_score(normed, "cls")["kd"], [1.0, 0.0])
+  assert normed["kd"][0] == 9.0  # input untouched
+  # Without a classifier teacher, 'balanced' is the detector part alone.
+  no_cls = {"kd": np.array([3.0]), "kd_det": np.array([2.0])}
+  np.testing.assert_allclose(scoring.kd_score(no_cls, "balanced")["kd"], [2.0])
+  with pytest.raises(ValueError, match=r"needs the part scores \('kd_cls',\)"):
+    scoring.kd_score(no_cls, "cls")
+  with pytest.raises(ValueError, match="older version"):
+    scoring.kd_score({"kd": np.array([1.0])}, "balanced")
+  with pytest.raises(ValueError, match="one of"):
+    scoring.kd_score(normed, "max")
+  # No KD task: nothing to do.
+  assert set(scoring.kd_score({"mi": np.ones(2)}, "balanced")) == {"mi"}
+
+
 def test_combine_weighted_mean_and_left_out_tasks():
   s = {"aot": np.array([1.0, 2.0]), "mi": np.array([3.0, 6.0]),
        "mbp": np.array([100.0, 100.0])}

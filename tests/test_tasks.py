@@ -121,5 +121,7 @@ def test_losses_and_scores():
       num_det=4, seq_half=3)
   np.testing.assert_allclose(scores["aot"], [0, 1, 0, 0.5], atol=1e-6)
   np.testing.assert_allclose(scores["mbp"], 0.5)
-  np.testing.assert_allclose(scores["kd"], 3.0)
+  np.testing.assert_allclose(scores["kd"], 3.0)  # the training loss ...
+  np.testing.assert_allclose(scores["kd_det"], 1.0)  # ... = det part
+  np.testing.assert_allclose(scores["kd_cls"], 2.0)  # + classifier part
   assert "mi_loss" not in m
