@@ -25,6 +25,10 @@ spread (min, max, quartiles) of the per-repeat rates are reported:
   letterboxed blob in, decoded rows out (host to host for both); "end_to_end":
   frames in, final detections out, both with our letterbox pre-processing and
   our NMS post-processing (only the network differs).
+* end_to_end: frames/s of the whole JAX scoring pipeline on real frames
+  (Ped2 test video 01 beside the repository, or ``--frames DIR``): Flax
+  detector, cubes, Lite0 teacher, the model's task scores, maps, smoothing;
+  with each stage's seconds. JAX only (see ``end_to_end_section``).
 * flops: this machine's f32 matmul FLOP/s (JAX and torch) and the model's
   FLOPs per cube (analytic: conv + dense multiply-adds x 2; training = 3 x
   forward), giving the achieved model FLOP/s as a percentage of the JAX
@@ -41,10 +45,12 @@ Configurations:
 
 * full: global batch 256 of 7x64x64x1 cubes, narrow model (16/32/32,
   shallow), 5 repeats of >= 2 s; detector at 736x480 (the Ped2 setting) in
-  batches of 8, 32 frames per end-to-end repeat.
+  batches of 8, 32 frames per detector end-to-end repeat; the pipeline on
+  64 frames (3 timed passes).
 * quick: global batch 8 of 7x32x32x1 cubes, narrow shallow model, 3 repeats
-  of >= 0.4 s; detector at 416x416, batches of 4, 4 frames per end-to-end
-  repeat. About 1 minute on 2 CPU cores once torch.compile's on-disk cache
+  of >= 0.4 s; detector at 416x416, batches of 4, 4 frames per detector
+  end-to-end repeat; the pipeline on 16 frames (1 timed pass). About 1-2
+  minutes on 2 CPU cores once torch.compile's on-disk cache
   (``/tmp/torchinductor_$USER``) is warm; the very first run on a machine adds
   about a minute of Inductor C++ compilation (shown as ``first_call_s``).
 
@@ -92,7 +98,12 @@ from ssmtl_jax import sharding
 from ssmtl_jax import tasks as tasks_lib
 from ssmtl_jax import train
 
-PED2_TEST = "/work/shared/data/ped2/test"
+# Real frames for the detector and end-to-end sections: the first test video
+# of UCSD Ped2 when ../shared/data/ped2 sits beside the repository (--frames
+# overrides); otherwise synthetic frames.
+PED2_TEST_VIDEO = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), os.pardir, "shared", "data", "ped2", "test",
+                               "01")
 
 
 @dataclasses.dataclass
@@ -118,6 +129,9 @@ class Settings:
   det_input: tuple[int, int] = (736, 480)
   det_batch: int = 8
   det_frames: int = 32     # frames per end-to-end repeat
+  e2e_frames: int = 64     # frames scored per end-to-end (pipeline) repeat
+  e2e: bool = True
+  frames_dir: str = PED2_TEST_VIDEO
   matmul_n: int = 4096     # doubled on accelerators
   torch_compile: bool = True
   detector: bool = True
@@ -128,7 +142,7 @@ class Settings:
   def quick_preset(cls) -> "Settings":
     return cls(quick=True, batch=8, crop=32, repeats=3, warmup=1,
                min_repeat_s=0.4, max_steps=20, det_input=(416, 416),
-               det_batch=4, det_frames=4, matmul_n=2048)
+               det_batch=4, det_frames=4, e2e_frames=16, matmul_n=2048)
 
   @property
   def widths(self) -> tuple[int, ...]:
@@ -437,12 +451,10 @@ def train_section(settings: Settings, m: Models, records: dict,
   return {r.name: _summary(r, "cubes_per_s") for r in runners}, xla
 
 
-def infer_section(settings: Settings, m: Models, records: dict,
-                  device: torch.device) -> dict:
-  """Scoring throughput (and the largest score difference, as a check that
-  both frameworks compute the same thing)."""
+def _jax_scorer(settings: Settings, m: Models, mesh: jax.sharding.Mesh):
+  """The jitted scoring forward (as ssmtl_jax.object_scores.Scorer): views,
+  the heads' scoring pass and the per-task object scores of a batch."""
   cfg = _step_config(settings)
-  mesh = sharding.create_mesh()
 
   def score(variables, batch):
     consec, middle_removed = tasks_lib.inference_views(batch, cfg.seq_half)
@@ -451,9 +463,18 @@ def infer_section(settings: Settings, m: Models, records: dict,
     return tasks_lib.object_scores(outputs, consec, batch, num_det=cfg.num_det,
                                    seq_half=cfg.seq_half, kd_loss=cfg.kd_loss)
 
-  fn = jax.jit(score, in_shardings=(sharding.replicated(mesh),
-                                    sharding.data_sharding(mesh)),
-               out_shardings=sharding.replicated(mesh))
+  return jax.jit(score, in_shardings=(sharding.replicated(mesh),
+                                      sharding.data_sharding(mesh)),
+                 out_shardings=sharding.replicated(mesh))
+
+
+def infer_section(settings: Settings, m: Models, records: dict,
+                  device: torch.device) -> dict:
+  """Scoring throughput (and the largest score difference, as a check that
+  both frameworks compute the same thing)."""
+  cfg = _step_config(settings)
+  mesh = sharding.create_mesh()
+  fn = _jax_scorer(settings, m, mesh)
   variables = jax.device_put(m.variables, sharding.replicated(mesh))
   batch = sharding.global_batch(records, mesh)
   runners = [Runner("jax", functools.partial(fn, variables, batch), _jax_sync,
@@ -482,10 +503,19 @@ def infer_section(settings: Settings, m: Models, records: dict,
   return out
 
 
-def _detector_frames(n: int) -> tuple[list[np.ndarray], str]:
-  paths = sorted(glob.glob(os.path.join(PED2_TEST, "*", "*.jpg")))
+def _detector_frames(n: int, frames_dir: str = PED2_TEST_VIDEO
+                     ) -> tuple[list[np.ndarray], str]:
+  """The first n gray frames of frames_dir (jpg/png/tif/bmp, sorted by name),
+  or n synthetic 240x360 frames when it holds fewer."""
+  paths = sorted(p for p in glob.glob(os.path.join(frames_dir, "*"))
+                 if p.lower().endswith((".jpg", ".jpeg", ".png", ".tif",
+                                        ".tiff", ".bmp")))
   if len(paths) >= n:
-    return [cv2.imread(p, cv2.IMREAD_GRAYSCALE) for p in paths[:n]], PED2_TEST
+    frames = [cv2.imread(p, cv2.IMREAD_GRAYSCALE) for p in paths[:n]]
+    bad = [p for p, f in zip(paths, frames) if f is None]
+    if bad:
+      raise ValueError(f"unreadable frame: {bad[0]}")
+    return frames, os.path.normpath(frames_dir)
   rng = np.random.default_rng(0)
   frames = []
   for _ in range(n):
@@ -509,7 +539,7 @@ def detector_section(settings: Settings) -> dict:
   net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
   net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
   yolo_names = [f"yolo_{i}" for i in det.net.yolo_indices]
-  frames, source = _detector_frames(settings.det_frames)
+  frames, source = _detector_frames(settings.det_frames, settings.frames_dir)
   blob, _ = yolo.preprocess(frames[:settings.det_batch], size)
   nchw = np.ascontiguousarray(blob.transpose(0, 3, 1, 2))
 
@@ -549,6 +579,104 @@ def detector_section(settings: Settings) -> dict:
   except Exception as e:  # pylint: disable=broad-except
     out["max_abs_row_diff"] = _error(e)
   return out
+
+
+def end_to_end_section(settings: Settings, m: Models) -> dict:
+  """Frames in, frame scores out, with this package's components: the Flax
+  detector (Ped2 setting: conf 0.1), cubes of 2W+1 crops around each
+  detection, the EfficientNet-Lite0 teacher (128 px) on the middle crops,
+  the model's four task scores (jitted, fixed batch), min-max normalisation,
+  anomaly maps, 3D Gaussian smoothing and the frame maximum. Reports frames/s
+  of the whole pipeline (median over repeats, compilation excluded) and the
+  seconds of each stage in the median repeat. JAX only: the PyTorch twin
+  covers the model, not a detector or teacher (the detector section compares
+  the detector with OpenCV's)."""
+  from data_prep import cubes  # pylint: disable=g-import-not-at-top
+  from data_prep import teachers  # pylint: disable=g-import-not-at-top
+  from data_prep.detector import weights  # pylint: disable=g-import-not-at-top
+  from data_prep.detector import yolo  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax import scoring  # pylint: disable=g-import-not-at-top
+  files = weights.ensure_yolov3_tiny()
+  det = yolo.Detector(files.cfg, files.weights,
+                      input_size=tuple(settings.det_input),
+                      conf_threshold=0.1, nms_threshold=0.45,
+                      batch_size=settings.det_batch)
+  classifier = teachers.load_classifier("efficientnet_lite0", None,
+                                        batch_size=64, input_size=128)
+  frames, source = _detector_frames(settings.e2e_frames, settings.frames_dir)
+  height, width = frames[0].shape[:2]
+  mesh = sharding.create_mesh()
+  fn = _jax_scorer(settings, m, mesh)
+  variables = jax.device_put(m.variables, sharding.replicated(mesh))
+  batch_size = -(-settings.batch // jax.device_count()) * jax.device_count()
+
+  def pipeline() -> tuple[dict, int]:
+    t = {"detector": 0.0, "cubes": 0.0, "teacher": 0.0, "model": 0.0,
+         "maps": 0.0}
+    t0 = time.perf_counter()
+    dets = det.detect([f[..., None] for f in frames])
+    t["detector"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    objs = {"crops": [], "teacher_det": [], "frame_index": [], "box": []}
+    for i, window in cubes.sliding_windows((f[..., None] for f in frames),
+                                           settings.half_window):
+      for row in dets[i]:
+        cube = cubes.crop_cube(window, row[:4], size=settings.crop,
+                               min_size=8.0)
+        if cube is not None:
+          objs["crops"].append(cube)
+          objs["teacher_det"].append(row[6:6 + settings.num_det])
+          objs["frame_index"].append(i)
+          objs["box"].append(row[:4])
+    t["cubes"] = time.perf_counter() - t0
+    n = len(objs["crops"])
+    if not n:
+      raise ValueError(f"no objects detected in {source}")
+    crops = np.stack(objs["crops"])
+    t0 = time.perf_counter()
+    logits = classifier.logits(crops[:, settings.half_window])
+    t["teacher"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    parts: dict[str, list] = {}
+    for start in range(0, n, batch_size):
+      sl = slice(start, start + batch_size)
+      batch = {"crops": crops[sl],
+               "teacher_det": np.stack(objs["teacher_det"][sl]),
+               "teacher_cls": logits[sl]}
+      k = len(batch["crops"])
+      batch = {key: np.concatenate([v, np.zeros((batch_size - k,) + v.shape[1:],
+                                                v.dtype)]) for key, v in
+               batch.items()}
+      out = jax.device_get(fn(variables, sharding.global_batch(batch, mesh)))
+      for task, v in out.items():
+        parts.setdefault(task, []).append(np.asarray(v[:k]))
+    t["model"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    normed = scoring.kd_score(scoring.normalize_scores(
+        {k: np.concatenate(v) for k, v in parts.items()}, None, "minmax"),
+                              "balanced")
+    combined = scoring.combine(normed, {k: 1.0 for k in models.TASKS})
+    scoring.video_frame_scores(
+        np.stack(objs["box"]), np.asarray(objs["frame_index"]), combined,
+        len(frames), height, width, sigma=(3.0, 3.0, 3.0), scale=0.5,
+        background=float(combined.min()), temporal_sigma=5.0)
+    t["maps"] = time.perf_counter() - t0
+    return t, n
+
+  t0 = time.perf_counter()
+  pipeline()  # compiles the detector, teacher and model shapes
+  first = time.perf_counter() - t0
+  runs = [pipeline() for _ in range(max(1, settings.repeats - 2))]
+  totals = [sum(t.values()) for t, _ in runs]
+  med = int(np.argsort(totals)[len(totals) // 2])
+  rates = np.asarray([len(frames) / x for x in totals])
+  return {"frames_per_s": float(np.median(rates)), "min": float(rates.min()),
+          "max": float(rates.max()), "repeats": [float(x) for x in rates],
+          "first_call_s": first, "frames": len(frames), "source": source,
+          "objects": runs[med][1],
+          "stage_seconds": {k: float(v) for k, v in runs[med][0].items()},
+          "crop": settings.crop, "detector_input": list(settings.det_input),
+          "teacher": "efficientnet_lite0 @128"}
 
 
 # --- Report -------------------------------------------------------------------
@@ -676,6 +804,15 @@ def markdown(results: dict) -> str:
           f"{_fmt_ratio(rat.get(f'detector_{kind}_flax_over_opencv'))} |")
   elif det:
     lines += ["", f"detector: {det['error']}"]
+  e2e = results.get("end_to_end", {})
+  if e2e and "error" not in e2e:
+    stages = ", ".join(f"{k} {v:.2f}" for k, v in e2e["stage_seconds"].items())
+    lines += ["", f"End to end (JAX pipeline: detector -> cubes -> teacher -> "
+              f"model -> maps), {e2e['frames']} frames of {e2e['source']} "
+              f"({e2e['objects']} objects): {_cell(e2e, 'frames_per_s')} "
+              f"frames/s; seconds per stage: {stages}."]
+  elif e2e:
+    lines += ["", f"end to end: {str(e2e['error']).splitlines()[0][:300]}"]
   fl = results.get("flops", {})
   if fl:
     lines += ["", f"Matmul f32 {fl['matmul']['n']}^2: JAX "
@@ -724,6 +861,7 @@ def run(settings: Settings) -> dict:
       "repeats": s.repeats, "warmup_calls": s.warmup,
       "min_repeat_s": s.min_repeat_s, "det_input": list(s.det_input),
       "det_batch": s.det_batch, "det_frames": s.det_frames,
+      "e2e_frames": s.e2e_frames,
       "torch_channels_last": s.torch_channels_last,
       "torch_compile": s.torch_compile,
       "jax_conv_impl": str(_config(s).model.get("conv_impl", "xla")),
@@ -753,6 +891,12 @@ def run(settings: Settings) -> dict:
       results["detector"] = section("detector", lambda: detector_section(s))
     except Exception as e:  # pylint: disable=broad-except
       results["detector"] = {"error": _error(e)}
+  if s.e2e:
+    try:
+      results["end_to_end"] = section("end_to_end",
+                                      lambda: end_to_end_section(s, m))
+    except Exception as e:  # pylint: disable=broad-except
+      results["end_to_end"] = {"error": _error(e)}
   n = s.matmul_n * (1 if jax.default_backend() == "cpu" else 2)
   mm = section("matmul", lambda: matmul_flops(n))
   fl = model_flops(s)
@@ -799,6 +943,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                       help="skip torch.compile")
   parser.add_argument("--no-detector", action="store_true",
                       help="skip the detector comparison")
+  parser.add_argument("--no-end-to-end", action="store_true",
+                      help="skip the end-to-end pipeline timing")
+  parser.add_argument("--frames", default=PED2_TEST_VIDEO,
+                      help="folder of frames for the detector and end-to-end "
+                           "sections (default: Ped2 test/01 beside the repo; "
+                           "synthetic frames if missing)")
   parser.add_argument("--torch-threads", type=int, default=0,
                       help="torch CPU threads (default: os.cpu_count())")
   parser.add_argument("--torch-contiguous", action="store_true",
@@ -810,6 +960,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       setattr(settings, key, getattr(args, key))
   settings.torch_compile = not args.no_compile
   settings.detector = not args.no_detector
+  settings.e2e = not args.no_end_to_end
+  settings.frames_dir = args.frames
   settings.torch_channels_last = not args.torch_contiguous
   settings.torch_threads = args.torch_threads
   t0 = time.perf_counter()

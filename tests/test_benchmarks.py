@@ -21,6 +21,7 @@ The tolerances leave room for other conv kernels and summation orders.
 """
 
 import functools
+import os
 
 import jax
 import numpy as np
@@ -328,6 +329,9 @@ def test_report_table_handles_errors_and_ratios():
                 "torch_eager": entry(200.0, "cubes_per_s")},
       "detector": {"flax_network": entry(15.0, "frames_per_s"),
                    "opencv_network": entry(10.0, "frames_per_s")},
+      "end_to_end": {**entry(3.0, "frames_per_s"), "frames": 16,
+                     "source": "ped2/test/01", "objects": 40,
+                     "stage_seconds": {"detector": 2.0, "model": 1.5}},
   }
   results["ratios"] = compare.ratios(results)
   assert results["ratios"]["train_jax_over_torch_eager"] == 0.5
@@ -338,6 +342,30 @@ def test_report_table_handles_errors_and_ratios():
   assert "| train cubes/s | 20.0 [20.0-20.0] | 40.0 [40.0-40.0] | error |" in (
       table)
   assert "BackendCompilerFailed" in table
+  assert ("16 frames of ped2/test/01 (40 objects): 3.0 [3.0-3.0] frames/s; "
+          "seconds per stage: detector 2.00, model 1.50.") in table
+
+
+def test_end_to_end_section_scores_real_frames():
+  from benchmarks import compare  # pylint: disable=g-import-not-at-top
+  from tests import paths  # pylint: disable=g-import-not-at-top
+  frames_dir = os.path.join(paths.PED2, "test", "01")
+  if not os.path.isdir(frames_dir):
+    pytest.skip(f"needs the Ped2 frames ({frames_dir})")
+  settings = compare.Settings.quick_preset()
+  settings.e2e_frames, settings.repeats = 14, 3
+  settings.frames_dir = frames_dir
+  m = compare.build_models(settings, torch.device("cpu"))
+  out = compare.end_to_end_section(settings, m)
+  assert out["frames"] == 14 and out["source"] == os.path.normpath(frames_dir)
+  assert out["objects"] > 0  # Ped2's pedestrians are found at conf 0.1
+  assert out["frames_per_s"] > 0 and len(out["repeats"]) == 1
+  assert set(out["stage_seconds"]) == {"detector", "cubes", "teacher",
+                                       "model", "maps"}
+  assert all(v >= 0 for v in out["stage_seconds"].values())
+  # Fewer frames in the folder than asked for: synthetic frames instead.
+  frames, source = compare._detector_frames(3, os.path.dirname(frames_dir))
+  assert source.startswith("synthetic") and frames[0].shape == (240, 360)
 
 
 def test_layer_profile_runs(capsys, monkeypatch):
