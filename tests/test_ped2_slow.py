@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import subprocess
+import sys
 
 import pytest
 
@@ -34,8 +35,11 @@ def _run(root, workdir):
          str(workdir), "configs/ped2_cpu.py", "--config.total_steps=120",
          "--config.input.batch_size=32", "--config.optim.warmup_steps=20",
          "--config.checkpoint.every_steps=60", "--config.progress_bar=False"]
+  # The script runs `python`: make it this interpreter (venv not activated).
+  env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep +
+             os.environ.get("PATH", ""))
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                        timeout=1800)
+                        timeout=1800, env=env)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   return proc
 
