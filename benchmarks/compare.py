@@ -582,11 +582,12 @@ def detector_section(settings: Settings) -> dict:
 
 
 def end_to_end_section(settings: Settings, m: Models) -> dict:
-  """Frames in, frame scores out, with this package's components: the Flax
-  detector (Ped2 setting: conf 0.1), cubes of 2W+1 crops around each
-  detection, the EfficientNet-Lite0 teacher (128 px) on the middle crops,
-  the model's four task scores (jitted, fixed batch), min-max normalisation,
-  anomaly maps, 3D Gaussian smoothing and the frame maximum. Reports frames/s
+  """Frames in, frame scores out, with this package's components and the
+  detector, teacher, cube and eval settings of ``configs/ped2_cpu.py`` (crop
+  size and input size from ``settings``): the Flax detector, cubes of 2W+1
+  crops around each detection, the classifier teacher on the middle crops,
+  the model's four task scores (jitted, fixed batch), normalisation, anomaly
+  maps, 3D Gaussian smoothing and the frame maximum. Reports frames/s
   of the whole pipeline (median over repeats, compilation excluded) and the
   seconds of each stage in the median repeat. JAX only: the PyTorch twin
   covers the model, not a detector or teacher (the detector section compares
@@ -595,14 +596,20 @@ def end_to_end_section(settings: Settings, m: Models) -> dict:
   from data_prep import teachers  # pylint: disable=g-import-not-at-top
   from data_prep.detector import weights  # pylint: disable=g-import-not-at-top
   from data_prep.detector import yolo  # pylint: disable=g-import-not-at-top
+  from configs import ped2_cpu  # pylint: disable=g-import-not-at-top
   from ssmtl_jax import scoring  # pylint: disable=g-import-not-at-top
+  config = ped2_cpu.get_config()
+  build, ev = config.build, config.eval
   files = weights.ensure_yolov3_tiny()
   det = yolo.Detector(files.cfg, files.weights,
                       input_size=tuple(settings.det_input),
-                      conf_threshold=0.1, nms_threshold=0.45,
+                      conf_threshold=float(build.detector.min_score),
+                      nms_threshold=float(build.detector.nms_threshold),
                       batch_size=settings.det_batch)
-  classifier = teachers.load_classifier("efficientnet_lite0", None,
-                                        batch_size=64, input_size=128)
+  classifier = teachers.load_classifier(
+      build.classifier.kind, build.classifier.weights or None,
+      batch_size=int(build.classifier.batch_size),
+      input_size=int(build.classifier.input_size))
   frames, source = _detector_frames(settings.e2e_frames, settings.frames_dir)
   height, width = frames[0].shape[:2]
   mesh = sharding.create_mesh()
@@ -622,7 +629,9 @@ def end_to_end_section(settings: Settings, m: Models) -> dict:
                                            settings.half_window):
       for row in dets[i]:
         cube = cubes.crop_cube(window, row[:4], size=settings.crop,
-                               min_size=8.0)
+                               padding=float(build.padding),
+                               min_size=float(build.min_box_size),
+                               square=bool(build.square))
         if cube is not None:
           objs["crops"].append(cube)
           objs["teacher_det"].append(row[6:6 + settings.num_det])
@@ -653,13 +662,14 @@ def end_to_end_section(settings: Settings, m: Models) -> dict:
     t["model"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     normed = scoring.kd_score(scoring.normalize_scores(
-        {k: np.concatenate(v) for k, v in parts.items()}, None, "minmax"),
-                              "balanced")
-    combined = scoring.combine(normed, {k: 1.0 for k in models.TASKS})
+        {k: np.concatenate(v) for k, v in parts.items()}, None,
+        ev.normalize), ev.kd_score)
+    combined = scoring.combine(normed, dict(ev.task_weights))
     scoring.video_frame_scores(
         np.stack(objs["box"]), np.asarray(objs["frame_index"]), combined,
-        len(frames), height, width, sigma=(3.0, 3.0, 3.0), scale=0.5,
-        background=float(combined.min()), temporal_sigma=5.0)
+        len(frames), height, width, sigma=tuple(ev.sigma),
+        scale=float(ev.map_scale), background=float(combined.min()),
+        temporal_sigma=float(ev.temporal_sigma))
     t["maps"] = time.perf_counter() - t0
     return t, n
 
@@ -676,7 +686,8 @@ def end_to_end_section(settings: Settings, m: Models) -> dict:
           "objects": runs[med][1],
           "stage_seconds": {k: float(v) for k, v in runs[med][0].items()},
           "crop": settings.crop, "detector_input": list(settings.det_input),
-          "teacher": "efficientnet_lite0 @128"}
+          "teacher": f"{build.classifier.kind} @{build.classifier.input_size}",
+          "settings": "configs/ped2_cpu.py"}
 
 
 # --- Report -------------------------------------------------------------------
