@@ -23,10 +23,12 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from ssmtl_jax import errors
+
 HEADER = ("frame", "x1", "y1", "x2", "y2", "score", "class")
 
 
-class DetectionFileError(ValueError):
+class DetectionFileError(errors.DataError):
   """A detections file is missing or malformed; the message names the file."""
 
 

@@ -36,12 +36,14 @@ import cv2
 import numpy as np
 from etils import epath
 
+from ssmtl_jax import errors
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"})
 VIDEO_EXTENSIONS = frozenset(
     {".avi", ".mp4", ".mkv", ".mov", ".mpg", ".mpeg", ".webm", ".m4v"})
 
 
-class VideoInputError(ValueError):
+class VideoInputError(errors.DataError):
   """Bad input video/frames/ground truth; the message names the file/folder."""
 
 

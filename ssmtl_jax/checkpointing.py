@@ -8,9 +8,10 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from ssmtl_jax import errors
 
-class CheckpointError(FileNotFoundError):
-  """No usable checkpoint where one was required; names the directory/step."""
+
+CheckpointError = errors.CheckpointError
 
 
 def checkpoint_dir(workdir: str) -> epath.Path:

@@ -9,6 +9,8 @@ from typing import Callable, Sequence
 
 from absl import flags
 
+from ssmtl_jax import errors
+
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
   """absl flag parsing where a bad --config.* override is one clear line."""
@@ -35,8 +37,7 @@ def _exit(message: str) -> None:
 def run_reporting_user_errors(fn: Callable[[], object]) -> object:
   """Runs fn; a user error (bad config value, data, checkpoint...) becomes one
   line on stderr and exit status 2 instead of a traceback."""
-  from ssmtl_jax import runner  # pylint: disable=g-import-not-at-top
   try:
     return fn()
-  except runner.USER_ERRORS as e:
+  except errors.UserError as e:
     _exit(str(e))

@@ -35,6 +35,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from ssmtl_jax import errors
 from ssmtl_jax import input_pipeline
 from ssmtl_jax import metrics
 from ssmtl_jax import models
@@ -43,7 +44,7 @@ from ssmtl_jax import schema
 from ssmtl_jax import scoring
 
 
-class EvalDataError(input_pipeline.DataError):
+class EvalDataError(errors.DataError):
   """Ground truth missing or inconsistent with the scores."""
 
 
@@ -144,7 +145,7 @@ def evaluate(config, workdir: str, step: Optional[int] = None) -> dict:
   t_start = time.perf_counter()
   kd_mode = str(config.eval.get("kd_score", "balanced"))
   if kd_mode not in scoring.KD_SCORES:
-    raise input_pipeline.DataError(
+    raise errors.ConfigError(
         f"config.eval.kd_score must be one of {scoring.KD_SCORES}, got "
         f"{kd_mode!r}")
   eval_dir = os.path.join(workdir, "eval")
@@ -172,7 +173,7 @@ def evaluate(config, workdir: str, step: Optional[int] = None) -> dict:
   normed = scoring.kd_score(normed, kd_mode)
   weights = {t: float(config.eval.task_weights.get(t, 0.0)) for t in tasks}
   if not any(weights.values()):
-    raise input_pipeline.DataError(
+    raise errors.ConfigError(
         f"config.eval.task_weights gives weight 0 to every trained task {tasks}")
   combined = scoring.combine(normed, weights)
 

@@ -25,11 +25,11 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
+from ssmtl_jax import errors
 from ssmtl_jax import schema
 
 
-class DataError(ValueError):
-  """Missing or inconsistent records; the message names the path or config key."""
+DataError = errors.DataError  # missing or inconsistent records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,11 +94,13 @@ def pipeline_layout(global_batch: int, num_pipelines: int, num_files: int,
   """Validates the layout; returns the pipelines that this process runs."""
   num_pipelines = num_pipelines or process_count
   if num_pipelines % process_count:
-    raise DataError(f"config.input.num_pipelines={num_pipelines} must be a "
-                    f"multiple of the number of processes ({process_count})")
+    raise errors.ConfigError(
+        f"config.input.num_pipelines={num_pipelines} must be a multiple of "
+        f"the number of processes ({process_count})")
   if global_batch % num_pipelines:
-    raise DataError(f"config.input.batch_size={global_batch} must be divisible "
-                    f"by the number of input pipelines ({num_pipelines})")
+    raise errors.ConfigError(
+        f"config.input.batch_size={global_batch} must be divisible by the "
+        f"number of input pipelines ({num_pipelines})")
   if num_files < num_pipelines:
     raise DataError(f"{num_files} record shard(s) cannot feed {num_pipelines} "
                     "input pipelines (one per process by default): lower "

@@ -8,22 +8,7 @@ import os
 from absl import logging
 import jax
 
-from data_prep import detections as detections_lib
-from data_prep import video_io
-from data_prep.detector import darknet
-from data_prep.detector import weights as detector_weights
-from data_prep.teachers import torch_pickle
-from ssmtl_jax import checkpointing
-from ssmtl_jax import errors
-from ssmtl_jax import input_pipeline
 from ssmtl_jax import train
-
-# Errors caused by the user's input: reported as one line, exit status 2.
-USER_ERRORS = (errors.ConfigError, input_pipeline.DataError,
-               checkpointing.CheckpointError, train.NonFiniteLossError,
-               video_io.VideoInputError, detections_lib.DetectionFileError,
-               darknet.DarknetError, detector_weights.WeightsError,
-               torch_pickle.TorchPickleError)
 
 
 class _DropLibraryInfo(logging_std.Filter):

@@ -168,8 +168,8 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, model: models.SSMTL,
   return new_state.replace(bad_step=bad_step), metrics
 
 
-class NonFiniteLossError(FloatingPointError):
-  pass
+class NonFiniteLossError(errors.UserError, FloatingPointError):
+  """The loss became NaN/inf (learning rate, data); names the step."""
 
 
 def total_train_steps(config, num_examples: int) -> int:

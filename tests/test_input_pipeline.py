@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from ssmtl_jax import errors
 from ssmtl_jax import input_pipeline
 from tests import record_helpers
 
@@ -102,7 +103,7 @@ def test_clear_errors(records, tmp_path):
     input_pipeline.records_info("/nonexistent", "train")
   with pytest.raises(input_pipeline.DataError, match="no split 'test'"):
     input_pipeline.records_info(records, "test")
-  with pytest.raises(input_pipeline.DataError, match="batch_size=6"):
+  with pytest.raises(errors.ConfigError, match="batch_size=6"):
     next(_iter(records, global_batch=6, num_pipelines=4))
-  with pytest.raises(input_pipeline.DataError, match="num_pipelines=3"):
+  with pytest.raises(errors.ConfigError, match="num_pipelines=3"):
     next(_iter(records, num_pipelines=3, process_count=2))

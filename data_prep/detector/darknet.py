@@ -37,6 +37,8 @@ from typing import Iterator, Mapping, Optional, Union
 
 import numpy as np
 
+from ssmtl_jax import errors
+
 # Darknet's leaky ReLU slope (activations.h: leaky_activate).
 LEAKY_SLOPE = 0.1
 # Batch-norm epsilon inside the variance square root. Darknet itself divides by
@@ -47,7 +49,7 @@ BN_EPSILON = 1e-6
 ACTIVATIONS = ("leaky", "linear")
 
 
-class DarknetError(ValueError):
+class DarknetError(errors.DataError):
   """A darknet cfg/weights file is missing, malformed or unsupported.
 
   The message always names the file (and the cfg line where it helps).

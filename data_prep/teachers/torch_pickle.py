@@ -32,6 +32,8 @@ from typing import Any, BinaryIO, Callable, Mapping, Optional
 
 import numpy as np
 
+from ssmtl_jax import errors
+
 try:  # Ships with jax; only needed for bfloat16 tensors.
   import ml_dtypes
   _BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
@@ -76,7 +78,7 @@ _TORCH_DTYPES = {
 }
 
 
-class TorchPickleError(ValueError):
+class TorchPickleError(errors.DataError):
   """The file is not a readable torch state dict; the message names the file."""
 
 
