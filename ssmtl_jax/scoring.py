@@ -17,7 +17,11 @@ Pipeline for one video:
 4. :func:`frame_scores` takes each frame's maximum, optionally followed by
    :func:`temporal_smooth`.
 
-:func:`video_frame_scores` runs steps 3-4 in one call.
+:func:`video_frame_scores` runs steps 3-4 in one call; :class:`Settings`
+(the ``config.eval`` keys), :func:`object_anomaly_scores` (step 2) and
+:func:`frame_scores_by_video` (steps 3-4 for every video) are the one path
+from per-task object scores to frame scores that the evaluator, the
+benchmark and the streaming scorer share.
 
 Conventions: boxes are ``(x1, y1, x2, y2)`` float pixels of the full-size
 frame with x2/y2 exclusive; they are rasterised with the same rounding as
@@ -28,6 +32,7 @@ crops were cut from (without the crop padding).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Mapping, Optional, Sequence, Tuple, Union
 
@@ -387,3 +392,96 @@ def video_frame_scores(
   maps = smooth(maps, (st, sy * h / height, sx * w / width))
   out = temporal_smooth(frame_scores(maps), temporal_sigma)
   return (out, maps) if return_maps else out
+
+
+# --------------------------------------------------------------------------
+# The whole path: per-task object scores -> combined object scores -> frame
+# scores, with the settings of config.eval.
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """How object scores become frame scores (the ``config.eval`` keys)."""
+  normalize: str = "zscore"
+  kd_score: str = "balanced"
+  task_weights: Tuple[Tuple[str, float], ...] = tuple((t, 1.0) for t in TASKS)
+  sigma: Tuple[float, float, float] = (3.0, 3.0, 3.0)
+  map_scale: float = 0.5
+  temporal_sigma: float = 0.0
+
+  @classmethod
+  def from_config(cls, config) -> "Settings":
+    ev = config.eval
+    return cls(normalize=str(ev.normalize), kd_score=str(ev.kd_score),
+               task_weights=tuple((str(t), float(w))
+                                  for t, w in dict(ev.task_weights).items()),
+               sigma=_sigma3(tuple(ev.sigma)), map_scale=float(ev.map_scale),
+               temporal_sigma=float(ev.temporal_sigma))
+
+  def weights_for(self, tasks: Sequence[str]) -> dict[str, float]:
+    """The weight of each of ``tasks`` (0 for a task the settings omit)."""
+    given = dict(self.task_weights)
+    return {t: float(given.get(t, 0.0)) for t in tasks}
+
+
+def object_anomaly_scores(
+    raw: Mapping[str, np.ndarray],
+    settings: Settings,
+    stats: Optional[Mapping[str, Tuple[float, float]]] = None,
+) -> Tuple[dict[str, np.ndarray], np.ndarray]:
+  """Per-task raw object scores -> (normalised task scores, combined score).
+
+  Args:
+    raw: {task or KD part: float [N]} as the model scores them.
+    settings: normalisation, KD score mode and task weights.
+    stats: training-object statistics, required by ``normalize='zscore'``.
+  Returns:
+    ({task: float64 [N]} normalised, KD set per ``settings.kd_score``;
+    float64 [N] their weighted mean over the tasks in ``TASKS``).
+  """
+  normed = kd_score(normalize_scores(raw, stats, settings.normalize),
+                    settings.kd_score)
+  tasks = tuple(t for t in TASKS if t in normed)
+  weights = settings.weights_for(tasks)
+  if not any(weights.values()):
+    raise ValueError(f"the task weights give weight 0 to every scored task "
+                     f"{tasks}")
+  return normed, combine(normed, weights)
+
+
+def frame_scores_by_video(
+    video_id: np.ndarray,
+    frame_index: np.ndarray,
+    boxes: np.ndarray,
+    values: np.ndarray,
+    videos: Mapping[str, Tuple[int, int, int]],
+    settings: Settings,
+) -> dict[str, np.ndarray]:
+  """Object scores -> frame scores of every video (maps, smoothing, max).
+
+  Args:
+    video_id: str [N], frame_index: int [N], boxes: float [N, 4], values:
+      float [N] (one score per object, e.g. the combined score).
+    videos: {video_id: (num_frames, height, width)}, every video to score
+      (a video with no object gets the background value in every frame).
+    settings: the map scale and smoothing.
+  Returns:
+    {video_id: float32 [num_frames]}. Frames covered by no object get the
+    lowest object score of *all* videos, so that micro AUC compares like
+    with like.
+  """
+  video_id = np.asarray(video_id)
+  values = np.asarray(values, dtype=np.float64)
+  unknown = sorted(set(video_id.tolist()) - set(videos))
+  if unknown:
+    raise ValueError(f"objects of videos {unknown[:5]} that are not among "
+                     f"the videos to score")
+  background = float(values.min()) if values.size else 0.0
+  out = {}
+  for vid, (frames, height, width) in videos.items():
+    idx = np.flatnonzero(video_id == vid)
+    out[vid] = video_frame_scores(
+        boxes[idx], frame_index[idx], values[idx], frames, height, width,
+        sigma=settings.sigma, scale=settings.map_scale, background=background,
+        temporal_sigma=settings.temporal_sigma)
+  return out
