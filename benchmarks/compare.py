@@ -2,7 +2,7 @@ r"""Side-by-side speed: the JAX model vs its PyTorch twin, and the detector.
 
   python -m benchmarks.compare [--quick] [--out results.json] [--markdown t.md]
 
-Measured in one process on one machine (DESIGN §7), each after warm-up
+Measured in one process on one machine (docs/DESIGN.md §7), each after warm-up
 (compilation and first calls excluded, reported separately as
 ``first_call_s``), over several repeats, interleaved between frameworks (so
 that drifting background load hits all of them alike); the median and the
@@ -16,9 +16,10 @@ spread (min, max, quartiles) of the per-repeat rates are reported:
   ``torch.compile`` (views + forward + loss compiled, backward through
   AOTAutograd, optimiser eager). A failing ``torch.compile`` is recorded as
   its error string.
-* infer: cubes/s of the scoring forward (as ``ssmtl_jax.object_scores``: the
-  consecutive view through the backbone once for the aot, mi and kd heads,
-  the middle-removed view for mbp, then the per-task object scores).
+* infer: cubes/s of the scoring forward (``ssmtl_jax.inference``'s
+  ``make_score_fn``, as the evaluator runs it: the consecutive view through
+  the backbone once for the aot, mi and kd heads, the middle-removed view for
+  mbp, then the per-task object scores).
 * detector: frames/s of YOLOv3-tiny at the same input size, Flax
   (``data_prep.detector.yolo.Detector``) vs OpenCV dnn
   (``cv2.dnn.readNetFromDarknet``) on the same weights. "network": one
@@ -37,7 +38,7 @@ spread (min, max, quartiles) of the per-repeat rates are reported:
 Devices: JAX uses its default backend (all local devices); torch uses CUDA
 when ``torch.cuda.is_available()`` (one device; TF32 allowed like JAX's
 default precision), else the CPU with ``torch.set_num_threads(os.cpu_count())``
-(``--torch-threads`` overrides) and ``OMP_WAIT_POLICY=PASSIVE`` unless set
+(``--torch_threads`` overrides) and ``OMP_WAIT_POLICY=PASSIVE`` unless set
 (why: see below the imports). OpenCV's dnn always runs on the CPU
 (``cv2.setNumThreads(os.cpu_count())``; the pip wheels have no CUDA).
 
@@ -60,7 +61,6 @@ before and after.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import functools
@@ -72,7 +72,7 @@ import platform
 import sys
 import time
 import traceback
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 # JAX and torch share the accelerator in one process: no preallocation.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -85,6 +85,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from absl import flags  # pylint: disable=g-import-not-at-top
 import cv2  # pylint: disable=g-import-not-at-top
 import jax
 import jax.numpy as jnp
@@ -93,7 +94,9 @@ import torch
 
 from benchmarks import torch_ssmtl
 from configs import common
+from ssmtl_jax import cli
 from ssmtl_jax import models
+from ssmtl_jax import inference
 from ssmtl_jax import sharding
 from ssmtl_jax import tasks as tasks_lib
 from ssmtl_jax import train
@@ -264,21 +267,6 @@ def _config(settings: Settings):
   return config
 
 
-def _step_config(settings: Settings) -> train.StepConfig:
-  return train.StepConfig(
-      tasks=models.TASKS, weights=tuple((t, 1.0) for t in models.TASKS),
-      seq_half=settings.seq_half, max_gap=settings.max_gap,
-      num_det=settings.num_det, kd_loss="l1")
-
-
-def _init_views(settings: Settings) -> dict:
-  t = 2 * settings.seq_half + 1
-  shape = (1, t, settings.crop, settings.crop, settings.channels)
-  views = {task: jnp.zeros(shape, jnp.float32) for task in models.TASKS}
-  views["mbp"] = jnp.zeros((1, t - 1) + shape[2:], jnp.float32)
-  return views
-
-
 def _torch_device() -> torch.device:
   return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -385,31 +373,40 @@ def matmul_flops(n: int, repeats: int = 5) -> dict:
 
 @dataclasses.dataclass
 class Models:
-  """The Flax model with its initial variables and the twin holding them."""
+  """The Flax model with its initial variables and the twin holding them,
+  and the step settings (all four tasks, weight 1) both are run with."""
   flax: models.SSMTL
   variables: dict
   twin: torch_ssmtl.SSMTL
+  cfg: tasks_lib.StepConfig
 
 
 def build_models(settings: Settings, device: torch.device) -> Models:
   config = _config(settings)
   model = models.create_model(config, kd_outputs=settings.kd_outputs,
                               channels=settings.channels)
+  views = models.init_views(models.TASKS, seq_half=settings.seq_half,
+                            crop_size=settings.crop,
+                            channels=settings.channels)
   variables = jax.jit(functools.partial(model.init, train=False))(
-      jax.random.PRNGKey(0), _init_views(settings))
+      jax.random.PRNGKey(0), views)
   twin = torch_ssmtl.from_flax_module(
       model, seq_half=settings.seq_half,
       channels_last=settings.torch_channels_last)
   torch_ssmtl.load_flax_variables(twin, jax.device_get(variables))
   twin.to(device)
-  return Models(model, variables, twin)
+  cfg = tasks_lib.StepConfig(
+      tasks=models.TASKS, weights=tuple((t, 1.0) for t in models.TASKS),
+      seq_half=settings.seq_half, max_gap=settings.max_gap,
+      num_det=settings.num_det, kd_loss="l1")
+  return Models(model, variables, twin, cfg)
 
 
 def train_section(settings: Settings, m: Models, records: dict,
                   device: torch.device) -> tuple[dict, dict]:
   """Train throughput; returns (results, XLA cost info)."""
   config = _config(settings)
-  cfg = _step_config(settings)
+  cfg = m.cfg
   tx = train.create_optimizer(config, total_steps=1_000_000)
   mesh = sharding.create_mesh()
   sharding.check_batch_size(settings.batch, jax.device_count())
@@ -451,30 +448,14 @@ def train_section(settings: Settings, m: Models, records: dict,
   return {r.name: _summary(r, "cubes_per_s") for r in runners}, xla
 
 
-def _jax_scorer(settings: Settings, m: Models, mesh: jax.sharding.Mesh):
-  """The jitted scoring forward (as ssmtl_jax.object_scores.Scorer): views,
-  the heads' scoring pass and the per-task object scores of a batch."""
-  cfg = _step_config(settings)
-
-  def score(variables, batch):
-    consec, middle_removed = tasks_lib.inference_views(batch, cfg.seq_half)
-    outputs = m.flax.apply(variables, consec, middle_removed,
-                           method=models.SSMTL.score_heads)
-    return tasks_lib.object_scores(outputs, consec, batch, num_det=cfg.num_det,
-                                   seq_half=cfg.seq_half, kd_loss=cfg.kd_loss)
-
-  return jax.jit(score, in_shardings=(sharding.replicated(mesh),
-                                      sharding.data_sharding(mesh)),
-                 out_shardings=sharding.replicated(mesh))
-
-
 def infer_section(settings: Settings, m: Models, records: dict,
                   device: torch.device) -> dict:
   """Scoring throughput (and the largest score difference, as a check that
   both frameworks compute the same thing)."""
-  cfg = _step_config(settings)
+  cfg = m.cfg
   mesh = sharding.create_mesh()
-  fn = _jax_scorer(settings, m, mesh)
+  fn = inference.jit_score_fn(inference.make_score_fn(m.flax, cfg),
+                                  mesh)
   variables = jax.device_put(m.variables, sharding.replicated(mesh))
   batch = sharding.global_batch(records, mesh)
   runners = [Runner("jax", functools.partial(fn, variables, batch), _jax_sync,
@@ -581,25 +562,60 @@ def detector_section(settings: Settings) -> dict:
   return out
 
 
+E2E_STAGES = ("detector", "cubes", "teacher", "model", "maps")
+
+
+def _timed(fn: Callable, seconds: dict, stage: str) -> Callable:
+  """fn, adding the time of each call to seconds[stage]."""
+
+  def timed(*args, **kwargs):
+    t0 = time.perf_counter()
+    try:
+      return fn(*args, **kwargs)
+    finally:
+      seconds[stage] += time.perf_counter() - t0
+
+  return timed
+
+
+def _timed_iter(items: Iterable, seconds: dict, stage: str) -> Iterator:
+  """items, adding the time spent producing each to seconds[stage]."""
+  it = iter(items)
+  while True:
+    t0 = time.perf_counter()
+    try:
+      item = next(it)
+    except StopIteration:
+      return
+    finally:
+      seconds[stage] += time.perf_counter() - t0
+    yield item
+
+
 def end_to_end_section(settings: Settings, m: Models) -> dict:
   """Frames in, frame scores out, with this package's components and the
   detector, teacher, cube and eval settings of ``configs/ped2_cpu.py`` (crop
-  size and input size from ``settings``): the Flax detector, cubes of 2W+1
-  crops around each detection, the classifier teacher on the middle crops,
-  the model's four task scores (jitted, fixed batch), normalisation, anomaly
-  maps, 3D Gaussian smoothing and the frame maximum. Reports frames/s
-  of the whole pipeline (median over repeats, compilation excluded) and the
-  seconds of each stage in the median repeat. JAX only: the PyTorch twin
-  covers the model, not a detector or teacher (the detector section compares
-  the detector with OpenCV's)."""
-  from data_prep import cubes  # pylint: disable=g-import-not-at-top
+  size and input size from ``settings``): the Flax detector streamed over the
+  frames, the builder's frames -> objects loop (``data_prep.objects``: cubes
+  of 2W+1 crops around each detection, the classifier teacher on batches of
+  middle crops), the model's four task scores (``ssmtl_jax.inference``,
+  jitted, fixed batch), then ``ssmtl_jax.scoring``'s path to frame scores
+  (normalisation, KD score, combination, anomaly maps, 3D Gaussian smoothing,
+  frame maximum). Reports frames/s of the whole pipeline (median over
+  repeats, compilation excluded) and the seconds of each stage in the median
+  repeat; the stages interleave, so detector and teacher are timed around
+  their calls, and cubes is the rest of the object stream's time. JAX only:
+  the PyTorch twin covers the model, not a detector or teacher (the detector
+  section compares the detector with OpenCV's)."""
+  from data_prep import objects as objects_lib  # pylint: disable=g-import-not-at-top
   from data_prep import teachers  # pylint: disable=g-import-not-at-top
   from data_prep.detector import weights  # pylint: disable=g-import-not-at-top
   from data_prep.detector import yolo  # pylint: disable=g-import-not-at-top
   from configs import ped2_cpu  # pylint: disable=g-import-not-at-top
   from ssmtl_jax import scoring  # pylint: disable=g-import-not-at-top
   config = ped2_cpu.get_config()
-  build, ev = config.build, config.eval
+  build = config.build
+  eval_settings = scoring.Settings.from_config(config)
   files = weights.ensure_yolov3_tiny()
   det = yolo.Detector(files.cfg, files.weights,
                       input_size=tuple(settings.det_input),
@@ -611,67 +627,47 @@ def end_to_end_section(settings: Settings, m: Models) -> dict:
       batch_size=int(build.classifier.batch_size),
       input_size=int(build.classifier.input_size))
   frames, source = _detector_frames(settings.e2e_frames, settings.frames_dir)
-  height, width = frames[0].shape[:2]
+  frames = [f[..., None] for f in frames]
+  videos = {source: (len(frames),) + frames[0].shape[:2]}
   mesh = sharding.create_mesh()
-  fn = _jax_scorer(settings, m, mesh)
+  fn = inference.jit_score_fn(inference.make_score_fn(m.flax, m.cfg),
+                                  mesh)
   variables = jax.device_put(m.variables, sharding.replicated(mesh))
-  batch_size = -(-settings.batch // jax.device_count()) * jax.device_count()
+  batch_size = inference.padded_batch_size(settings.batch, mesh)
 
   def pipeline() -> tuple[dict, int]:
-    t = {"detector": 0.0, "cubes": 0.0, "teacher": 0.0, "model": 0.0,
-         "maps": 0.0}
-    t0 = time.perf_counter()
-    dets = det.detect([f[..., None] for f in frames])
-    t["detector"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    objs = {"crops": [], "teacher_det": [], "frame_index": [], "box": []}
-    for i, window in cubes.sliding_windows((f[..., None] for f in frames),
-                                           settings.half_window):
-      for row in dets[i]:
-        cube = cubes.crop_cube(window, row[:4], size=settings.crop,
-                               padding=float(build.padding),
-                               min_size=float(build.min_box_size),
-                               square=bool(build.square))
-        if cube is not None:
-          objs["crops"].append(cube)
-          objs["teacher_det"].append(row[6:6 + settings.num_det])
-          objs["frame_index"].append(i)
-          objs["box"].append(row[:4])
-    t["cubes"] = time.perf_counter() - t0
-    n = len(objs["crops"])
-    if not n:
-      raise ValueError(f"no objects detected in {source}")
-    crops = np.stack(objs["crops"])
-    t0 = time.perf_counter()
-    logits = classifier.logits(crops[:, settings.half_window])
-    t["teacher"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t = dict.fromkeys(E2E_STAGES, 0.0)
+    detections = _timed_iter(zip(frames, det.detect_stream(frames)), t,
+                             "detector")
+    objs = objects_lib.iter_objects(
+        detections, video_id=source, half_window=settings.half_window,
+        crop_size=settings.crop, padding=float(build.padding),
+        min_box_size=float(build.min_box_size), square=bool(build.square),
+        classifier=_timed(classifier.logits, t, "teacher"),
+        classifier_batch=int(build.classifier.batch_size))
+    score = _timed(inference.score_batch, t, "model")
+    geometry: dict[str, list] = {k: [] for k in inference.GEOMETRY_KEYS}
     parts: dict[str, list] = {}
-    for start in range(0, n, batch_size):
-      sl = slice(start, start + batch_size)
-      batch = {"crops": crops[sl],
-               "teacher_det": np.stack(objs["teacher_det"][sl]),
-               "teacher_cls": logits[sl]}
-      k = len(batch["crops"])
-      batch = {key: np.concatenate([v, np.zeros((batch_size - k,) + v.shape[1:],
-                                                v.dtype)]) for key, v in
-               batch.items()}
-      out = jax.device_get(fn(variables, sharding.global_batch(batch, mesh)))
-      for task, v in out.items():
-        parts.setdefault(task, []).append(np.asarray(v[:k]))
-    t["model"] = time.perf_counter() - t0
+    for batch in inference.stacked_batches(
+        _timed_iter(objs, t, "cubes"), batch_size):
+      for k in geometry:
+        geometry[k].append(batch[k])
+      for task, v in score(fn, variables, batch, batch_size=batch_size,
+                           mesh=mesh).items():
+        parts.setdefault(task, []).append(v)
+    # The object stream's time holds the detector and teacher calls it made.
+    t["cubes"] -= t["detector"] + t["teacher"]
+    if not parts:
+      raise ValueError(f"no objects detected in {source}")
     t0 = time.perf_counter()
-    normed = scoring.kd_score(scoring.normalize_scores(
-        {k: np.concatenate(v) for k, v in parts.items()}, None,
-        ev.normalize), ev.kd_score)
-    combined = scoring.combine(normed, dict(ev.task_weights))
-    scoring.video_frame_scores(
-        np.stack(objs["box"]), np.asarray(objs["frame_index"]), combined,
-        len(frames), height, width, sigma=tuple(ev.sigma),
-        scale=float(ev.map_scale), background=float(combined.min()),
-        temporal_sigma=float(ev.temporal_sigma))
+    geometry = {k: np.concatenate(v) for k, v in geometry.items()}
+    _, combined = scoring.object_anomaly_scores(
+        {k: np.concatenate(v) for k, v in parts.items()}, eval_settings)
+    scoring.frame_scores_by_video(
+        geometry["video_id"], geometry["frame_index"], geometry["box"],
+        combined, videos, eval_settings)
     t["maps"] = time.perf_counter() - t0
-    return t, n
+    return t, len(combined)
 
   t0 = time.perf_counter()
   pipeline()  # compiles the detector, teacher and model shapes
@@ -935,43 +931,50 @@ def run(settings: Settings) -> dict:
   return results
 
 
+def _flags() -> flags.FlagValues:
+  fv = flags.FlagValues()
+  flags.DEFINE_bool("quick", False, "small preset, < 2 minutes on 2 CPU cores",
+                    flag_values=fv)
+  flags.DEFINE_string("out", None, "write the JSON here", flag_values=fv)
+  flags.DEFINE_string("markdown", None, "write the table here", flag_values=fv)
+  flags.DEFINE_integer("batch", None, "cubes per step", flag_values=fv,
+                       lower_bound=1)
+  flags.DEFINE_integer("crop", None, "crop side (px)", flag_values=fv,
+                       lower_bound=8)
+  flags.DEFINE_enum("variant", None, sorted(models.VARIANT_WIDTHS),
+                    "backbone widths", flag_values=fv)
+  flags.DEFINE_enum("depth", None, sorted(models.DEPTH_CONVS),
+                    "convs per stage", flag_values=fv)
+  flags.DEFINE_integer("repeats", None, "timed repeats (median)",
+                       flag_values=fv, lower_bound=1)
+  flags.DEFINE_bool("torch_compile", True, "also time torch.compile",
+                    flag_values=fv)
+  flags.DEFINE_bool("detector", True, "the detector comparison",
+                    flag_values=fv)
+  flags.DEFINE_bool("end_to_end", True, "the end-to-end pipeline timing",
+                    flag_values=fv)
+  flags.DEFINE_string("frames", PED2_TEST_VIDEO,
+                      "folder of frames for the detector and end-to-end "
+                      "sections (default: Ped2 test/01 beside the repo; "
+                      "synthetic frames if missing)", flag_values=fv)
+  flags.DEFINE_integer("torch_threads", 0,
+                       "torch CPU threads (0: os.cpu_count())",
+                       flag_values=fv, lower_bound=0)
+  flags.DEFINE_bool("torch_contiguous", False,
+                    "torch in NCDHW instead of channels_last_3d",
+                    flag_values=fv)
+  return fv
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.compare",
-                                   description=__doc__.split("\n\n")[0])
-  parser.add_argument("--quick", action="store_true",
-                      help="small preset, < 2 minutes on 2 CPU cores")
-  parser.add_argument("--out", default=None, help="write the JSON here")
-  parser.add_argument("--markdown", default=None,
-                      help="write the table here")
-  parser.add_argument("--batch", type=int, default=None)
-  parser.add_argument("--crop", type=int, default=None)
-  parser.add_argument("--variant", choices=sorted(models.VARIANT_WIDTHS),
-                      default=None)
-  parser.add_argument("--depth", choices=sorted(models.DEPTH_CONVS),
-                      default=None)
-  parser.add_argument("--repeats", type=int, default=None)
-  parser.add_argument("--no-compile", action="store_true",
-                      help="skip torch.compile")
-  parser.add_argument("--no-detector", action="store_true",
-                      help="skip the detector comparison")
-  parser.add_argument("--no-end-to-end", action="store_true",
-                      help="skip the end-to-end pipeline timing")
-  parser.add_argument("--frames", default=PED2_TEST_VIDEO,
-                      help="folder of frames for the detector and end-to-end "
-                           "sections (default: Ped2 test/01 beside the repo; "
-                           "synthetic frames if missing)")
-  parser.add_argument("--torch-threads", type=int, default=0,
-                      help="torch CPU threads (default: os.cpu_count())")
-  parser.add_argument("--torch-contiguous", action="store_true",
-                      help="torch in NCDHW instead of channels_last_3d")
-  args = parser.parse_args(argv)
+  args = cli.parse_tool_flags("python -m benchmarks.compare", _flags(), argv)
   settings = Settings.quick_preset() if args.quick else Settings()
   for key in ("batch", "crop", "variant", "depth", "repeats"):
-    if getattr(args, key) is not None:
-      setattr(settings, key, getattr(args, key))
-  settings.torch_compile = not args.no_compile
-  settings.detector = not args.no_detector
-  settings.e2e = not args.no_end_to_end
+    if args[key].value is not None:
+      setattr(settings, key, args[key].value)
+  settings.torch_compile = args.torch_compile
+  settings.detector = args.detector
+  settings.e2e = args.end_to_end
   settings.frames_dir = args.frames
   settings.torch_channels_last = not args.torch_contiguous
   settings.torch_threads = args.torch_threads

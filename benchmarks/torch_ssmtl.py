@@ -37,7 +37,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-TASKS = ("aot", "mi", "mbp", "kd")
+from ssmtl_jax.scoring import TASKS  # pure numpy: no JAX imported here
 VARIANT_WIDTHS = {"narrow": (16, 32, 32), "wide": (32, 64, 64)}
 DEPTH_CONVS = {"shallow": 1, "deep": 2}
 # Flax BatchNorm(momentum=0.9) keeps 0.9 of the running value; torch's momentum
@@ -434,10 +434,10 @@ def joint_loss(outputs: Mapping[str, Tensor], targets: Mapping[str, Tensor],
   return total, metrics
 
 
-def object_scores(outputs: Mapping[str, Tensor], consecutive: Tensor,
-                  teacher: Tensor, *, num_det: int, seq_half: int,
-                  kd_loss: str = "l1") -> dict[str, Tensor]:
-  """Per-object task scores [B] (as tasks.object_scores)."""
+def task_scores(outputs: Mapping[str, Tensor], consecutive: Tensor,
+                teacher: Tensor, *, num_det: int, seq_half: int,
+                kd_loss: str = "l1") -> dict[str, Tensor]:
+  """Per-object task scores [B] (as tasks.task_scores)."""
   scores = {}
   for task in ("aot", "mi"):
     if task in outputs:
@@ -509,7 +509,7 @@ class Trainer:
 
   Args:
     model: the twin.
-    tasks, weights, seq_half, max_gap, num_det, kd_loss: as train.StepConfig.
+    tasks, weights, seq_half, max_gap, num_det, kd_loss: as tasks.StepConfig.
     optimizer, scheduler: from :func:`create_optimizer`.
     grad_clip_norm: clip the global gradient norm (0 = off).
     compiled: use torch.compile.
@@ -574,7 +574,7 @@ class Trainer:
 
 class Scorer:
   """Inference: uint8 crops -> per-task object scores (as the JAX Scorer:
-  inference views, score_heads, object_scores), under inference_mode."""
+  inference views, score_heads, task_scores), under inference_mode."""
 
   def __init__(self, model: SSMTL, *, seq_half: int, num_det: int,
                kd_loss: str = "l1", compiled: bool = False):
@@ -585,8 +585,8 @@ class Scorer:
   def _score(self, crops: Tensor, teacher: Tensor) -> dict[str, Tensor]:
     consec, middle_removed = inference_views(crops, self.seq_half)
     outputs = self.model.score_heads(consec, middle_removed)
-    return object_scores(outputs, consec, teacher, num_det=self.num_det,
-                         seq_half=self.seq_half, kd_loss=self.kd_loss)
+    return task_scores(outputs, consec, teacher, num_det=self.num_det,
+                       seq_half=self.seq_half, kd_loss=self.kd_loss)
 
   def __call__(self, crops: Tensor, teacher: Tensor) -> dict[str, Tensor]:
     self.model.eval()

@@ -31,7 +31,6 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
-import hashlib
 import multiprocessing
 import os
 import time
@@ -41,10 +40,12 @@ from absl import logging
 import numpy as np
 import tqdm
 
-from data_prep import cubes
 from data_prep import detections as detections_lib
+from data_prep import objects
 from data_prep import video_io
 from ssmtl_jax import errors
+from ssmtl_jax import files as files_lib
+from ssmtl_jax import ground_truth
 from ssmtl_jax import schema
 
 
@@ -116,7 +117,7 @@ class BuildSettings:
         if not os.path.isfile(path):
           raise errors.ConfigError(
               f"config.build.detector.{key}={path!r}: file not found")
-      det_sha = sha256_file(det_weights)
+      det_sha = files_lib.sha256_file(det_weights)
     elif det.kind != "file":
       raise errors.ConfigError(
           f"config.build.detector.kind={det.kind!r}: expected 'yolov3' or "
@@ -138,7 +139,7 @@ class BuildSettings:
       if not os.path.isfile(clf_weights):
         raise errors.ConfigError(
             f"config.build.classifier.weights={clf_weights!r}: file not found")
-      clf_sha, num_cls = sha256_file(clf_weights), 1000
+      clf_sha, num_cls = files_lib.sha256_file(clf_weights), 1000
     input_size = tuple(int(v) for v in det.input_size)
     return cls(root=config.data.root, records=config.data.records,
                half_window=int(b.half_window), crop_size=int(b.crop_size),
@@ -166,7 +167,7 @@ class BuildSettings:
       d.pop(k)
     d["det_input_size"] = list(self.det_input_size)
     if self.detector_kind == "yolov3":
-      d["det_cfg_sha256"] = sha256_file(self.det_cfg)
+      d["det_cfg_sha256"] = files_lib.sha256_file(self.det_cfg)
     return d
 
   def fingerprint_for(self, split: str, train_split: str) -> dict:
@@ -185,14 +186,6 @@ class BuildSettings:
     return schema.features(window=2 * self.half_window + 1,
                            crop_size=self.crop_size, channels=self.channels,
                            num_det=self.num_det, num_cls=self.num_cls)
-
-
-def sha256_file(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
 
 
 @functools.lru_cache(maxsize=2)
@@ -309,64 +302,33 @@ def build_video(settings: BuildSettings, src: video_io.VideoSource,
   """
   t0 = time.perf_counter()
   feats = settings.features()
-  classifier = (_classifier(settings) if settings.classifier_kind != "none"
-                else None)
-  w = settings.half_window
-  serialized, pending = [], []
+  classifier = (_classifier(settings).logits
+                if settings.classifier_kind != "none" else None)
   height = width = None
   num_frames = 0
-  dets_by_frame: dict[int, np.ndarray] = {}
 
-  def flush():
-    """Adds the classifier's logits of the pending objects' middle crops."""
-    if not pending:
-      return
-    if classifier is not None:
-      logits = classifier.logits(np.stack([o["crops"][w] for o in pending]))
-    else:
-      logits = np.zeros((len(pending), 0), np.float32)
-    for obj, teacher_cls in zip(pending, logits):
-      obj["teacher_cls"] = teacher_cls
-      serialized.append(schema.serialize(feats, obj))
-    pending.clear()
-
-  def frames_only():
+  def counted():
     nonlocal num_frames, height, width
     for frame, dets in _detections(
         settings, src, video_io.iter_frames(src, settings.channels), stride):
       if height is None:
         height, width = frame.shape[:2]
-      dets_by_frame[num_frames] = dets
       num_frames += 1
       if on_frame is not None:
         on_frame()
-      yield frame
+      yield frame, dets
 
-  for t, window in cubes.sliding_windows(frames_only(), w):
-    for row in dets_by_frame.pop(t):
-      cube = cubes.crop_cube(window, row[:4], size=settings.crop_size,
-                             padding=settings.padding,
-                             min_size=settings.min_box_size,
-                             square=settings.square)
-      if cube is None:
-        continue
-      pending.append({
-          "video_id": src.video_id, "frame_index": t,
-          "box": row[:4].astype(np.float32), "det_score": float(row[4]),
-          "det_class": int(row[5]), "crops": cube,
-          "teacher_det": row[6:].astype(np.float32)})
-    if len(pending) >= settings.classifier_batch:
-      flush()
-    # Frames before the window's start can no longer be centres.
-    dets_by_frame.pop(t - w - 1, None)
-  flush()
+  serialized = [schema.serialize(feats, obj) for obj in objects.iter_objects(
+      counted(), video_id=src.video_id, half_window=settings.half_window,
+      crop_size=settings.crop_size, padding=settings.padding,
+      min_box_size=settings.min_box_size, square=settings.square,
+      classifier=classifier, classifier_batch=settings.classifier_batch)]
   if num_frames == 0:
     raise video_io.VideoInputError(f"video has no frames: {src.path}")
   labels = None
   if with_gt:  # ids repeat across splits (Ped2: train/01, test/01)
-    labels, _ = video_io.load_ground_truth(settings.root, src.video_id,
-                                           num_frames, height, width,
-                                           load_masks=False)
+    labels, _ = ground_truth.load(settings.root, src.video_id, num_frames,
+                                  height, width, load_masks=False)
   schema.write_shard(shard_path, serialized)
   seconds = time.perf_counter() - t0
   summary = {"frames": num_frames, "objects": len(serialized),

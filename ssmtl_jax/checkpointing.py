@@ -44,10 +44,9 @@ def abstract_like(state: Any) -> Any:
       state)
 
 
-def restore(manager: ocp.CheckpointManager, target: Any,
-            step: Optional[int] = None) -> Any:
-  """Restores `step` (default: latest) into the structure and shardings of
-  `target` (a state or its abstract version)."""
+def _existing_step(manager: ocp.CheckpointManager,
+                   step: Optional[int]) -> int:
+  """`step`, or the latest one when None; CheckpointError if there is none."""
   if step is None:
     step = manager.latest_step()
     if step is None:
@@ -56,4 +55,33 @@ def restore(manager: ocp.CheckpointManager, target: Any,
     raise CheckpointError(
         f"no checkpoint for step {step} under {manager.directory} "
         f"(available: {sorted(manager.all_steps())})")
+  return step
+
+
+def restore(manager: ocp.CheckpointManager, target: Any,
+            step: Optional[int] = None) -> Any:
+  """Restores `step` (default: latest) into the structure and shardings of
+  `target` (a state or its abstract version)."""
+  step = _existing_step(manager, step)
   return manager.restore(step, args=ocp.args.StandardRestore(abstract_like(target)))
+
+
+def restore_subtree(manager: ocp.CheckpointManager, target: dict,
+                    step: Optional[int] = None) -> dict:
+  """Restores only the top-level entries of a saved state named in `target`
+  (e.g. {"step", "params", "batch_stats"} of a TrainState, without the
+  optimiser state), into their structure and shardings.
+
+  Args:
+    target: {field of the saved state: (abstract) subtree}; leaves give the
+      shape, dtype and sharding to restore into.
+    step: default: the latest.
+  Returns:
+    A dict like `target` holding the restored arrays.
+  """
+  step = _existing_step(manager, step)
+  target = abstract_like(target)
+  return manager.restore(step, args=ocp.args.PyTreeRestore(
+      item=target,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+      partial_restore=True))

@@ -16,8 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from ssmtl_jax import errors
+from ssmtl_jax import scoring
 
-TASKS = ("aot", "mi", "mbp", "kd")
+TASKS = scoring.TASKS  # ("aot", "mi", "mbp", "kd"), defined once with the scores
 VARIANT_WIDTHS = {"narrow": (16, 32, 32), "wide": (32, 64, 64)}
 DEPTH_CONVS = {"shallow": 1, "deep": 2}
 
@@ -291,6 +292,18 @@ def enabled_tasks(config) -> tuple[str, ...]:
     raise errors.ConfigError("config.tasks: every task weight is 0; enable at least one "
                      "of tasks.{aot,mi,mbp,kd}.weight")
   return tasks
+
+
+def init_views(tasks: Sequence[str], *, seq_half: int, crop_size: int,
+               channels: int) -> dict[str, jax.Array]:
+  """Zero views of one example for ``model.init``: {task: float32 [1, T, S,
+  S, C]} with T = 2*seq_half+1 (2*seq_half for mbp, its middle removed)."""
+  t = 2 * seq_half + 1
+  shape = (1, t, crop_size, crop_size, channels)
+  views = {task: jnp.zeros(shape, jnp.float32) for task in tasks}
+  if "mbp" in views:
+    views["mbp"] = jnp.zeros((1, t - 1) + shape[2:], jnp.float32)
+  return views
 
 
 def backbone_widths(config) -> tuple[int, ...]:

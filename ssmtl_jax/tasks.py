@@ -20,13 +20,65 @@ views for the same global batch.
 
 from __future__ import annotations
 
-from typing import Mapping
+import dataclasses
+from typing import Mapping, TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from ssmtl_jax import errors
+from ssmtl_jax import models
+
+if TYPE_CHECKING:
+  from ssmtl_jax import input_pipeline
+
 Batch = Mapping[str, jax.Array]
+
+
+def check_window(seq_half: int, max_gap: int, half_window: int,
+                 source: str = "the records") -> None:
+  """Raises ConfigError unless the widest intermittent sequence fits in the
+  half window of ``source`` (the records, or config.build.half_window before
+  they are built)."""
+  if seq_half * max_gap > half_window:
+    raise errors.ConfigError(
+        f"config.tasks.seq_half * config.tasks.max_gap = {seq_half * max_gap} "
+        f"exceeds the half window {half_window} of {source}: intermittent "
+        "sequences need frames t - seq_half*max_gap .. t + seq_half*max_gap; "
+        "lower tasks.max_gap or build with a larger build.half_window")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Static settings of the train and score steps (hashable, bound with
+  functools.partial)."""
+  tasks: tuple[str, ...]
+  weights: tuple[tuple[str, float], ...]
+  seq_half: int
+  max_gap: int
+  num_det: int
+  kd_loss: str
+
+  @classmethod
+  def from_config(cls, config,
+                  info: "input_pipeline.RecordsInfo") -> "StepConfig":
+    tasks = models.enabled_tasks(config)
+    if config.tasks.max_gap < 2:
+      raise errors.ConfigError(
+          f"config.tasks.max_gap={config.tasks.max_gap}: must be >= 2 for "
+          "intermittent sequences to have gaps")
+    check_window(int(config.tasks.seq_half), int(config.tasks.max_gap),
+                 (info.window - 1) // 2,
+                 f"the records in config.data.records={config.data.records!r}")
+    if config.tasks.kd.loss not in ("l1", "l2"):
+      raise errors.ConfigError(f"config.tasks.kd.loss={config.tasks.kd.loss!r}: "
+                               "expected 'l1' or 'l2'")
+    return cls(tasks=tasks,
+               weights=tuple((t, float(config.tasks[t].weight)) for t in tasks),
+               seq_half=int(config.tasks.seq_half),
+               max_gap=int(config.tasks.max_gap), num_det=info.num_det,
+               kd_loss=config.tasks.kd.loss)
 
 
 def consecutive_indices(half_window: int, seq_half: int) -> jax.Array:
@@ -70,11 +122,7 @@ def make_views(batch: Batch, key: jax.Array, *, tasks, seq_half: int,
   crops = batch["crops"]
   b, window = crops.shape[:2]
   half_window = (window - 1) // 2
-  if seq_half * max_gap > half_window:
-    raise ValueError(
-        f"tasks.seq_half * tasks.max_gap = {seq_half * max_gap} exceeds the "
-        f"records' half window {half_window}; rebuild with a larger "
-        "build.half_window or lower tasks.max_gap")
+  check_window(seq_half, max_gap, half_window)
   keys = jax.vmap(jax.random.fold_in, (None, 0))(
       key, example_offset + jnp.arange(b))
   keys = jax.vmap(lambda k: jax.random.split(k, 3))(keys)  # [B, 3, key]
@@ -154,7 +202,7 @@ def joint_loss(outputs, targets, weights: Mapping[str, float], *, num_det: int,
   return total, metrics
 
 
-def object_scores(outputs, consecutive: jax.Array, batch: Batch, *,
+def task_scores(outputs, consecutive: jax.Array, batch: Batch, *,
                   num_det: int, seq_half: int, kd_loss: str = "l1"):
   """Per-object anomaly scores of each task [B] (higher = more abnormal).
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import signal
 import time
@@ -38,40 +37,6 @@ class TrainState(flax.struct.PyTreeNode):
   bad_step: jax.Array
 
 
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-  """Static settings of the train step (hashable, bound with functools.partial)."""
-  tasks: tuple[str, ...]
-  weights: tuple[tuple[str, float], ...]
-  seq_half: int
-  max_gap: int
-  num_det: int
-  kd_loss: str
-
-  @classmethod
-  def from_config(cls, config, info: input_pipeline.RecordsInfo) -> "StepConfig":
-    tasks = models.enabled_tasks(config)
-    half_window = (info.window - 1) // 2
-    if config.tasks.max_gap < 2:
-      raise errors.ConfigError(
-          f"config.tasks.max_gap={config.tasks.max_gap}: must be >= 2 for "
-          "intermittent sequences to have gaps")
-    if config.tasks.seq_half * config.tasks.max_gap > half_window:
-      raise errors.ConfigError(
-          f"config.tasks.seq_half * config.tasks.max_gap = "
-          f"{config.tasks.seq_half * config.tasks.max_gap} exceeds the records' "
-          f"half window {half_window} ({config.data.records}); lower "
-          "tasks.max_gap or rebuild with a larger build.half_window")
-    if config.tasks.kd.loss not in ("l1", "l2"):
-      raise errors.ConfigError(f"config.tasks.kd.loss={config.tasks.kd.loss!r}: "
-                       "expected 'l1' or 'l2'")
-    return cls(tasks=tasks,
-               weights=tuple((t, float(config.tasks[t].weight)) for t in tasks),
-               seq_half=int(config.tasks.seq_half),
-               max_gap=int(config.tasks.max_gap), num_det=info.num_det,
-               kd_loss=config.tasks.kd.loss)
-
-
 def create_optimizer(config: ml_collections.ConfigDict,
                      total_steps: int) -> optax.GradientTransformation:
   o = config.optim
@@ -99,15 +64,6 @@ def create_optimizer(config: ml_collections.ConfigDict,
   return tx
 
 
-def init_views(info: input_pipeline.RecordsInfo, seq_half: int, tasks) -> dict:
-  t = 2 * seq_half + 1
-  shape = (1, t, info.crop_size, info.crop_size, info.channels)
-  views = {task: jnp.zeros(shape, jnp.float32) for task in tasks}
-  if "mbp" in views:
-    views["mbp"] = jnp.zeros((1, t - 1) + shape[2:], jnp.float32)
-  return views
-
-
 def create_train_state(rng: jax.Array, *, model: models.SSMTL,
                        tx: optax.GradientTransformation,
                        views: Mapping[str, jax.Array]) -> TrainState:
@@ -120,7 +76,7 @@ def create_train_state(rng: jax.Array, *, model: models.SSMTL,
 
 
 def train_step(state: TrainState, batch, rng: jax.Array, *, model: models.SSMTL,
-               tx: optax.GradientTransformation, cfg: StepConfig,
+               tx: optax.GradientTransformation, cfg: tasks_lib.StepConfig,
                axis_name: Optional[str] = None):
   """One optimisation step on a batch of object records.
 
@@ -235,13 +191,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   # --- Model, optimiser, state.
   mesh = sharding.create_mesh()
-  cfg = StepConfig.from_config(config, info)
+  cfg = tasks_lib.StepConfig.from_config(config, info)
   model = models.create_model(
       config, kd_outputs=info.kd_outputs, channels=info.channels,
       bn_axis_name=sharding.PMAP_AXIS if use_pmap else None)
   tx = create_optimizer(config, total_steps)
   init_rng, step_rng = jax.random.split(jax.random.PRNGKey(int(config.seed)))
-  views = init_views(info, cfg.seq_half, cfg.tasks)
+  views = models.init_views(cfg.tasks, seq_half=cfg.seq_half,
+                            crop_size=info.crop_size, channels=info.channels)
   state = jax.jit(
       functools.partial(create_train_state, model=model, tx=tx, views=views),
       out_shardings=sharding.replicated(mesh))(init_rng)

@@ -7,6 +7,11 @@ values), the scoring forward, the running-stat updates, and one real
 ``train.train_step`` (Adam, constant schedule) against one twin step: joint
 and per-task losses, gradients, then every parameter after the update.
 
+The twin's own parts that the benchmark times are checked too: its view
+making (``Trainer.step`` draws its views: fed JAX's draws it builds JAX's
+views, and its intermittent indices follow JAX's exact law), and its
+``Scorer`` (per-task object scores from uint8 crops) on the same weights.
+
 Weights are random (numpy, with non-trivial BN scales and biases); the Flax
 model uses XLA's conv3d (``model.conv_impl='xla'`` where that key exists; the
 other implementations are checked against it in test_models.py) because
@@ -141,6 +146,18 @@ def _setup(depth: str, head_width: int, channels_last: bool):
   return config, model, batch, views, targets, variables, twin
 
 
+def _with_random_stats(variables, seed):
+  """variables with non-trivial batch-norm running statistics (means around
+  0, variances in [0.5, 1.5]), so eval mode differs from train mode."""
+  rng = np.random.default_rng(seed)
+  stats = jax.tree.map(
+      lambda x: rng.uniform(0.5, 1.5, x.shape).astype(np.float32),
+      variables["batch_stats"])
+  stats = jax.tree_util.tree_map_with_path(
+      lambda p, x: (x - 1.0) * 0.2 if p[-1].key == "mean" else x, stats)
+  return {"params": variables["params"], "batch_stats": stats}
+
+
 @pytest.mark.parametrize("depth,head_width,channels_last",
                          [("shallow", 0, False), ("deep", 6, True)])
 def test_heads_match_in_train_and_eval_mode(depth, head_width, channels_last):
@@ -156,13 +173,7 @@ def test_heads_match_in_train_and_eval_mode(depth, head_width, channels_last):
   _assert_stats_close(twin, new_vars["batch_stats"])
 
   # Eval mode with non-trivial running statistics.
-  rng = np.random.default_rng(2)
-  stats = jax.tree.map(
-      lambda x: rng.uniform(0.5, 1.5, x.shape).astype(np.float32),
-      variables["batch_stats"])
-  stats = jax.tree_util.tree_map_with_path(
-      lambda p, x: (x - 1.0) * 0.2 if p[-1].key == "mean" else x, stats)
-  variables = {"params": variables["params"], "batch_stats": stats}
+  variables = _with_random_stats(variables, seed=2)
   torch_ssmtl.load_flax_variables(twin, variables)
   twin.eval()
   with torch.inference_mode():
@@ -191,12 +202,16 @@ def _assert_stats_close(twin, flax_stats: dict) -> None:
                                err_msg=f"{top}/{key} var")
 
 
-def test_one_adam_step_matches_train_step():
+@pytest.mark.parametrize("own_views", [False, True],
+                         ids=["step_on_views", "step"])
+def test_one_adam_step_matches_train_step(own_views, monkeypatch):
+  """own_views: Trainer.step (the timed path) draws its views itself, fed
+  JAX's draws through a scripted torch.randint / intermittent_indices."""
   config, model, batch, _, _, variables, twin = _setup("shallow", 0, False)
-  cfg = train.StepConfig(tasks=models.TASKS,
-                         weights=tuple((t, 1.0) for t in models.TASKS),
-                         seq_half=SEQ_HALF, max_gap=MAX_GAP, num_det=NUM_DET,
-                         kd_loss="l1")
+  cfg = tasks_lib.StepConfig(tasks=models.TASKS,
+                             weights=tuple((t, 1.0) for t in models.TASKS),
+                             seq_half=SEQ_HALF, max_gap=MAX_GAP,
+                             num_det=NUM_DET, kd_loss="l1")
   tx = train.create_optimizer(config, total_steps=10)
   state = train.TrainState(
       step=np.zeros((), np.int32), params=variables["params"],
@@ -214,7 +229,14 @@ def test_one_adam_step_matches_train_step():
   trainer = torch_ssmtl.Trainer(
       twin, tasks=cfg.tasks, weights=dict(cfg.weights), seq_half=SEQ_HALF,
       max_gap=MAX_GAP, num_det=NUM_DET, optimizer=opt, scheduler=sched)
-  got = trainer.step_on_views(_torch_views(views), _torch_targets(targets))
+  if own_views:
+    _script_twin_draws(monkeypatch, _jax_draws(batch, jax.random.fold_in(
+        rng, 0)))
+    got = trainer.step(torch_ssmtl.jax_to_torch_layout(batch["crops"]),
+                       torch.from_numpy(np.concatenate(
+                           [batch["teacher_det"], batch["teacher_cls"]], 1)))
+  else:
+    got = trainer.step_on_views(_torch_views(views), _torch_targets(targets))
 
   for name in ("loss", "aot_loss", "mi_loss", "mbp_loss", "kd_loss",
                "aot_acc", "mi_acc"):
@@ -244,6 +266,157 @@ def test_one_adam_step_matches_train_step():
   _assert_close(got, ref, 2.001 * float(config.optim.learning_rate),
                 "parameter")
   _assert_stats_close(twin, new_state.batch_stats)
+
+
+# --- The twin's own views and scores (what the benchmark times) ------------
+
+
+def _jax_draws(batch: dict, key: jax.Array, half_window: int = HALF_WINDOW):
+  """The random draws of tasks.make_views(batch, key): aot flags, mi flags and
+  the intermittent indices of every example (drawn for all, used where the
+  mi flag is 1)."""
+  _, targets = _views(batch, key)
+  b = batch["crops"].shape[0]
+  keys = jax.vmap(jax.random.fold_in, (None, 0))(key, np.arange(b))
+  keys = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
+  idx = jax.vmap(lambda k: tasks_lib.intermittent_indices(
+      k, half_window, SEQ_HALF, MAX_GAP))(keys[:, 2])
+  return (np.asarray(targets["aot"]), np.asarray(targets["mi"]),
+          np.asarray(idx))
+
+
+class _ScriptedTorch:
+  """Stands in for the ``torch`` module inside torch_ssmtl: ``randint``
+  returns the scripted tensors in order, everything else is torch."""
+
+  def __init__(self, draws):
+    self._draws = list(draws)
+
+  def randint(self, *args, **kwargs):  # pylint: disable=unused-argument
+    return self._draws.pop(0)
+
+  def __getattr__(self, name):
+    return getattr(torch, name)
+
+
+def _script_twin_draws(monkeypatch, draws):
+  """Makes torch_ssmtl.make_views draw (aot flags, mi flags, indices)."""
+  backward, intermittent, idx = (torch.from_numpy(np.array(d, np.int64))
+                                 for d in draws)
+  scripted = _ScriptedTorch([backward, intermittent])
+  monkeypatch.setattr(torch_ssmtl, "torch", scripted)
+  monkeypatch.setattr(torch_ssmtl, "intermittent_indices",
+                      lambda *args, **kwargs: idx)
+  return scripted
+
+
+def test_twin_views_match_jax_views_given_the_same_draws(monkeypatch):
+  """torch_ssmtl.make_views (used by Trainer.step) builds, from the draws of
+  JAX's make_views, exactly JAX's views and targets, for every task."""
+  batch = _batch(seed=5)
+  batch["crops"] = np.random.default_rng(5).integers(
+      0, 256, (8, 2 * HALF_WINDOW + 1, CROP, CROP, 2), np.uint8)
+  batch["teacher_det"] = np.tile(batch["teacher_det"], (2, 1))
+  batch["teacher_cls"] = np.tile(batch["teacher_cls"], (2, 1))
+  key = jax.random.PRNGKey(11)
+  views, targets = _views(batch, key)
+  draws = _jax_draws(batch, key)
+  # Both values of both flags occur, and the mi indices are not consecutive.
+  assert 0 < draws[0].sum() < 8 and 0 < draws[1].sum() < 8
+  scripted = _script_twin_draws(monkeypatch, draws)
+  crops = torch_ssmtl.jax_to_torch_layout(batch["crops"])
+  teacher = torch.from_numpy(np.concatenate(
+      [batch["teacher_det"], batch["teacher_cls"]], axis=1))
+  got_views, got_targets = torch_ssmtl.make_views(
+      crops, teacher, tasks=models.TASKS, seq_half=SEQ_HALF, max_gap=MAX_GAP)
+  assert not scripted._draws  # pylint: disable=protected-access
+  assert list(got_views) == list(models.TASKS)
+  # XLA divides by 255 as a multiplication (1 ulp apart); a wrong frame is
+  # off by >= 1/255.
+  close = functools.partial(np.testing.assert_allclose, atol=2e-7, rtol=0)
+  for task in models.TASKS:
+    close(got_views[task].permute(0, 2, 3, 4, 1).numpy(),
+          np.asarray(views[task]), err_msg=task)
+  for task in ("aot", "mi"):
+    np.testing.assert_array_equal(got_targets[task].numpy(),
+                                  np.asarray(targets[task]), err_msg=task)
+  close(got_targets["mbp"].permute(0, 2, 3, 1).numpy(),
+        np.asarray(targets["mbp"]))
+  np.testing.assert_array_equal(got_targets["kd"].numpy(),
+                                np.asarray(targets["kd"]))
+
+
+def _gap_distribution(seq_half: int, max_gap: int) -> dict:
+  """Exact law of the gap vectors: extra ~ U{0..max_gap-1}^n, an all-zero
+  draw replaced by a one-hot at a uniform position."""
+  import itertools  # pylint: disable=g-import-not-at-top
+  n = 2 * seq_half
+  p0 = float(max_gap) ** -n
+  law = {}
+  for extra in itertools.product(range(max_gap), repeat=n):
+    if sum(extra) == 0:
+      continue
+    one_hot = sum(extra) == 1
+    law[tuple(1 + e for e in extra)] = p0 + (p0 / n if one_hot else 0.0)
+  assert abs(sum(law.values()) - 1) < 1e-12
+  return law
+
+
+def _gaps(idx: np.ndarray, half_window: int, seq_half: int) -> np.ndarray:
+  """Indices [N, 2h+1] -> gap vectors [N, 2h] in draw order (left gaps
+  outward from the middle, then right gaps outward)."""
+  left = idx[:, seq_half::-1]   # middle, then leftwards
+  right = idx[:, seq_half:]     # middle, then rightwards
+  assert np.all(idx[:, seq_half] == half_window)
+  return np.concatenate([-np.diff(left, axis=1), np.diff(right, axis=1)], 1)
+
+
+@pytest.mark.parametrize("seq_half,max_gap", [(3, 2), (2, 3)])
+def test_twin_intermittent_indices_follow_jax_law(seq_half, max_gap):
+  """The twin's intermittent_indices and JAX's draw gap vectors with the same
+  exact law (each empirical frequency within 5 sigma of it)."""
+  n, half_window = 20000, seq_half * max_gap + 1
+  torch.manual_seed(0)
+  got = torch_ssmtl.intermittent_indices(
+      n, half_window, seq_half, max_gap, torch.device("cpu")).numpy()
+  keys = jax.random.split(jax.random.PRNGKey(0), n)
+  ref = np.asarray(jax.vmap(lambda k: tasks_lib.intermittent_indices(
+      k, half_window, seq_half, max_gap))(keys))
+  law = _gap_distribution(seq_half, max_gap)
+  for name, idx in (("torch", got), ("jax", ref)):
+    assert idx.shape == (n, 2 * seq_half + 1), name
+    assert idx.min() >= 0 and idx.max() <= 2 * half_window, name
+    gaps = _gaps(idx, half_window, seq_half)
+    vectors, counts = np.unique(gaps, axis=0, return_counts=True)
+    freq = {tuple(v.tolist()): c / n for v, c in zip(vectors, counts)}
+    assert set(freq) <= set(law), (name, set(freq) - set(law))
+    for vector, p in law.items():
+      sigma = np.sqrt(p * (1 - p) / n)
+      assert abs(freq.get(vector, 0.0) - p) < 5 * sigma, (name, vector)
+
+
+def test_twin_scorer_matches_jax_task_scores():
+  """torch_ssmtl.Scorer (inference views, score_heads, task_scores on uint8
+  crops) gives JAX's per-task object scores on the same weights."""
+  _, model, batch, _, _, variables, twin = _setup("deep", 6, True)
+  variables = _with_random_stats(variables, seed=4)
+  torch_ssmtl.load_flax_variables(twin, variables)
+  consec, middle_removed = tasks_lib.inference_views(batch, SEQ_HALF)
+  outputs = model.apply(variables, consec, middle_removed,
+                        method=models.SSMTL.score_heads)
+  ref = tasks_lib.task_scores(outputs, consec, batch, num_det=NUM_DET,
+                              seq_half=SEQ_HALF, kd_loss="l1")
+  scorer = torch_ssmtl.Scorer(twin, seq_half=SEQ_HALF, num_det=NUM_DET)
+  got = scorer(torch_ssmtl.jax_to_torch_layout(batch["crops"]),
+               torch.from_numpy(np.concatenate(
+                   [batch["teacher_det"], batch["teacher_cls"]], axis=1)))
+  assert set(got) == set(ref) == {"aot", "mi", "mbp", "kd", "kd_det",
+                                  "kd_cls"}
+  for task, value in ref.items():
+    value = np.asarray(value)
+    assert value.shape == (BATCH,) and np.ptp(value) > 0, task
+    np.testing.assert_allclose(got[task].numpy(), value, atol=OUT_ATOL,
+                               rtol=0, err_msg=task)
 
 
 def _as_torch_params(model, params, batch_stats) -> dict:
@@ -295,7 +468,8 @@ def test_analytic_model_flops_match_the_traced_model(depth, head_width):
   config = compare._config(settings)  # pylint: disable=protected-access
   model = models.create_model(config, kd_outputs=settings.kd_outputs,
                               channels=1)
-  views = compare._init_views(settings)  # pylint: disable=protected-access
+  views = models.init_views(models.TASKS, seq_half=settings.seq_half,
+                            crop_size=settings.crop, channels=1)
   views = jax.tree.map(lambda v: np.zeros((2,) + v.shape[1:], np.float32),
                        views)
   variables = jax.eval_shape(functools.partial(model.init, train=False),
@@ -359,24 +533,44 @@ def test_end_to_end_section_scores_real_frames():
   out = compare.end_to_end_section(settings, m)
   assert out["frames"] == 14 and out["source"] == os.path.normpath(frames_dir)
   assert out["objects"] > 0  # Ped2's pedestrians are found at conf 0.1
-  assert out["frames_per_s"] > 0 and len(out["repeats"]) == 1
+  assert len(out["repeats"]) == 1
+  # Every stage ran and was timed, and the rate is frames over the summed
+  # stage times (no stage left out of the total, none counted twice).
   assert set(out["stage_seconds"]) == {"detector", "cubes", "teacher",
                                        "model", "maps"}
-  assert all(v >= 0 for v in out["stage_seconds"].values())
+  assert all(v > 0 for v in out["stage_seconds"].values()), out
+  assert out["frames_per_s"] == pytest.approx(
+      14 / sum(out["stage_seconds"].values()), rel=1e-9)
   # Fewer frames in the folder than asked for: synthetic frames instead.
   frames, source = compare._detector_frames(3, os.path.dirname(frames_dir))
   assert source.startswith("synthetic") and frames[0].shape == (240, 360)
 
 
-def test_layer_profile_runs(capsys, monkeypatch):
+def test_layer_profile_prints_one_timed_row_per_stage(capsys, monkeypatch):
+  """The table's claim is its rows: one per stage, in STAGES order, each
+  framework's (forward, forward+backward) milliseconds in its own column;
+  the timers return positive times of the stage's shapes."""
   from benchmarks import layer_profile  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(layer_profile, "STAGES", ((1, 4, 8), (4, 8, 4)))
+  stages = ((1, 4, 8), (4, 8, 4))
+  # The real timers on a small stage return positive medians.
+  for timer in (layer_profile.jax_stage, layer_profile.torch_stage):
+    fwd, both = timer(1, 4, 8, 2, 3, 1)
+    assert fwd > 0 and both > 0, timer.__name__
+  calls = []
+
+  def fake(name, base):
+    def timer(cin, cout, hw, batch, frames, repeats):
+      calls.append((name, cin, cout, hw, batch, frames, repeats))
+      return base + hw, 2 * (base + hw)
+    return timer
+
+  monkeypatch.setattr(layer_profile, "STAGES", stages)
+  monkeypatch.setattr(layer_profile, "jax_stage", fake("jax", 100))
+  monkeypatch.setattr(layer_profile, "torch_stage", fake("torch", 300))
   assert layer_profile.main(["--batch", "2", "--frames", "3",
-                             "--repeats", "1"]) == 0
+                             "--repeats", "5"]) == 0
   rows = [l for l in capsys.readouterr().out.splitlines() if " @ " in l]
-  assert [r.split("|")[1].strip() for r in rows] == ["1 -> 4 @ 8px",
-                                                     "4 -> 8 @ 4px"]
-  for row in rows:
-    for cell in row.split("|")[2:4]:
-      fwd, both = (float(v) for v in cell.split("/"))
-      assert fwd >= 0 and both >= 0
+  assert rows == ["| 1 -> 4 @ 8px | 108 / 216 | 308 / 616 |",
+                  "| 4 -> 8 @ 4px | 104 / 208 | 304 / 608 |"]
+  assert calls == [(f, *st, 2, 3, 5) for st in stages
+                   for f in ("jax", "torch")]

@@ -51,10 +51,27 @@ def test_rgb_and_real_forward_values():
   variables = model.init(jax.random.PRNGKey(0), views, train=False)
   x = jax.random.uniform(jax.random.PRNGKey(1), (2, 7, 16, 16, 3))
   views = {"aot": x, "mi": x, "kd": x, "mbp": x[:, :6]}
-  out, _ = model.apply(variables, views, train=True, mutable=["batch_stats"])
+  out, new = model.apply(variables, views, train=True, mutable=["batch_stats"])
   assert out["mbp"].shape == (2, 16, 16, 3)
-  assert bool(jnp.all((out["mbp"] >= 0) & (out["mbp"] <= 1)))
-  assert all(bool(jnp.all(jnp.isfinite(v))) for v in out.values())
+  # mbp is a crop in (0, 1), not saturated, and its 3 channels differ (not
+  # one channel broadcast); every head's output depends on the example.
+  assert bool(jnp.all((out["mbp"] > 0) & (out["mbp"] < 1)))
+  assert float(jnp.abs(out["mbp"][..., 0] - out["mbp"][..., 1]).max()) > 1e-4
+  for task, v in out.items():
+    assert bool(jnp.all(jnp.isfinite(v))), task
+    assert float(jnp.abs(v[0] - v[1]).max()) > 1e-5, task
+  # Train mode uses and updates batch statistics: eval mode (running
+  # statistics still at their init) gives other outputs.
+  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)),
+                         new["batch_stats"], variables["batch_stats"])
+  assert all(jax.tree.leaves(changed))
+  evaluated = model.apply(variables, views, train=False)
+  assert float(jnp.abs(evaluated["aot"] - out["aot"]).max()) > 1e-5
+  # Each input channel is used: changing only the blue channel of the kd
+  # view changes the kd output.
+  blue = views["kd"].at[..., 2].set(0.0)
+  other = model.apply(variables, {**views, "kd": blue}, train=False)
+  assert float(jnp.abs(other["kd"] - evaluated["kd"]).max()) > 1e-5
 
 
 def test_disabled_task_has_no_head():

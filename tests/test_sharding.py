@@ -9,6 +9,7 @@ import pytest
 from ssmtl_jax import input_pipeline
 from ssmtl_jax import models
 from ssmtl_jax import sharding
+from ssmtl_jax import tasks as tasks_lib
 from ssmtl_jax import train
 from tests import record_helpers
 
@@ -20,13 +21,15 @@ def _setup(tmp_path, bn_axis_name):
       records_dir="", split="train", files=("a",), shard_lengths=(BATCH,),
       window=13, crop_size=16, channels=1, num_det=4, num_cls=3)
   config = record_helpers.tiny_config(str(tmp_path))
-  cfg = train.StepConfig.from_config(config, info)
+  cfg = tasks_lib.StepConfig.from_config(config, info)
   model = models.create_model(config, kd_outputs=info.kd_outputs, channels=1,
                               bn_axis_name=bn_axis_name)
   tx = train.create_optimizer(config, STEPS)
   state = train.create_train_state(
       jax.random.PRNGKey(0), model=model, tx=tx,
-      views=train.init_views(info, cfg.seq_half, cfg.tasks))
+      views=models.init_views(cfg.tasks, seq_half=cfg.seq_half,
+                             crop_size=info.crop_size,
+                             channels=info.channels))
   step_fn = functools.partial(train.train_step, model=model, tx=tx, cfg=cfg)
   return state, step_fn
 

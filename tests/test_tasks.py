@@ -115,7 +115,7 @@ def test_losses_and_scores():
   assert float(loss) == pytest.approx(m["aot_loss"] + 2 * 0.5 + 0.5 * 3.0, 1e-6)
   # aot_loss: three confident (two right, one wrong by 20 logits), one uniform.
   assert m["aot_loss"] == pytest.approx((20.0 + np.log(2)) / 4, 1e-4)
-  scores = tasks.object_scores(
+  scores = tasks.task_scores(
       outputs, jnp.zeros((b, 7, 2, 2, 1)),
       {"teacher_det": jnp.ones((b, 4)), "teacher_cls": 2 * jnp.ones((b, 3))},
       num_det=4, seq_half=3)
