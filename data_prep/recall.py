@@ -7,7 +7,7 @@ pixel masks:
   python -m data_prep.recall --records DIR/records --root ../shared/data/ped2
 
 * frame recall: abnormal frames with at least one box overlapping the mask;
-* region recall: mask components (8-connected) found, with DESIGN §3's
+* region recall: mask components (8-connected) found, with docs/DESIGN.md §3's
   criterion: a box covers at least half of the component, or has IoU >= 0.1
   with the component's bounding box.
 
@@ -17,13 +17,17 @@ frames of each video are reported separately.
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
+from typing import Optional, Sequence
 
+from absl import flags
+from etils import epath
 import numpy as np
 from scipy import ndimage
 
+from ssmtl_jax import cli
+from ssmtl_jax import errors
+from ssmtl_jax import ground_truth
 from ssmtl_jax import input_pipeline
 from ssmtl_jax import schema
 from ssmtl_jax import scoring
@@ -50,7 +54,13 @@ def anomaly_recall(records: str, root: str, split: str = "test") -> dict:
   frames = frames_hit = regions = regions_hit = border_abnormal = 0
   per_video = {}
   for vid, v in meta["videos"].items():
-    masks = np.load(os.path.join(root, "gt_pixel", f"{vid}.npz"))["mask"]
+    masks = ground_truth.load_pixel_masks(
+        root, vid, (v["frames"], v["height"], v["width"]))
+    if masks is None:
+      raise ground_truth.GroundTruthError(
+          f"test video {vid!r} has no pixel masks "
+          f"({ground_truth.pixel_masks_path(root, vid)}): recall needs "
+          "ROOT/gt_pixel/<video_id>.npz")
     v_frames = v_hit = 0
     for t in range(masks.shape[0]):
       if not masks[t].any():
@@ -86,13 +96,28 @@ def anomaly_recall(records: str, root: str, split: str = "test") -> dict:
           "per_video": per_video}
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--records", required=True)
-  parser.add_argument("--root", required=True, help="data root with gt_pixel/")
-  parser.add_argument("--split", default="test")
-  args = parser.parse_args()
-  result = anomaly_recall(args.records, args.root, args.split)
+def _flags() -> flags.FlagValues:
+  fv = flags.FlagValues()
+  flags.DEFINE_string("records", None, "records directory (data_prep.build)",
+                      flag_values=fv, required=True)
+  flags.DEFINE_string("root", None, "data root with gt_pixel/", flag_values=fv,
+                      required=True)
+  flags.DEFINE_string("split", "test", "split to check", flag_values=fv)
+  return fv
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  args = cli.parse_tool_flags("python -m data_prep.recall", _flags(), argv)
+
+  def run():
+    meta = epath.Path(schema.meta_path(args.records, args.split))
+    if not meta.exists():
+      raise errors.DataError(
+          f"--records={args.records}: no {args.split!r} split there ({meta} "
+          "missing); build the records with `python -m data_prep.build`")
+    return anomaly_recall(args.records, args.root, args.split)
+
+  result = cli.run_reporting_user_errors(run)
   print(json.dumps({k: v for k, v in result.items() if k != "per_video"},
                    indent=1))
 

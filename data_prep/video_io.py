@@ -1,11 +1,13 @@
-"""Reading raw videos: frame folders or video files, plus optional ground truth.
+"""Reading raw videos: frame folders or video files.
 
-Input layout (DESIGN.md §4)::
+Input layout (docs/DESIGN.md §4)::
 
     ROOT/<split>/<video_id>/            frames: jpg/jpeg/png/tif/tiff/bmp
     ROOT/<split>/<video_id>.<ext>       video file: avi/mp4/mkv/mov/mpg/...
     ROOT/gt_frame/<video_id>.npy        optional, per-frame 0/1 labels [T]
     ROOT/gt_pixel/<video_id>.npz        optional, key "mask": bool [T, H, W]
+
+(the ground truth is read by ``ssmtl_jax.ground_truth``).
 
 Frames inside a folder and videos inside a split are sorted *naturally*
 ("2.jpg" before "10.jpg"), because many data sets do not zero-pad their
@@ -29,8 +31,7 @@ import os
 import re
 import shutil
 import tempfile
-import zipfile
-from typing import Iterator, Literal, Optional, Tuple
+from typing import Iterator, Literal, Tuple
 
 import cv2
 import numpy as np
@@ -44,7 +45,7 @@ VIDEO_EXTENSIONS = frozenset(
 
 
 class VideoInputError(errors.DataError):
-  """Bad input video/frames/ground truth; the message names the file/folder."""
+  """Bad input video or frames; the message names the file/folder."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,80 +262,3 @@ def _iter_file(path: str, channels: int) -> Iterator[np.ndarray]:
       index += 1
   if shape is None:
     raise VideoInputError(f"video file has no decodable frame: {path}")
-
-
-def _npz_member_shape(path: epath.Path, key: str) -> Tuple[int, ...]:
-  """Shape of array ``key`` in an .npz, read from its header only."""
-  with path.open("rb") as f, zipfile.ZipFile(f) as zf:
-    member = f"{key}.npy"
-    if member not in zf.namelist():
-      keys = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
-      raise VideoInputError(f"{path}: no key {key!r} (keys: {keys})")
-    with zf.open(member) as m:
-      version = np.lib.format.read_magic(m)
-      if version == (1, 0):
-        shape, _, _ = np.lib.format.read_array_header_1_0(m)
-      else:
-        shape, _, _ = np.lib.format.read_array_header_2_0(m)
-  return tuple(shape)
-
-
-def load_ground_truth(
-    root: str, video_id: str, num_frames: int, height: int, width: int,
-    *, load_masks: bool = True,
-) -> Tuple[Optional[np.ndarray], Optional[np.ndarray]]:
-  """Loads the optional ground truth of one video.
-
-  Args:
-    root: data root holding ``gt_frame/`` and/or ``gt_pixel/``.
-    video_id: the video's id.
-    num_frames, height, width: the video's T, H, W, checked against the files.
-    load_masks: when False the pixel masks are not loaded (they can be large)
-      but their shape is still checked from the .npz header.
-  Returns:
-    (frame_labels uint8 [T] of 0/1 or None if absent,
-     pixel_masks bool [T, H, W] or None if absent or not loaded).
-  Raises:
-    VideoInputError naming the gt file: unreadable file, length/shape
-      disagreeing with the video (both numbers given), labels not 0/1.
-  """
-  base = epath.Path(root)
-  labels = None
-  frame_path = base / "gt_frame" / f"{video_id}.npy"
-  if frame_path.exists():
-    try:
-      with frame_path.open("rb") as f:
-        raw = np.load(f, allow_pickle=False)
-    except (OSError, ValueError) as e:
-      raise VideoInputError(f"cannot read {frame_path}: {e}") from None
-    if raw.ndim != 1 or raw.shape[0] != num_frames:
-      raise VideoInputError(
-          f"{frame_path} has shape {raw.shape} (length "
-          f"{raw.shape[0] if raw.ndim else 0}) but video {video_id!r} has "
-          f"{num_frames} frames")
-    if not np.isin(raw, (0, 1)).all():
-      raise VideoInputError(
-          f"{frame_path}: frame labels must be 0/1, got values "
-          f"{np.unique(raw)[:10].tolist()}")
-    labels = raw.astype(np.uint8)
-
-  masks = None
-  pixel_path = base / "gt_pixel" / f"{video_id}.npz"
-  if pixel_path.exists():
-    expected = (num_frames, height, width)
-    try:
-      shape = _npz_member_shape(pixel_path, "mask")
-    except VideoInputError:
-      raise
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-      raise VideoInputError(f"cannot read {pixel_path}: {e}") from None
-    if shape != expected:
-      raise VideoInputError(
-          f"{pixel_path} mask has shape {shape} (T, H, W) but video "
-          f"{video_id!r} is {expected}")
-    if load_masks:
-      with pixel_path.open("rb") as f, np.load(f, allow_pickle=False) as z:
-        m = z["mask"]
-      # Non-bool masks (0/255 uint8 from image exports) count as set if != 0.
-      masks = m if m.dtype == np.bool_ else m != 0
-  return labels, masks

@@ -3,7 +3,8 @@ r"""Evaluates a trained checkpoint on the test split (the separate eval binary).
   python -m ssmtl_jax.evaluate --config configs/synthetic.py --workdir DIR \
       [--checkpoint STEP]
 
-Writes DIR/eval/report.json, scores/<video>.npy, roc.png, scores_<video>.png.
+Writes DIR/eval/report.json, scores/<video>.npy, roc.png, scores_<video>.png
+and eval/<metric> scalars to DIR's TensorBoard events.
 """
 
 import os
@@ -28,13 +29,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from ssmtl_jax import evaluation  # pylint: disable=g-import-not-at-top
   from ssmtl_jax import runner  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax import config_checks  # pylint: disable=g-import-not-at-top
   runner.quiet_library_logs()
   config = flags.FLAGS.config
+  cli.run_reporting_user_errors(lambda: config_checks.check(config))
   runner.resolve_paths(config, _WORKDIR.value)
   cli.run_reporting_user_errors(
-      lambda: evaluation.evaluate(config, _WORKDIR.value, _CHECKPOINT.value))
+      lambda: runner.evaluate(config, _WORKDIR.value, _CHECKPOINT.value))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Callable, Iterable, Mapping
 
 import matplotlib
 
@@ -46,27 +46,36 @@ def score_curve(scores: np.ndarray, labels: np.ndarray, path: str,
   plt.close(fig)
 
 
-def render_videos(config, gt, objs, combined, frame_scores, out_dir: str,
-                  map_kw: dict) -> None:
+def render_videos(gt, objs, combined, frame_scores, out_dir: str, settings,
+                  read_frames: Callable[[str], Iterable[np.ndarray]]) -> None:
   """Annotated test videos: boxes coloured by object score (blue = lowest,
-  red = highest of the test set) over the smoothed anomaly map."""
+  red = highest of the test set) over the smoothed anomaly map.
+
+  Args:
+    gt: {video_id: ground_truth.VideoGT}.
+    objs: the test split's ScoredObjects; combined: float [N] object scores.
+    frame_scores: {video_id: float [T]}.
+    out_dir: where <video_id>.mp4 go (a local folder: OpenCV writes them).
+    settings: scoring.Settings (map scale and smoothing).
+    read_frames: video_id -> its frames, uint8 RGB [H, W, 3], in order (the
+      caller reads the videos; this module knows nothing of their format).
+  """
   import cv2  # pylint: disable=g-import-not-at-top
-  from data_prep import video_io  # pylint: disable=g-import-not-at-top
   from ssmtl_jax import scoring  # pylint: disable=g-import-not-at-top
   os.makedirs(out_dir, exist_ok=True)
   lo, hi = float(combined.min()), float(combined.max())
   norm = lambda v: np.clip((v - lo) / max(hi - lo, 1e-9), 0, 1)
-  sources = {s.video_id: s for s in video_io.list_videos(
-      config.data.root, config.data.test_split)}
   for vid, g in gt.items():
     idx = np.flatnonzero(objs.video_id == vid)
     _, maps = scoring.video_frame_scores(
         objs.box[idx], objs.frame_index[idx], combined[idx], g.frames,
-        g.height, g.width, background=lo, return_maps=True, **map_kw)
+        g.height, g.width, background=lo, return_maps=True,
+        sigma=settings.sigma, scale=settings.map_scale,
+        temporal_sigma=settings.temporal_sigma)
     path = os.path.join(out_dir, f"{vid}.mp4")
     writer = cv2.VideoWriter(path + ".tmp.mp4", cv2.VideoWriter_fourcc(*"mp4v"),
                              10, (g.width, g.height))
-    for t, frame in enumerate(video_io.iter_frames(sources[vid], 3)):
+    for t, frame in enumerate(read_frames(vid)):
       heat = cv2.applyColorMap((255 * norm(cv2.resize(
           maps[t], (g.width, g.height)))).astype(np.uint8), cv2.COLORMAP_JET)
       img = cv2.addWeighted(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), 0.65,

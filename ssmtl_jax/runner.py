@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging as logging_std
 import os
+from typing import Callable, Iterator, Optional
 
 from absl import logging
 import jax
+import numpy as np
 
+from ssmtl_jax import sharding
 from ssmtl_jax import train
 
 
@@ -45,7 +48,7 @@ def initialize_distributed(config) -> None:
 
 
 def resolve_paths(config, workdir: str) -> None:
-  """Fills the synthetic config's default paths (DESIGN §8)."""
+  """Fills the synthetic config's default paths (docs/DESIGN.md §8)."""
   if config.data.synthetic:
     if not config.data.root:
       config.data.root = os.path.join(workdir, "synthetic_data")
@@ -72,19 +75,39 @@ def prepare_data(config) -> None:
     multihost_utils.sync_global_devices("prepare_data")
 
 
+def test_frame_reader(config) -> Callable[[str], Iterator[np.ndarray]]:
+  """video_id -> its RGB frames (uint8 [H, W, 3]) from the test split of
+  config.data.root, for eval.render_video. Reading videos is data_prep's job,
+  so the binary layer, not the evaluator, imports it."""
+  from data_prep import video_io  # pylint: disable=g-import-not-at-top
+  sources = {s.video_id: s for s in video_io.list_videos(
+      config.data.root, config.data.test_split)}
+  return lambda video_id: video_io.iter_frames(sources[video_id], 3)
+
+
+def evaluate(config, workdir: str, step: Optional[int] = None) -> dict:
+  """evaluator.evaluate, with the test videos' frames when eval.render_video
+  asks for annotated videos."""
+  from ssmtl_jax import evaluator  # pylint: disable=g-import-not-at-top
+  read_frames = (test_frame_reader(config) if config.eval.render_video
+                 else None)
+  return evaluator.evaluate(config, workdir, step, read_frames=read_frames)
+
+
 def run(config, workdir: str) -> dict:
   initialize_distributed(config)
   logging.info("JAX %s: %d devices (%s), process %d of %d", jax.__version__,
                jax.device_count(), jax.devices()[0].platform,
                jax.process_index(), jax.process_count())
+  # Before anything is written: the global batch must split over the devices.
+  sharding.check_batch_size(int(config.input.batch_size), jax.device_count())
   resolve_paths(config, workdir)
   prepare_data(config)
   summary = train.train_and_evaluate(config, workdir)
   result = {"train": summary}
   if (config.eval.after_training and not summary["preempted"]
       and jax.process_count() == 1):
-    from ssmtl_jax import evaluation  # pylint: disable=g-import-not-at-top
-    result["eval"] = evaluation.evaluate(config, workdir)
+    result["eval"] = evaluate(config, workdir)
   elif config.eval.after_training and jax.process_count() > 1:
     logging.info("Multi-process run: evaluate on one host with "
                  "`python -m ssmtl_jax.evaluate`.")

@@ -1,6 +1,7 @@
 """The README's main job on a shrunken synthetic config: generate -> build ->
 train -> evaluate; and the evaluator's outputs and errors."""
 
+import glob
 import json
 import os
 import shutil
@@ -10,7 +11,9 @@ import pytest
 
 from configs import synthetic as synthetic_config
 from ssmtl_jax import checkpointing
-from ssmtl_jax import evaluation
+from ssmtl_jax import errors
+from ssmtl_jax import evaluator
+from ssmtl_jax import ground_truth
 from ssmtl_jax import runner
 
 STEPS = 150
@@ -85,28 +88,31 @@ def test_rerun_does_not_retrain(trained):
 def test_eval_errors(trained, tmp_path):
   config, workdir, _ = trained
   with pytest.raises(checkpointing.CheckpointError, match="no checkpoint"):
-    evaluation.evaluate(config, str(tmp_path / "empty"))
+    evaluator.evaluate(config, str(tmp_path / "empty"))
   with pytest.raises(checkpointing.CheckpointError, match="step 7"):
-    evaluation.evaluate(config, workdir, step=7)
+    evaluator.evaluate(config, workdir, step=7)
   # A data root without frame labels.
   bare = tmp_path / "bare"
   bare.mkdir()
   config = _config()
   config.data.records = os.path.join(workdir, "records")
   config.data.root = str(bare)
-  with pytest.raises(evaluation.EvalDataError, match="no frame labels"):
-    evaluation.evaluate(config, workdir)
+  with pytest.raises(ground_truth.GroundTruthError, match="no frame labels"):
+    evaluator.evaluate(config, workdir)
   # Frame labels that disagree with the video length.
   shutil.copytree(os.path.join(workdir, "synthetic_data", "gt_frame"),
                   bare / "gt_frame")
   np.save(bare / "gt_frame" / "test_01.npy", np.zeros(10, np.uint8))
-  with pytest.raises(evaluation.EvalDataError, match="10 labels"):
-    evaluation.evaluate(config, workdir)
+  with pytest.raises(ground_truth.GroundTruthError, match="10 labels"):
+    evaluator.evaluate(config, workdir)
   config = _config()
   config.eval.kd_score = "logits"
-  with pytest.raises(evaluation.input_pipeline.DataError,
-                     match="config.eval.kd_score"):
-    evaluation.evaluate(config, workdir)
+  with pytest.raises(errors.ConfigError, match="config.eval.kd_score"):
+    evaluator.evaluate(config, workdir)
+  config = _config()
+  config.eval.render_video = True
+  with pytest.raises(errors.ConfigError, match="render_video"):
+    evaluator.evaluate(config, workdir)  # no frame reader given
 
 
 def test_render_annotated_videos(trained, tmp_path):
@@ -117,10 +123,52 @@ def test_render_annotated_videos(trained, tmp_path):
   config.data.records = os.path.join(workdir, "records")
   config.eval.render_video = True
   config.eval.plots = False
-  evaluation.evaluate(config, workdir)
+  runner.evaluate(config, workdir)  # the binary layer reads the frames
   path = os.path.join(workdir, "eval", "videos", "test_01.mp4")
   cap = cv2.VideoCapture(path)
   frames = 0
   while cap.read()[0]:
     frames += 1
   assert frames == 64
+
+
+def test_evaluator_run_yields_the_report_metrics(trained):
+  config, workdir, _ = trained
+  with open(os.path.join(workdir, "eval", "report.json")) as f:
+    report = json.load(f)
+  ev = evaluator.Evaluator(config, workdir)  # scores come from the caches
+  values = dict(ev.run())
+  tasks = ("aot", "mi", "mbp", "kd")
+  assert list(values) == ["micro_auc", "macro_auc", "rbdc", "tbdc"] + [
+      f"per_task/{t}" for t in tasks]
+  for name in ("micro_auc", "macro_auc", "rbdc", "tbdc"):
+    assert values[name] == report[name], name
+  for t in tasks:
+    assert values[f"per_task/{t}"] == report["per_task_micro_auc"][t], t
+  assert ev.outputs.step == report["checkpoint_step"] == STEPS
+
+
+def _event_scalars(logdir: str) -> dict:
+  """{tag: {step: value}} of every scalar in logdir's TensorBoard events."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  out = {}
+  for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for v in event.summary.value:
+        value = (float(tf.make_ndarray(v.tensor)) if v.HasField("tensor")
+                 else v.simple_value)
+        out.setdefault(v.tag, {})[event.step] = value
+  return out
+
+
+def test_eval_metrics_go_to_the_trainers_tensorboard_events(trained):
+  _, workdir, _ = trained
+  with open(os.path.join(workdir, "eval", "report.json")) as f:
+    report = json.load(f)
+  scalars = _event_scalars(workdir)
+  assert "train/loss" in scalars  # the same event directory as the trainer
+  for name in ("micro_auc", "macro_auc", "rbdc", "tbdc"):
+    assert scalars[f"eval/{name}"][STEPS] == pytest.approx(report[name],
+                                                           rel=1e-6), name
+  for t, auc in report["per_task_micro_auc"].items():
+    assert scalars[f"eval/per_task/{t}"][STEPS] == pytest.approx(auc, rel=1e-6)

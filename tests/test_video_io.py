@@ -1,4 +1,5 @@
-"""Tests for data_prep.video_io: listing, decoding, errors, ground truth."""
+"""Tests for data_prep.video_io: listing, decoding, errors (ground truth:
+tests/test_ground_truth.py)."""
 
 import os
 
@@ -8,6 +9,7 @@ import pytest
 
 from data_prep import video_io
 from data_prep.video_io import VideoInputError, VideoSource
+from ssmtl_jax import ground_truth
 
 from tests.paths import PED2
 
@@ -190,78 +192,6 @@ def test_frame_size_mismatch_names_file(tmp_path):
   assert str(folder / "2.png") in msg and "10x9" in msg and "10x8" in msg
 
 
-def _write_gt(root, vid, labels=None, mask=None):
-  if labels is not None:
-    os.makedirs(os.path.join(root, "gt_frame"), exist_ok=True)
-    np.save(os.path.join(root, "gt_frame", f"{vid}.npy"), labels)
-  if mask is not None:
-    os.makedirs(os.path.join(root, "gt_pixel"), exist_ok=True)
-    np.savez_compressed(os.path.join(root, "gt_pixel", f"{vid}.npz"),
-                        mask=mask)
-
-
-def test_ground_truth_absent(tmp_path):
-  got = video_io.load_ground_truth(str(tmp_path), "01", 5, 4, 6)
-  assert got == (None, None)
-
-
-def test_ground_truth_round_trip(tmp_path):
-  labels = np.array([0, 1, 1, 0, 0], np.int64)
-  mask = np.zeros((5, 4, 6), bool)
-  mask[1:3, 1:3, 2:4] = True
-  _write_gt(str(tmp_path), "01", labels, mask)
-  got_labels, got_mask = video_io.load_ground_truth(
-      str(tmp_path), "01", 5, 4, 6)
-  assert got_labels.dtype == np.uint8
-  np.testing.assert_array_equal(got_labels, labels)
-  assert got_mask.dtype == bool
-  np.testing.assert_array_equal(got_mask, mask)
-  got_labels, got_mask = video_io.load_ground_truth(
-      str(tmp_path), "01", 5, 4, 6, load_masks=False)
-  assert got_mask is None and got_labels is not None
-
-
-def test_ground_truth_uint8_mask_becomes_bool(tmp_path):
-  mask = np.zeros((2, 3, 3), np.uint8)
-  mask[0, 1, 1] = 255
-  _write_gt(str(tmp_path), "a", mask=mask)
-  _, got = video_io.load_ground_truth(str(tmp_path), "a", 2, 3, 3)
-  assert got.dtype == bool and got.sum() == 1 and got[0, 1, 1]
-
-
-def test_ground_truth_length_mismatch_names_file(tmp_path):
-  _write_gt(str(tmp_path), "01", labels=np.zeros(7, np.uint8))
-  with pytest.raises(VideoInputError) as e:
-    video_io.load_ground_truth(str(tmp_path), "01", 5, 4, 6)
-  msg = str(e.value)
-  assert str(tmp_path / "gt_frame" / "01.npy") in msg
-  assert "7" in msg and "5 frames" in msg
-
-
-def test_ground_truth_labels_not_binary(tmp_path):
-  _write_gt(str(tmp_path), "01", labels=np.array([0, 2, 1]))
-  with pytest.raises(VideoInputError, match="0/1"):
-    video_io.load_ground_truth(str(tmp_path), "01", 3, 4, 6)
-
-
-@pytest.mark.parametrize("load_masks", [True, False])
-def test_ground_truth_mask_shape_mismatch_names_file(tmp_path, load_masks):
-  _write_gt(str(tmp_path), "01", mask=np.zeros((5, 4, 7), bool))
-  with pytest.raises(VideoInputError) as e:
-    video_io.load_ground_truth(str(tmp_path), "01", 5, 4, 6,
-                               load_masks=load_masks)
-  msg = str(e.value)
-  assert str(tmp_path / "gt_pixel" / "01.npz") in msg
-  assert "(5, 4, 7)" in msg and "(5, 4, 6)" in msg
-
-
-def test_ground_truth_mask_missing_key(tmp_path):
-  os.makedirs(tmp_path / "gt_pixel")
-  np.savez(tmp_path / "gt_pixel" / "01.npz", masks=np.zeros((1, 2, 2), bool))
-  with pytest.raises(VideoInputError, match="no key 'mask'"):
-    video_io.load_ground_truth(str(tmp_path), "01", 1, 2, 2)
-
-
 def test_ped2_smoke():
   if not os.path.isdir(os.path.join(PED2, "test")):
     pytest.skip(f"{PED2} not available")
@@ -276,7 +206,7 @@ def test_ped2_smoke():
   frames.close()
   h, w = first.shape[:2]
   assert (h, w) == (240, 360) and first.shape[2] == 1
-  labels, masks = video_io.load_ground_truth(PED2, "01", 180, h, w)
+  labels, masks = ground_truth.load(PED2, "01", 180, h, w)
   assert labels.shape == (180,) and labels.dtype == np.uint8
   assert 0 < labels.sum() < 180
   assert masks.shape == (180, h, w) and masks.dtype == bool
@@ -284,5 +214,5 @@ def test_ped2_smoke():
   # annotation slips, hence the tolerance).
   agree = (masks.any(axis=(1, 2)) == labels.astype(bool)).mean()
   assert agree > 0.95
-  with pytest.raises(VideoInputError, match="01.npy"):
-    video_io.load_ground_truth(PED2, "01", 179, h, w)
+  with pytest.raises(ground_truth.GroundTruthError, match="01.npy"):
+    ground_truth.load(PED2, "01", 179, h, w)

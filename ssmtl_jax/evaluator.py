@@ -1,0 +1,406 @@
+"""Evaluation: object scores -> smoothed anomaly maps -> frame scores -> metrics.
+
+Shaped like a big_vision evaluator: ``Evaluator(config, workdir, step)``
+restores a checkpoint and ``run()`` yields ``(name, value)`` metrics
+(``micro_auc``, ``macro_auc``, ``rbdc``, ``tbdc``, ``per_task/<task>``);
+:func:`evaluate` is the thin driver that writes them to ``report.json`` and
+to TensorBoard (``eval/<name>`` at the checkpoint step, in the trainer's
+event directory), and draws the plots.
+
+Writes under ``WORKDIR/eval/``: ``report.json`` (docs/DESIGN.md §8), ``scores/<video>.npy``
+(float32 frame scores aligned with ``gt_frame/<video>.npy``), ``roc.png``,
+``scores_<video>.png``, on request annotated videos, and two per-checkpoint
+caches: ``train_stats_step<N>.json`` (normalisation statistics) and
+``object_scores_step<N>.npz`` (raw per-task test object scores), so that a
+re-evaluation with other ``eval.*`` settings does not rerun the model.
+
+Decisions (see also ssmtl_jax/scoring.py and ssmtl_jax/metrics.py):
+
+* object score = weighted mean of the per-task scores of the trained tasks,
+  each normalised (z-score with training-object statistics by default);
+* frames without any object (including the first/last W frames of a video,
+  which have no cube) get the background value: the lowest object score of
+  the whole test set, the same for every video so that micro AUC compares
+  like with like;
+* RBDC/TBDC predicted regions are the scored object boxes themselves (one per
+  detection, score = its object score); GT regions are connected components
+  of the pixel masks, GT tracks link regions that overlap in consecutive
+  frames (the masks carry no track ids);
+* macro AUC skips videos with one class only and reports how many.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+import platform
+import time
+from typing import Callable, Iterable, Iterator, Optional
+
+from absl import logging
+from clu import metric_writers
+from etils import epath
+import jax
+import numpy as np
+
+from ssmtl_jax import errors
+from ssmtl_jax import ground_truth
+from ssmtl_jax import input_pipeline
+from ssmtl_jax import metrics
+from ssmtl_jax import inference
+from ssmtl_jax import schema
+from ssmtl_jax import scoring
+
+# video_id -> its frames in order, uint8 RGB [H, W, 3] (for eval.render_video).
+FrameReader = Callable[[str], Iterable[np.ndarray]]
+
+
+class EvalDataError(errors.DataError):
+  """Records and ground truth that disagree (ground-truth files themselves
+  raise ``ground_truth.GroundTruthError``)."""
+
+
+# --------------------------------------------------------------------------
+# Per-checkpoint caches.
+
+
+def _cache_key(scorer, config) -> str:
+  """Identifies what the cached scores depend on: the checkpoint's variables,
+  how the model scores (tasks, sequence length, KD loss form, dtype) and the
+  records (their split metadata), not only the step number."""
+  digest = hashlib.sha256(b"scores-v3")  # v2: + kd_det, kd_cls; v3: + cfg
+  cfg = scorer.cfg
+  digest.update(repr((cfg.tasks, cfg.seq_half, cfg.num_det, cfg.kd_loss,
+                      str(scorer.model.dtype))).encode())
+  for leaf in jax.tree.leaves(jax.device_get(scorer.variables)):
+    digest.update(np.ascontiguousarray(leaf).tobytes())
+  for split in (config.data.train_split, config.data.test_split):
+    digest.update(epath.Path(schema.meta_path(config.data.records,
+                                              split)).read_bytes())
+  return digest.hexdigest()
+
+
+def cached_train_stats(scorer, config, eval_dir: epath.Path, key: str) -> dict:
+  """Per-task (mean, std) of training-object scores, cached per checkpoint in
+  ``eval/train_stats_step<N>.json``."""
+  path = eval_dir / f"train_stats_step{scorer.step}.json"
+  key = f"{key}:{int(config.eval.norm_max_objects)}"
+  if path.exists():
+    cached = schema.read_json(str(path))
+    if cached.get("cache_key") == key:
+      return {k: tuple(v) for k, v in cached["stats"].items()}
+  info = input_pipeline.records_info(config.data.records,
+                                     config.data.train_split)
+  train_scores = scorer.score_split(
+      info, int(config.eval.batch_size),
+      max_objects=int(config.eval.norm_max_objects), desc="train stats")
+  stats = scoring.fit_stats(train_scores.scores)
+  schema.write_json_atomic(str(path), {"cache_key": key, "stats": {
+      k: list(v) for k, v in stats.items()}})
+  return stats
+
+
+def cached_test_scores(scorer, config, eval_dir: epath.Path, key: str
+                ) -> inference.ScoredObjects:
+  """The raw per-task scores of every test object, cached per checkpoint in
+  ``eval/object_scores_step<N>.npz`` so that re-evaluating with other eval.*
+  settings (normalisation, task weights, sigma) skips the model."""
+  path = eval_dir / f"object_scores_step{scorer.step}.npz"
+  if path.exists():
+    with path.open("rb") as fh, np.load(fh) as f:
+      if str(f["cache_key"]) == key:
+        return inference.ScoredObjects(
+            video_id=f["video_id"], frame_index=f["frame_index"], box=f["box"],
+            scores={k[len("score_"):]: f[k] for k in f.files
+                    if k.startswith("score_")},
+            seconds=float(f["seconds"]))
+  info = input_pipeline.records_info(config.data.records,
+                                     config.data.test_split)
+  objs = scorer.score_split(info, int(config.eval.batch_size), desc="test")
+  tmp = path.with_name(path.name + ".tmp.npz")
+  with tmp.open("wb") as f:
+    np.savez(f, video_id=objs.video_id, frame_index=objs.frame_index,
+             box=objs.box, seconds=objs.seconds, cache_key=key,
+             **{f"score_{k}": v for k, v in objs.scores.items()})
+  tmp.replace(path)
+  return objs
+
+
+# --------------------------------------------------------------------------
+# The evaluator.
+
+
+@dataclasses.dataclass
+class Outputs:
+  """What one evaluation computed; the report and figures are made from it."""
+  step: int                                  # the checkpoint's step
+  gt: dict[str, ground_truth.VideoGT]        # per test video
+  objs: inference.ScoredObjects           # raw per-task test scores
+  tasks: tuple[str, ...]                     # scored tasks, models.TASKS order
+  weights: dict[str, float]                  # their weights in the combination
+  combined: np.ndarray                       # float64 [N] object scores
+  frame_scores: dict[str, np.ndarray]        # {video: float32 [T]}
+  per_video: dict[str, Optional[float]]      # {video: AUC or None}
+  num_single_class: int                      # videos macro AUC skipped
+  notes: list[str]
+  maps_seconds: float                        # maps + frame scores, combined
+  metrics: dict[str, Optional[float]]        # see Evaluator.run
+
+  @property
+  def labels(self) -> dict[str, np.ndarray]:
+    return {vid: g.labels for vid, g in self.gt.items()}
+
+
+class Evaluator:
+  """Scores the test split with one checkpoint and measures the frame scores.
+
+  ``Evaluator(config, workdir, step).run()`` yields ``(name, value)``:
+  ``micro_auc``, ``macro_auc``, ``rbdc``, ``tbdc`` and ``per_task/<task>``
+  (the micro AUC of each task alone); a metric that cannot be computed
+  (RBDC/TBDC without pixel masks, macro AUC without a two-class video) is
+  left out. ``outputs`` holds everything else one evaluation computed.
+
+  The constructor checks the config, the test records and the ground truth,
+  so mistakes surface before the model is restored.
+  """
+
+  def __init__(self, config, workdir: str, step: Optional[int] = None):
+    kd_mode = str(config.eval.get("kd_score", "balanced"))
+    if kd_mode not in scoring.KD_SCORES:
+      raise errors.ConfigError(
+          f"config.eval.kd_score must be one of {scoring.KD_SCORES}, got "
+          f"{kd_mode!r}")
+    if str(config.eval.normalize) not in scoring.NORMALIZATIONS:
+      raise errors.ConfigError(
+          f"config.eval.normalize must be one of {scoring.NORMALIZATIONS}, "
+          f"got {config.eval.normalize!r}")
+    try:
+      self.settings = scoring.Settings.from_config(config)
+    except ValueError as e:
+      raise errors.ConfigError(f"config.eval: {e}") from None
+    self.config = config
+    self.workdir = workdir
+    self.eval_dir = epath.Path(workdir) / "eval"
+    if step is None and int(config.eval.checkpoint_step) >= 0:
+      step = int(config.eval.checkpoint_step)
+    self.step = step
+    self.meta_file = schema.meta_path(config.data.records,
+                                      config.data.test_split)
+    if not epath.Path(self.meta_file).exists():
+      raise input_pipeline.DataError(
+          f"no test split in config.data.records={config.data.records!r} "
+          f"({self.meta_file} missing)")
+    self.meta = schema.read_json(self.meta_file)
+    root = config.data.root or self.meta.get("root", "")
+    self.gt = ground_truth.load_split(root, self.meta["videos"])
+
+  def run(self) -> Iterator[tuple[str, float]]:
+    for name, value in self.outputs.metrics.items():
+      if value is not None:
+        yield name, value
+
+  @functools.cached_property
+  def outputs(self) -> Outputs:
+    config, settings, gt = self.config, self.settings, self.gt
+    scorer = inference.restore_scorer(config, self.workdir, self.step)
+    (self.eval_dir / "scores").mkdir(parents=True, exist_ok=True)
+    key = _cache_key(scorer, config)
+    objs = cached_test_scores(scorer, config, self.eval_dir, key)
+    unknown = sorted(set(objs.video_id) - set(gt))
+    if unknown:
+      raise EvalDataError(f"records hold objects of videos {unknown[:5]} that "
+                          f"{self.meta_file} does not list")
+    tasks = tuple(t for t in scoring.TASKS if t in objs.scores)
+    weights = settings.weights_for(tasks)
+    if not any(weights.values()):
+      raise errors.ConfigError(
+          f"config.eval.task_weights gives weight 0 to every trained task "
+          f"{tasks}")
+
+    # --- Object scores: normalise per task, combine.
+    stats = (cached_train_stats(scorer, config, self.eval_dir, key)
+             if settings.normalize == "zscore" else None)
+    normed, combined = scoring.object_anomaly_scores(objs.scores, settings,
+                                                     stats)
+
+    # --- Maps -> frame scores, per video (combined, and each task alone).
+    videos = {vid: (g.frames, g.height, g.width) for vid, g in gt.items()}
+    by_video = functools.partial(scoring.frame_scores_by_video, objs.video_id,
+                                 objs.frame_index, objs.box,
+                                 videos=videos, settings=settings)
+    t_maps = time.perf_counter()
+    frame_scores = by_video(combined)
+    maps_seconds = time.perf_counter() - t_maps
+    labels = {vid: g.labels for vid, g in gt.items()}
+
+    notes = []
+    values = {"micro_auc": metrics.micro_auc(frame_scores, labels)}
+    values["macro_auc"], per_video, single = metrics.macro_auc(frame_scores,
+                                                               labels)
+    if single:
+      notes.append(f"macro_auc: {single} single-class video(s) skipped")
+    values["rbdc"], values["tbdc"], note = _detection_metrics(
+        objs, combined, gt, extend=bool(config.eval.extend_curves))
+    notes.append(note)
+    for t in tasks:
+      values[f"per_task/{t}"] = metrics.micro_auc(by_video(normed[t]), labels)
+    return Outputs(step=scorer.step, gt=gt, objs=objs, tasks=tasks,
+                   weights=weights, combined=combined,
+                   frame_scores=frame_scores, per_video=per_video,
+                   num_single_class=single, notes=notes,
+                   maps_seconds=maps_seconds, metrics=values)
+
+
+def _detection_metrics(objs, combined, gt, *, extend: bool):
+  """(RBDC, TBDC, note) from the scored object boxes vs the pixel masks;
+  (None, None, note) when a test video has no masks."""
+  if not all(g.mask_path for g in gt.values()):
+    return None, None, "rbdc, tbdc: null, the test split has no gt_pixel masks"
+  dets, gts = {}, {}
+  for vid, g in gt.items():
+    idx = np.flatnonzero(objs.video_id == vid)
+    dets[vid] = metrics.Detections(objs.frame_index[idx], objs.box[idx],
+                                   combined[idx])
+    gts[vid] = metrics.GroundTruth.from_masks(g.masks())
+  curves = metrics.detection_curves(dets, gts, extend_to_fpr_max=extend)
+  return curves.rbdc, curves.tbdc, (
+      "rbdc/tbdc: predicted regions = scored object boxes; GT tracks linked "
+      "from overlapping mask regions")
+
+
+# --------------------------------------------------------------------------
+# Outputs: report, TensorBoard, figures.
+
+
+def _machine() -> dict:
+  return {"platform": platform.platform(), "processor": platform.processor()
+          or platform.machine(), "cpu_count": os.cpu_count(),
+          "device_kind": jax.devices()[0].device_kind,
+          "num_devices": jax.device_count()}
+
+
+def make_report(config, out: Outputs, values: dict[str, float],
+                build_seconds: Optional[float], seconds: float) -> dict:
+  """report.json (docs/DESIGN.md §8) from the evaluator's outputs and its metrics
+  ``values`` (as ``Evaluator.run`` yields them; absent ones are null)."""
+  num_frames = sum(g.frames for g in out.gt.values())
+  objs = out.objs
+  fps = {"model": num_frames / objs.seconds if objs.seconds > 0 else None,
+         "maps_and_metrics": num_frames / max(out.maps_seconds, 1e-9),
+         "objects_per_second": len(out.combined) / objs.seconds
+                               if objs.seconds > 0 else None}
+  if build_seconds:
+    fps["build_detect_crop_teachers"] = num_frames / build_seconds
+    fps["end_to_end"] = num_frames / (build_seconds + objs.seconds
+                                      + out.maps_seconds)
+  return {
+      "micro_auc": values.get("micro_auc"),
+      "macro_auc": values.get("macro_auc"),
+      "rbdc": values.get("rbdc"), "tbdc": values.get("tbdc"),
+      "per_task_micro_auc": {t: values.get(f"per_task/{t}") for t in out.tasks},
+      "per_video_auc": out.per_video,
+      "num_single_class_videos": out.num_single_class,
+      "fps": fps,
+      "num_frames": num_frames, "num_videos": len(out.gt),
+      "num_objects": int(len(out.combined)),
+      "checkpoint_step": out.step,
+      "tasks": list(out.tasks), "task_weights": out.weights,
+      "normalize": config.eval.normalize,
+      "kd_score": (str(config.eval.get("kd_score", "balanced"))
+                   if "kd" in out.tasks else None),
+      "sigma": list(config.eval.sigma),
+      "map_scale": float(config.eval.map_scale),
+      "machine": _machine(),
+      "records": config.data.records,
+      "seconds": seconds,
+      "notes": out.notes,
+  }
+
+
+def write_frame_scores(eval_dir: epath.Path, out: Outputs) -> None:
+  """``scores/<video>.npy``: float32 [T], aligned with gt_frame/<video>.npy."""
+  (eval_dir / "scores").mkdir(parents=True, exist_ok=True)
+  for vid, s in out.frame_scores.items():
+    with (eval_dir / "scores" / f"{vid}.npy").open("wb") as f:
+      np.save(f, s.astype(np.float32))
+
+
+def write_scalars(workdir: str, step: int, values: dict[str, float]) -> None:
+  """``eval/<name>`` scalars at the checkpoint step, in the event directory
+  the trainer writes ``train/...`` to (train.py: the workdir); process 0
+  writes, the others only log."""
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+  writer.write_scalars(step, {f"eval/{k}": v for k, v in values.items()})
+  writer.flush()
+  writer.close()
+
+
+def write_plots(eval_dir: epath.Path, out: Outputs) -> None:
+  """roc.png (micro, all frames) and scores_<video>.png per test video."""
+  from ssmtl_jax import plots  # pylint: disable=g-import-not-at-top
+  labels = out.labels
+  plots.roc(out.frame_scores, labels, str(eval_dir / "roc.png"),
+            title=f"micro AUC {out.metrics['micro_auc']:.3f}")
+  for vid in out.gt:
+    auc = out.per_video[vid]
+    plots.score_curve(out.frame_scores[vid], labels[vid],
+                      str(eval_dir / f"scores_{vid}.png"),
+                      title=f"{vid}: AUC "
+                      f"{'n/a' if auc is None else f'{auc:.3f}'}")
+
+
+def evaluate(config, workdir: str, step: Optional[int] = None, *,
+             read_frames: Optional[FrameReader] = None) -> dict:
+  """Evaluates checkpoint `step` (default config.eval.checkpoint_step, -1 =
+  latest) of workdir on the test split; returns the report.
+
+  read_frames: video_id -> its RGB frames; required by
+    ``config.eval.render_video`` (the binaries pass
+    ``runner.test_frame_reader(config)``).
+  """
+  t_start = time.perf_counter()
+  if config.eval.render_video and read_frames is None:
+    raise errors.ConfigError(
+        "config.eval.render_video needs the test videos' frames: evaluate "
+        "with `python -m ssmtl_jax.evaluate` (or runner.evaluate)")
+  evaluator = Evaluator(config, workdir, step)
+  values = dict(evaluator.run())
+  out = evaluator.outputs
+  eval_dir = evaluator.eval_dir
+  write_frame_scores(eval_dir, out)
+  report = make_report(config, out, values, evaluator.meta.get("build_seconds"),
+                       time.perf_counter() - t_start)
+  schema.write_json_atomic(str(eval_dir / "report.json"), report)
+  write_scalars(workdir, out.step, values)
+  if config.eval.plots:
+    write_plots(eval_dir, out)
+  if config.eval.render_video:
+    from ssmtl_jax import plots  # pylint: disable=g-import-not-at-top
+    plots.render_videos(out.gt, out.objs, out.combined, out.frame_scores,
+                        str(eval_dir / "videos"), evaluator.settings,
+                        read_frames)
+  logging.info("Evaluation report: %s", eval_dir / "report.json")
+  print(summary_table(report))
+  return report
+
+
+def summary_table(report: dict) -> str:
+  fmt = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
+  rows = [("micro AUC", fmt(report["micro_auc"])),
+          ("macro AUC", fmt(report["macro_auc"])),
+          ("RBDC", fmt(report["rbdc"])), ("TBDC", fmt(report["tbdc"]))]
+  rows += [(f"  {t} alone (micro AUC)", fmt(v))
+           for t, v in report["per_task_micro_auc"].items()]
+  fps = report["fps"]
+  rows += [("model FPS", f"{fps['model']:.1f}" if fps["model"] else "n/a")]
+  if "end_to_end" in fps:
+    rows += [("end-to-end FPS", f"{fps['end_to_end']:.1f}")]
+  width = max(len(r[0]) for r in rows)
+  lines = [f"checkpoint step {report['checkpoint_step']}, "
+           f"{report['num_videos']} videos, {report['num_frames']} frames, "
+           f"{report['num_objects']} objects"]
+  lines += [f"{name:<{width}}  {value:>7}" for name, value in rows]
+  return "\n".join(lines)
