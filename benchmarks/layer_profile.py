@@ -12,17 +12,18 @@ claim by itself.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from typing import Callable, Optional, Sequence
 
+from absl import flags
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 
+from ssmtl_jax import cli
 from ssmtl_jax import models
 
 STAGES = ((1, 16, 64), (16, 32, 32), (32, 32, 16), (32, 32, 8))
@@ -84,13 +85,20 @@ def torch_stage(cin: int, cout: int, hw: int, batch: int, frames: int,
   return _median_ms(fwd, repeats), _median_ms(fwd_bwd, repeats)
 
 
+def _flags() -> flags.FlagValues:
+  fv = flags.FlagValues()
+  flags.DEFINE_integer("batch", 64, "cubes per batch", flag_values=fv,
+                       lower_bound=1)
+  flags.DEFINE_integer("frames", 7, "frames per cube", flag_values=fv,
+                       lower_bound=1)
+  flags.DEFINE_integer("repeats", 3, "timed repeats (median)", flag_values=fv,
+                       lower_bound=1)
+  return fv
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m benchmarks.layer_profile",
-                                   description=__doc__.split("\n\n")[0])
-  parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--frames", type=int, default=7)
-  parser.add_argument("--repeats", type=int, default=3)
-  args = parser.parse_args(argv)
+  args = cli.parse_tool_flags("python -m benchmarks.layer_profile", _flags(),
+                              argv)
   torch.set_num_threads(os.cpu_count() or 1)
   print(f"JAX {jax.__version__} on {jax.devices()[0].device_kind}, torch "
         f"{torch.__version__} ({torch.get_num_threads()} threads); batch "

@@ -23,6 +23,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from data_prep import builder  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax import config_checks  # pylint: disable=g-import-not-at-top
+  cli.run_reporting_user_errors(
+      lambda: config_checks.check(flags.FLAGS.config))
   metas = cli.run_reporting_user_errors(
       lambda: builder.build(flags.FLAGS.config))
   for split, meta in metas.items():

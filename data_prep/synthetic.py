@@ -1,7 +1,7 @@
 """A small synthetic surveillance data set with known anomalies (no downloads).
 
 It is the embedded default demo and the CI data set. ``generate(root)`` writes,
-in the builder's input layout (DESIGN.md section 4)::
+in the builder's input layout (docs/DESIGN.md §4)::
 
     ROOT/train/<video_id>/0000.png ...   frames, uint8 PNG ([H, W] gray or RGB)
     ROOT/test/<video_id>/0000.png ...
@@ -50,7 +50,6 @@ Generation is deterministic: the same parameters give byte-identical files
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
@@ -63,10 +62,12 @@ import time
 import zipfile
 from typing import Any, Callable
 
+from absl import flags
 import cv2
 import numpy as np
 
 from data_prep import detections as detections_lib
+from ssmtl_jax import cli
 
 FORMAT_VERSION = 1
 MARKER = "synthetic.json"
@@ -813,16 +814,19 @@ def generate(root: str, *, seed: int = 0, num_train: int = 4, num_test: int = 3,
           "seconds": round(time.perf_counter() - start, 3)}
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(
-      prog="python -m data_prep.synthetic",
-      description="Generates the synthetic surveillance data set.")
-  parser.add_argument("--root", required=True, help="output directory")
+def _flags() -> flags.FlagValues:
+  fv = flags.FlagValues()
+  flags.DEFINE_string("root", None, "output directory", flag_values=fv,
+                      required=True)
   for key, value in DEFAULTS.items():
-    parser.add_argument(f"--{key}", type=int, default=value)
-  args = vars(parser.parse_args(argv))
-  root = args.pop("root")
-  summary = generate(root, **args)
+    flags.DEFINE_integer(key, value, key.replace("_", " "), flag_values=fv)
+  return fv
+
+
+def main(argv: list[str] | None = None) -> None:
+  """python -m data_prep.synthetic --root DIR [--num_train N ...]"""
+  fv = cli.parse_tool_flags("python -m data_prep.synthetic", _flags(), argv)
+  summary = generate(fv.root, **{k: fv[k].value for k in DEFAULTS})
   summary.pop("per_video")
   print(json.dumps(summary, indent=1))
 

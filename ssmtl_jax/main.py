@@ -25,10 +25,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from ssmtl_jax import config_checks  # pylint: disable=g-import-not-at-top
   from ssmtl_jax import runner  # pylint: disable=g-import-not-at-top
   runner.quiet_library_logs()
-  cli.run_reporting_user_errors(
-      lambda: runner.run(flags.FLAGS.config, _WORKDIR.value))
+  config = flags.FLAGS.config
+  cli.run_reporting_user_errors(lambda: config_checks.check(config))
+  cli.run_reporting_user_errors(lambda: runner.run(config, _WORKDIR.value))
 
 
 if __name__ == "__main__":
