@@ -6,7 +6,27 @@ import os
 
 import numpy as np
 
+from configs import common
 from ssmtl_jax import schema
+
+
+def file_detections_config(root: str, records: str, *, half_window: int = 3,
+                           **build):
+  """configs/common.py for a tiny build from detection files (no detector or
+  classifier run): 16 px crops, boxes >= 4 px; ``build`` overrides
+  config.build keys."""
+  config = common.get_config()
+  config.data.root, config.data.records = root, records
+  config.build.half_window = half_window
+  config.build.crop_size = 16
+  config.build.min_box_size = 4.0
+  config.build.workers = 1
+  config.build.detector.kind = "file"
+  config.build.detector.min_score = 0.0
+  config.build.classifier.kind = "none"
+  for k, v in build.items():
+    config.build[k] = v
+  return config
 
 
 def write_records(records_dir: str, *, num_videos: int = 2,

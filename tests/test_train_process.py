@@ -1,7 +1,9 @@
 """The trainer binary (`python -m ssmtl_jax.main`) in subprocesses.
 
-kill -9 and resume (bitwise), SIGTERM (save and exit 0), user errors (bad
-config key, missing records) and the non-finite-loss guard.
+kill -9 and resume (bitwise), SIGTERM (save and exit 0), resume from a
+SIGTERM checkpoint with the default cosine schedule (bitwise), resume on a
+different device count (8 -> 4 fake devices; the data order continues), user
+errors (bad config key, missing records) and the non-finite-loss guard.
 
 Every training run here compiles the same two programs (same model, shapes and
 device count; a constant learning rate keeps total_steps out of the program),
@@ -121,6 +123,99 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, compile_cache):
   assert f"SIGTERM: saved checkpoint at step {summary['step']}" in run.stderr()
   state = (ph.load_checkpoint(workdir, steps[-1]))
   assert int(state["['step']"]) == summary["step"]
+
+
+def test_sigterm_checkpoint_resumes_bitwise_with_cosine_schedule(
+    tmp_path, compile_cache):
+  """The default (cosine) schedule depends on total_steps and on the step the
+  optimiser state counts: a run stopped by SIGTERM at an arbitrary step (not
+  a multiple of every_steps) and resumed ends bitwise where an uninterrupted
+  run ends."""
+  records = tmp_path / "records"
+  record_helpers.write_records(str(records), num_videos=2, objects_per_video=24)
+  total = 150
+  config = _write_config(
+      tmp_path / "config.py", records, total_steps=total,
+      **{"optim.schedule": "cosine", "optim.warmup_steps": 3,
+         "optim.learning_rate": 3e-3, "checkpoint.every_steps": 100_000,
+         "log_every_steps": 1})
+  run = lambda name, wd: ph.Run(name, config, tmp_path / wd, log_dir=tmp_path,
+                              cache_dir=compile_cache)
+  straight = run("straight", "straight")
+  stopped = run("stopped", "resumed")
+  try:
+    ph.poll_until(lambda: re.search(r"step \d+/%d" % total, stopped.stderr()),
+                  stopped, "a logged train step")
+    stopped.proc.send_signal(signal.SIGTERM)
+    assert ph.wait(stopped) == [0], stopped.tail()
+    at = ph.summary(tmp_path / "resumed")
+    assert at["preempted"] is True and 0 < at["step"] < total, at
+    assert ph.committed_steps(tmp_path / "resumed") == [at["step"]]
+    resumed = run("resumed", "resumed")
+    codes = ph.wait(straight, resumed)
+  finally:
+    straight.kill()
+    stopped.kill()
+  assert codes == [0, 0], straight.tail() + "\n" + resumed.tail()
+  assert f"Resumed from checkpoint at step {at['step']}" in resumed.stderr()
+  a = ph.load_checkpoint(tmp_path / "straight", total)
+  b = ph.load_checkpoint(tmp_path / "resumed", total)
+  assert a.keys() == b.keys()
+  different = [k for k in a if not np.array_equal(a[k], b[k])]
+  assert not different, (
+      f"{len(different)} of {len(a)} leaves differ: {different[:10]}")
+  assert ph.summary(tmp_path / "straight")["losses"] == ph.summary(
+      tmp_path / "resumed")["losses"]
+
+
+def test_resume_on_fewer_devices_continues_the_data_order(tmp_path,
+                                                          compile_cache):
+  """8 fake devices to step 4, then 4 devices to step 8 (cosine schedule).
+
+  The global batch, hence the data order, does not depend on the device
+  count, so the resumed run must end where an 8-device run ends, up to the
+  float noise of other reduction orders. The bound is relative to how far 4
+  steps move the parameters: a run that restarted the data (or the schedule)
+  at step 4 would be off by about that much.
+  """
+  import shutil  # pylint: disable=g-import-not-at-top
+  records = tmp_path / "records"
+  record_helpers.write_records(str(records), num_videos=2, objects_per_video=24)
+  config = _write_config(
+      tmp_path / "config.py", records, total_steps=8,
+      **{"optim.schedule": "cosine", "checkpoint.every_steps": 4,
+         "checkpoint.async_save": False, "checkpoint.keep": 5})
+  straight = ph.Run("straight8", config, tmp_path / "straight", devices=8,
+                    log_dir=tmp_path, cache_dir=compile_cache)
+  try:
+    assert ph.wait(straight) == [0], straight.tail()
+  finally:
+    straight.kill()
+  assert ph.committed_steps(tmp_path / "straight") == [4, 8]
+  # The 8-device run as it stood at step 4.
+  shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+  shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "8")
+  (tmp_path / "resumed" / "train_summary.json").unlink()
+  resumed = ph.Run("resumed4", config, tmp_path / "resumed", devices=4,
+                   log_dir=tmp_path, cache_dir=compile_cache)
+  try:
+    assert ph.wait(resumed) == [0], resumed.tail()
+  finally:
+    resumed.kill()
+  assert "Resumed from checkpoint at step 4" in resumed.stderr()
+  summary = ph.summary(tmp_path / "resumed")
+  assert summary["num_devices"] == 4 and summary["step"] == 8
+  assert ph.summary(tmp_path / "straight")["num_devices"] == 8
+  at4 = ph.load_checkpoint(tmp_path / "straight", 4)
+  want = ph.load_checkpoint(tmp_path / "straight", 8)
+  got = ph.load_checkpoint(tmp_path / "resumed", 8)
+  assert got.keys() == want.keys()
+  params = [k for k in want if k.startswith("['params']")]
+  moved = max(np.abs(want[k] - at4[k]).max() for k in params)
+  off = max(np.abs(got[k] - want[k]).max() for k in params)
+  assert moved > 1e-3, moved
+  assert off < 0.01 * moved, (off, moved)
+  assert int(got["['step']"]) == 8
 
 
 # --- User errors. -----------------------------------------------------------
