@@ -1,7 +1,7 @@
 """CUHK Avenue (640x360 RGB videos; 16 train / 21 test).
 
 Expects ROOT/{train,test}/<id>.avi (or frame folders) with gt_frame/ and
-gt_pixel/ converted to the layout of DESIGN §4.
+gt_pixel/ converted to the layout of docs/DESIGN.md §4.
 """
 
 from configs import common

@@ -6,8 +6,8 @@
       --config.data.root=../shared/data/ped2 --config.data.records=DIR/records
 
 Detector: the best offline one, YOLOv3-tiny, at a large aspect-keeping input
-and a low threshold (bicycles, carts and skaters are small at 360x240; DESIGN
-§3: recall on anomalies 0.85-0.89 at conf 0.1 for 608-832 px inputs). Pass
+and a low threshold (bicycles, carts and skaters are small at 360x240;
+docs/DESIGN.md §3: recall on anomalies 0.85-0.89 at conf 0.1 for 608-832 px inputs). Pass
 full YOLOv3 weights with --config.build.detector.cfg/.weights when you have
 them. Model: the paper's best, wide and deep.
 """

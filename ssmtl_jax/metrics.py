@@ -1,4 +1,4 @@
-"""Benchmark metrics: frame-level micro/macro AUC, RBDC and TBDC (DESIGN §6).
+"""Benchmark metrics: frame-level micro/macro AUC, RBDC and TBDC (docs/DESIGN.md §6).
 
 Pure numpy/scipy/scikit-learn: no TensorFlow or JAX.
 

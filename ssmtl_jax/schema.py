@@ -1,6 +1,6 @@
 """The object-record schema shared by the builder (writer) and the trainer/evaluator (readers).
 
-One example per detected object (DESIGN §4). The records directory is a TFDS
+One example per detected object (docs/DESIGN.md §4). The records directory is a TFDS
 dataset (``tfds.builder_from_directory(RECORDS)`` / ``tfds.load`` read it):
 
     RECORDS/dataset_info.json, features.json     TFDS metadata

@@ -1,4 +1,4 @@
-"""Object scores -> per-frame anomaly maps -> frame scores (DESIGN §2, §6).
+"""Object scores -> per-frame anomaly maps -> frame scores (docs/DESIGN.md §2, §6).
 
 Pure numpy/scipy: no TensorFlow or JAX, so the evaluator, notebooks and
 tests can use it anywhere.
