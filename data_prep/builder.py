@@ -37,6 +37,7 @@ import time
 from typing import Callable, Iterator, Optional
 
 from absl import logging
+from etils import epath
 import numpy as np
 import tqdm
 
@@ -91,7 +92,7 @@ class BuildSettings:
     if not config.data.root:
       raise errors.ConfigError("config.data.root is empty: point it at the "
                                "videos (ROOT/{train,test}/<video_id>/)")
-    if not os.path.isdir(config.data.root):
+    if not epath.Path(config.data.root).is_dir():
       raise errors.ConfigError(
           f"config.data.root={config.data.root!r} is not a directory")
     if not config.data.records:
@@ -114,7 +115,7 @@ class BuildSettings:
         files = yolo_weights.ensure_yolov3_tiny()
         det_cfg, det_weights = files.cfg, files.weights
       for key, path in (("cfg", det_cfg), ("weights", det_weights)):
-        if not os.path.isfile(path):
+        if not epath.Path(path).is_file():
           raise errors.ConfigError(
               f"config.build.detector.{key}={path!r}: file not found")
       det_sha = files_lib.sha256_file(det_weights)
@@ -136,7 +137,7 @@ class BuildSettings:
         raise errors.ConfigError(
             f"config.build.classifier.weights is empty: the {clf.kind} "
             "teacher needs a torchvision state dict path")
-      if not os.path.isfile(clf_weights):
+      if not epath.Path(clf_weights).is_file():
         raise errors.ConfigError(
             f"config.build.classifier.weights={clf_weights!r}: file not found")
       clf_sha, num_cls = files_lib.sha256_file(clf_weights), 1000
@@ -146,8 +147,8 @@ class BuildSettings:
                channels=int(b.channels), padding=float(b.padding),
                min_box_size=float(b.min_box_size), square=bool(b.square),
                num_det=int(b.num_det_classes), detector_kind=det.kind,
-               detections_dir=det.path or os.path.join(
-                   config.data.root, "detections"),
+               detections_dir=det.path or str(
+                   epath.Path(config.data.root) / "detections"),
                min_score=float(det.min_score), det_cfg=det_cfg,
                det_weights=det_weights, det_weights_sha256=det_sha,
                det_input_size=input_size, det_nms=float(det.nms_threshold),
@@ -214,13 +215,13 @@ def _classifier(settings: BuildSettings):
 
 
 def _video_done_path(records: str, split: str, video_id: str) -> str:
-  return os.path.join(records, "meta", split, f"{video_id}.json")
+  return str(epath.Path(records) / "meta" / split / f"{video_id}.json")
 
 
 def _is_done(settings: BuildSettings, split: str, video_id: str,
              shard: str, fingerprint: dict) -> bool:
   done = _video_done_path(settings.records, split, video_id)
-  if not (os.path.exists(done) and os.path.exists(shard)):
+  if not (epath.Path(done).exists() and epath.Path(shard).exists()):
     return False
   previous = schema.read_json(done)
   if previous.get("settings") != fingerprint:
@@ -262,8 +263,8 @@ def _detections(settings: BuildSettings, src: video_io.VideoSource,
       yield pending.popleft()[0], empty
     return
 
-  path = os.path.join(settings.detections_dir, src.split,
-                      f"{src.video_id}.csv")
+  path = str(epath.Path(settings.detections_dir) / src.split /
+             f"{src.video_id}.csv")
   per_frame = detections_lib.read_detections(path)
   num_frames = 0
   for t, frame in enumerate(frames):
@@ -351,14 +352,13 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
   """Builds (or resumes) the records of every split; returns the meta per split."""
   settings = BuildSettings.from_config(config)
   splits = splits or (config.data.train_split, config.data.test_split)
-  os.makedirs(settings.records, exist_ok=True)
+  epath.Path(settings.records).mkdir(parents=True, exist_ok=True)
   jobs, shards, videos = [], {}, {}
   for split in splits:
     videos[split] = video_io.list_videos(settings.root, split)
     n = len(videos[split])
-    shards[split] = [os.path.join(settings.records,
-                                  schema.shard_filename(split, i, n))
-                     for i in range(n)]
+    shards[split] = [str(epath.Path(settings.records) /
+                         schema.shard_filename(split, i, n)) for i in range(n)]
     fingerprint = settings.fingerprint_for(split, config.data.train_split)
     for src, shard in zip(videos[split], shards[split]):
       if not _is_done(settings, split, src.video_id, shard, fingerprint):
@@ -426,7 +426,8 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
                     "detector_sha256": settings.det_weights_sha256 or None,
                     "classifier": settings.classifier_weights or None,
                     "classifier_sha256": settings.classifier_sha256 or None},
-        "root": os.path.abspath(settings.root),
+        "root": (settings.root if "://" in settings.root
+                 else os.path.abspath(settings.root)),
     }
     schema.write_json_atomic(schema.meta_path(settings.records, split),
                              metas[split])
@@ -438,7 +439,7 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
     if split in metas:
       counts[split] = [metas[split]["videos"][s.video_id]["objects"]
                        for s in videos[split]]
-    elif os.path.exists(schema.meta_path(settings.records, split)):
+    elif epath.Path(schema.meta_path(settings.records, split)).exists():
       other = schema.read_json(schema.meta_path(settings.records, split))
       counts[split] = [v["objects"] for v in other["videos"].values()]
   schema.finalize(settings.records, settings.features(), counts)
@@ -446,5 +447,6 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
 
 
 def records_complete(records: str, splits) -> bool:
-  return (os.path.exists(os.path.join(records, "dataset_info.json")) and
-          all(os.path.exists(schema.meta_path(records, s)) for s in splits))
+  return ((epath.Path(records) / "dataset_info.json").exists() and
+          all(epath.Path(schema.meta_path(records, s)).exists()
+              for s in splits))

@@ -21,6 +21,7 @@ import csv
 import os
 from typing import Iterable, Mapping
 
+from etils import epath
 import numpy as np
 
 from ssmtl_jax import errors
@@ -53,31 +54,31 @@ def read_detections(path: str) -> Mapping[int, np.ndarray]:
   Raises:
     DetectionFileError naming the file and line on any malformed content.
   """
-  if not os.path.exists(path):
+  if not epath.Path(path).exists():
     raise DetectionFileError(f"detections file not found: {path}")
   per_frame: dict[int, list[list[float]]] = {}
-  with open(path, newline="") as f:
-    reader = csv.reader(f)
-    header = next(reader, None)
-    if header is None or tuple(h.strip() for h in header) != HEADER:
-      raise DetectionFileError(
-          f"{path}: expected header {','.join(HEADER)!r}, got {header!r}")
-    for lineno, row in enumerate(reader, start=2):
-      if not row:
-        continue
-      try:
-        if len(row) != len(HEADER):
-          raise ValueError(f"{len(row)} fields instead of {len(HEADER)}")
-        frame = int(row[0])
-        x1, y1, x2, y2, score = (float(v) for v in row[1:6])
-        cls = int(row[6])
-        if frame < 0 or cls < 0:
-          raise ValueError("negative frame or class")
-        if not (x2 > x1 and y2 > y1):
-          raise ValueError("empty box (need x2 > x1 and y2 > y1)")
-        if not 0.0 < score <= 1.0:
-          raise ValueError("score outside (0, 1]")
-      except ValueError as e:
-        raise DetectionFileError(f"{path}:{lineno}: {e}: {row!r}") from None
-      per_frame.setdefault(frame, []).append([x1, y1, x2, y2, score, cls])
+  # A whole detections file is small; epath reads local and gs:// alike.
+  reader = csv.reader(epath.Path(path).read_text().splitlines())
+  header = next(reader, None)
+  if header is None or tuple(h.strip() for h in header) != HEADER:
+    raise DetectionFileError(
+        f"{path}: expected header {','.join(HEADER)!r}, got {header!r}")
+  for lineno, row in enumerate(reader, start=2):
+    if not row:
+      continue
+    try:
+      if len(row) != len(HEADER):
+        raise ValueError(f"{len(row)} fields instead of {len(HEADER)}")
+      frame = int(row[0])
+      x1, y1, x2, y2, score = (float(v) for v in row[1:6])
+      cls = int(row[6])
+      if frame < 0 or cls < 0:
+        raise ValueError("negative frame or class")
+      if not (x2 > x1 and y2 > y1):
+        raise ValueError("empty box (need x2 > x1 and y2 > y1)")
+      if not 0.0 < score <= 1.0:
+        raise ValueError("score outside (0, 1]")
+    except ValueError as e:
+      raise DetectionFileError(f"{path}:{lineno}: {e}: {row!r}") from None
+    per_frame.setdefault(frame, []).append([x1, y1, x2, y2, score, cls])
   return {k: np.asarray(v, np.float32) for k, v in per_frame.items()}
