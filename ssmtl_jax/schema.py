@@ -8,7 +8,8 @@ dataset (``tfds.builder_from_directory(RECORDS)`` / ``tfds.load`` read it):
                                                   one shard per video, in video order
     RECORDS/meta/<split>.json                     videos, frame counts, sizes, config
 
-This module imports TensorFlow (through TFDS); the model code never does.
+Everything here is plain Python (ssmtl_jax/records.py does the TFRecord and
+Example I/O); TensorFlow is not needed to write or read the records.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import json
 import os
 from typing import Any, Mapping, Sequence
 
-import numpy as np
+from etils import epath
+
+from ssmtl_jax import records
 
 DATASET_NAME = "ssmtl_objects"
 FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
@@ -26,10 +29,13 @@ VERSION = "1.0.0"
 # Keys the trainer reads; the evaluator also reads the geometry keys.
 TRAIN_KEYS = ("crops", "teacher_det", "teacher_cls")
 
+Features = Mapping[str, records.Feature]
+
 
 def features(*, window: int, crop_size: int, channels: int, num_det: int,
-             num_cls: int):
-  """The tfds FeaturesDict of one object record.
+             num_cls: int) -> Features:
+  """The features of one object record (tfds' FeaturesDict of Text, Scalar
+  and Tensor features, in our own records.Feature form).
 
   Args:
     window: 2W+1 crops per object (frames t-W..t+W).
@@ -38,32 +44,33 @@ def features(*, window: int, crop_size: int, channels: int, num_det: int,
     num_det: detector classes (teacher_det width, 80 for COCO).
     num_cls: classifier logits (teacher_cls width, 0 when no classifier).
   """
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  f = tfds.features
-  return f.FeaturesDict({
-      "video_id": f.Text(),
-      "frame_index": f.Scalar(dtype=np.int32),
-      "box": f.Tensor(shape=(4,), dtype=np.float32),  # x1, y1, x2, y2 px
-      "det_score": f.Scalar(dtype=np.float32),
-      "det_class": f.Scalar(dtype=np.int32),
-      "crops": f.Tensor(shape=(window, crop_size, crop_size, channels),
-                        dtype=np.uint8, encoding=f.Encoding.ZLIB),
-      "teacher_det": f.Tensor(shape=(num_det,), dtype=np.float32),
-      "teacher_cls": f.Tensor(shape=(num_cls,), dtype=np.float32),
-  })
+  f = records.Feature
+  return {
+      "video_id": f("text"),
+      "frame_index": f("scalar", "int32"),
+      "box": f("tensor", "float32", (4,)),  # x1, y1, x2, y2 px
+      "det_score": f("scalar", "float32"),
+      "det_class": f("scalar", "int32"),
+      "crops": f("tensor", "uint8", (window, crop_size, crop_size, channels),
+                 encoding="zlib"),
+      "teacher_det": f("tensor", "float32", (num_det,)),
+      "teacher_cls": f("tensor", "float32", (num_cls,)),
+  }
 
 
-def serialize(feats, example) -> bytes:
+def serialize(feats: Features, example: Mapping[str, Any]) -> bytes:
   """Serialises one example with a byte-stable encoding.
 
-  tf.train.Example holds a protobuf map whose entry order follows Python's
-  per-process string hashing, so the same example can serialise to different
-  bytes in two processes; deterministic=True sorts the keys, which is what
-  makes a resumed build byte-identical to an uninterrupted one.
+  tf.train.Example holds a protobuf map whose entry order may differ between
+  processes; deterministic serialisation sorts the keys, which is what makes
+  a resumed build byte-identical to an uninterrupted one.
   """
-  from tensorflow.core.example import example_pb2  # pylint: disable=g-import-not-at-top
-  proto = example_pb2.Example.FromString(feats.serialize_example(example))
-  return proto.SerializeToString(deterministic=True)
+  return records.encode_example(feats, example)
+
+
+def deserialize(feats: Features, data: bytes, keys=None) -> dict[str, Any]:
+  """One serialized example -> {key: bytes (text) or numpy array}."""
+  return records.decode_example(feats, data, keys)
 
 
 def shard_filename(split: str, index: int, num_shards: int) -> str:
@@ -73,40 +80,37 @@ def shard_filename(split: str, index: int, num_shards: int) -> str:
 def write_shard(path: str, serialized: Sequence[bytes]) -> None:
   """Writes serialized examples to `path` atomically (temp file + rename), so
   a killed build never leaves a half-written shard under the final name."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tmp = f"{path}.incomplete"
-  with tf.io.TFRecordWriter(tmp) as writer:
-    for s in serialized:
-      writer.write(s)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  records.write_tfrecord(path, serialized)
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.io.gfile.makedirs(os.path.dirname(path))
-  tmp = f"{path}.incomplete"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=True, allow_nan=False)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  records.write_text_atomic(
+      path, json.dumps(obj, indent=1, sort_keys=True, allow_nan=False))
 
 
 def read_json(path: str) -> Any:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+  return json.loads(epath.Path(path).read_text())
 
 
-def finalize(records_dir: str, feats, shard_lengths: Mapping[str, Sequence[int]]) -> None:
-  """Writes the TFDS metadata for the shards of each split (given per-shard
-  example counts), making the directory loadable with tfds."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  split_infos = [
-      tfds.core.SplitInfo(name=split, shard_lengths=list(map(int, lengths)),
-                          num_bytes=0)
-      for split, lengths in shard_lengths.items()]
-  tfds.folder_dataset.write_metadata(
-      data_dir=records_dir, features=feats, split_infos=split_infos,
-      version=VERSION, filename_template=FILENAME_TEMPLATE, check_data=False)
+def finalize(records_dir: str, feats: Features,
+             shard_lengths: Mapping[str, Sequence[int]]) -> None:
+  """Writes the TFDS metadata (features.json, then dataset_info.json, which
+  marks the directory complete) for the shards of each split, given per-shard
+  example counts; the files are those tfds.folder_dataset.write_metadata
+  writes, so tfds.builder_from_directory reads the directory."""
+  records.write_text_atomic(os.path.join(records_dir, "features.json"),
+                            records.features_json(feats))
+  records.write_text_atomic(
+      os.path.join(records_dir, "dataset_info.json"),
+      records.dataset_info_json(name=DATASET_NAME, version=VERSION,
+                                filename_template=FILENAME_TEMPLATE,
+                                shard_lengths=shard_lengths))
+
+
+def read_features(records_dir: str) -> dict[str, records.Feature]:
+  """The features declared in RECORDS/features.json."""
+  return records.features_from_json(
+      (epath.Path(records_dir) / "features.json").read_text())
 
 
 def meta_path(records_dir: str, split: str) -> str:

@@ -55,7 +55,7 @@ def write_records(records_dir: str, *, num_videos: int = 2,
         teacher_cls[0] = np.inf
       det = np.zeros(num_det, np.float32)
       det[rng.integers(num_det)] = 1.0
-      examples.append(feats.serialize_example({
+      examples.append(schema.serialize(feats, {
           "video_id": f"v{v}", "frame_index": i + half_window,
           "box": np.asarray([0, 0, 10, 10], np.float32), "det_score": 1.0,
           "det_class": 0, "crops": crops, "teacher_det": det,
