@@ -40,7 +40,6 @@ import time
 from typing import Callable, Iterable, Iterator, Optional
 
 from absl import logging
-from clu import metric_writers
 from etils import epath
 import jax
 import numpy as np
@@ -52,6 +51,7 @@ from ssmtl_jax import metrics
 from ssmtl_jax import inference
 from ssmtl_jax import schema
 from ssmtl_jax import scoring
+from ssmtl_jax import summaries
 
 # video_id -> its frames in order, uint8 RGB [H, W, 3] (for eval.render_video).
 FrameReader = Callable[[str], Iterable[np.ndarray]]
@@ -331,11 +331,9 @@ def write_scalars(workdir: str, step: int, values: dict[str, float]) -> None:
   """``eval/<name>`` scalars at the checkpoint step, in the event directory
   the trainer writes ``train/...`` to (train.py: the workdir); process 0
   writes, the others only log."""
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
-  writer.write_scalars(step, {f"eval/{k}": v for k, v in values.items()})
-  writer.flush()
-  writer.close()
+  with summaries.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0) as writer:
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in values.items()})
 
 
 def write_plots(eval_dir: epath.Path, out: Outputs) -> None:

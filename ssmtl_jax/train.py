@@ -8,7 +8,6 @@ import time
 from typing import Any, Mapping, Optional
 
 from absl import logging
-from clu import metric_writers
 from etils import epath
 import flax
 import jax
@@ -24,6 +23,7 @@ from ssmtl_jax import input_pipeline
 from ssmtl_jax import models
 from ssmtl_jax import schema
 from ssmtl_jax import sharding
+from ssmtl_jax import summaries
 from ssmtl_jax import tasks as tasks_lib
 
 
@@ -265,8 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                       depth=int(config.input.prefetch))
 
   # --- Loop.
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=pidx > 0, asynchronous=True)
+  writer = summaries.create_default_writer(workdir, just_logging=pidx > 0)
   preemption = _Preemption()
   progress = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
                        disable=pidx > 0 or not config.progress_bar,
@@ -318,7 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     progress.close()
     preemption.close()
     manager.wait_until_finished()
-    writer.flush()
+    writer.close()
 
   steps_per_sec = None
   if t_start is not None and step > first_step_time:

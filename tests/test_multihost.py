@@ -9,10 +9,12 @@ the final states must agree up to the summation order of the collectives.
 
 from __future__ import annotations
 
+import os
 import socket
 
 import numpy as np
 
+from tests import event_helpers
 from tests import process_helpers as ph
 from tests import record_helpers
 
@@ -57,6 +59,12 @@ def test_two_processes_match_one_process(tmp_path):
     np.testing.assert_allclose(multi["losses"][task], loss, rtol=1e-5,
                                err_msg=task)
 
+  # TensorBoard events: process 0's file only (its pid names it).
+  events = [f for f in os.listdir(multi_dir) if f.startswith("events.out")]
+  assert len(events) == 1 and f".{runs[0].proc.pid}." in events[0], events
+  assert sorted(event_helpers.read_scalars(multi_dir)["train/loss"]) == [
+      2, 4, TOTAL_STEPS]
+
   assert ph.committed_steps(multi_dir)[-1] == TOTAL_STEPS
   assert ph.committed_steps(single_dir)[-1] == TOTAL_STEPS
   state_m = ph.load_checkpoint(multi_dir, TOTAL_STEPS)
@@ -65,9 +73,18 @@ def test_two_processes_match_one_process(tmp_path):
   assert any(k.startswith("['batch_stats']") for k in state_s)
   for key, value in state_s.items():
     if value.dtype.kind == "f":
-      # atol: Adam's first steps are ~lr * sign(gradient), so a rounding-
-      # level gradient difference can move a parameter by ~1e-6.
-      np.testing.assert_allclose(state_m[key], value, rtol=1e-5, atol=1e-5,
+      # 2 processes reduce in another order (gloo all-reduce) than 1 process:
+      # float32 rounding. Parameters and batch statistics must agree to
+      # 1e-5 (Adam's first steps are ~lr * sign(gradient), so a rounding-
+      # level gradient difference moves a parameter by ~1e-6). Adam's moment
+      # estimates get a looser bound: at the loss's non-smooth points (the
+      # L1 losses' sign(pred - target), ReLU at 0) a rounding difference
+      # flips a derivative and changes a gradient entry by O(1/N) (measured:
+      # mu of the middle-box head off by up to 1e-4 while the parameters
+      # agree to 4e-6); a data-order or layout error moves losses and
+      # parameters far more than that.
+      atol = 3e-4 if key.startswith("['opt_state']") else 1e-5
+      np.testing.assert_allclose(state_m[key], value, rtol=1e-5, atol=atol,
                                  err_msg=key)
     else:
       np.testing.assert_array_equal(state_m[key], value, err_msg=key)
