@@ -25,7 +25,10 @@ spread (min, max, quartiles) of the per-repeat rates are reported:
   (``cv2.dnn.readNetFromDarknet``) on the same weights. "network": one
   letterboxed blob in, decoded rows out (host to host for both); "end_to_end":
   frames in, final detections out, both with our letterbox pre-processing and
-  our NMS post-processing (only the network differs).
+  our NMS post-processing (only the network differs). Where OpenCV has no
+  darknet importer (OpenCV 5 dropped ``readNetFromDarknet``), the Flax rows
+  are still measured and the OpenCV rows are recorded as
+  ``{"unavailable": reason}`` ("unavailable" in the table).
 * end_to_end: frames/s of the whole JAX scoring pipeline on real frames
   (Ped2 test video 01 beside the repository, or ``--frames DIR``): Flax
   detector, cubes, Lite0 teacher, the model's task scores, maps, smoothing;
@@ -505,6 +508,28 @@ def _detector_frames(n: int, frames_dir: str = PED2_TEST_VIDEO
   return frames, "synthetic 240x360 gray"
 
 
+def opencv_darknet(cfg: str, weights_path: str) -> tuple[Any, Optional[str]]:
+  """OpenCV dnn's darknet network on the CPU, or (None, why not).
+
+  OpenCV 5 removed the darknet importer (``cv2.dnn.readNetFromDarknet``);
+  there, and wherever reading the network fails, the OpenCV side of the
+  detector comparison is unavailable rather than an error of the benchmark.
+  """
+  dnn = getattr(cv2, "dnn", None)
+  if dnn is None or not hasattr(dnn, "readNetFromDarknet"):
+    return None, (f"OpenCV {cv2.__version__} has no "
+                  "cv2.dnn.readNetFromDarknet (the darknet importer was "
+                  "removed in OpenCV 5)")
+  try:
+    net = dnn.readNetFromDarknet(cfg, weights_path)
+    net.setPreferableBackend(dnn.DNN_BACKEND_OPENCV)
+    net.setPreferableTarget(dnn.DNN_TARGET_CPU)
+  except cv2.error as e:
+    return None, (f"OpenCV {cv2.__version__} cannot read the darknet "
+                  f"network: {_error(e).splitlines()[0]}")
+  return net, None
+
+
 def detector_section(settings: Settings) -> dict:
   from data_prep.detector import weights  # pylint: disable=g-import-not-at-top
   from data_prep.detector import yolo  # pylint: disable=g-import-not-at-top
@@ -516,9 +541,7 @@ def detector_section(settings: Settings) -> dict:
   det = yolo.Detector(files.cfg, files.weights, input_size=size,
                       conf_threshold=0.25, nms_threshold=0.45,
                       batch_size=settings.det_batch)
-  net = cv2.dnn.readNetFromDarknet(files.cfg, files.weights)
-  net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-  net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+  net, unavailable = opencv_darknet(files.cfg, files.weights)
   yolo_names = [f"yolo_{i}" for i in det.net.yolo_indices]
   frames, source = _detector_frames(settings.det_frames, settings.frames_dir)
   blob, _ = yolo.preprocess(frames[:settings.det_batch], size)
@@ -549,11 +572,17 @@ def detector_section(settings: Settings) -> dict:
       Runner("opencv_end_to_end", functools.partial(cv_detect, frames),
              nosync, len(frames)),
   ]
+  if unavailable:
+    runners = [r for r in runners if not r.name.startswith("opencv_")]
   _measure(runners, settings)
   out = {r.name: _summary(r, "frames_per_s") for r in runners}
   out.update(input_size=list(size), batch=settings.det_batch,
              frames=source, flax_device=str(jax.devices()[0].platform),
              opencv_device="cpu", conf_threshold=0.25, nms_threshold=0.45)
+  if unavailable:
+    for name in ("opencv_network", "opencv_end_to_end", "max_abs_row_diff"):
+      out[name] = {"unavailable": unavailable}
+    return out
   try:
     out["max_abs_row_diff"] = float(np.abs(det.decoded_rows(blob)[..., :5] -
                                            cv_rows(nchw)[..., :5]).max())
@@ -754,6 +783,8 @@ def _cell(entry: dict, key: str) -> str:
     return "-"
   if "error" in entry:
     return "error"
+  if "unavailable" in entry:
+    return "unavailable"
   return f"{entry[key]:.1f} [{entry['min']:.1f}-{entry['max']:.1f}]"
 
 
@@ -809,6 +840,9 @@ def markdown(results: dict) -> str:
           f"| {kind} | {_cell(det.get(f'flax_{kind}'), 'frames_per_s')} | "
           f"{_cell(det.get(f'opencv_{kind}'), 'frames_per_s')} | "
           f"{_fmt_ratio(rat.get(f'detector_{kind}_flax_over_opencv'))} |")
+    why = (det.get("opencv_network") or {}).get("unavailable")
+    if why:
+      lines.append(f"OpenCV dnn unavailable: {why}.")
   elif det:
     lines += ["", f"detector: {det['error']}"]
   e2e = results.get("end_to_end", {})
