@@ -30,6 +30,17 @@ def _config(root, records, **build):
   return record_helpers.file_detections_config(root, records, **build)
 
 
+@pytest.fixture(scope="module")
+def built(data_root, tmp_path_factory):
+  """(records, metas): the default _config build, once for the module.
+
+  For the tests that only read it (read-back, parallel workers, recall);
+  a test that changes a records directory builds its own.
+  """
+  records = str(tmp_path_factory.mktemp("built") / "records")
+  return records, builder.build(_config(data_root, records))
+
+
 def _expected_objects(root, split, video_id, num_frames, w=3, min_size=4.0):
   dets = detections.read_detections(
       os.path.join(root, "detections", split, f"{video_id}.csv"))
@@ -43,9 +54,8 @@ def _expected_objects(root, split, video_id, num_frames, w=3, min_size=4.0):
   return count
 
 
-def test_build_synthetic_and_read_back(data_root, tmp_path):
-  records = str(tmp_path / "records")
-  metas = builder.build(_config(data_root, records))
+def test_build_synthetic_and_read_back(data_root, built):
+  records, metas = built
   assert metas["train"]["num_videos"] == 2 and metas["test"]["num_videos"] == 1
   for split, meta in metas.items():
     for vid, v in meta["videos"].items():
@@ -187,10 +197,9 @@ def test_kill9_mid_build_then_rerun_gives_identical_records(tmp_path):
       assert a.read() == b.read(), f
 
 
-def test_parallel_workers_write_the_same_records(data_root, tmp_path):
-  one = str(tmp_path / "one")
+def test_parallel_workers_write_the_same_records(data_root, built, tmp_path):
+  one, _ = built  # workers=1
   two = str(tmp_path / "two")
-  builder.build(_config(data_root, one))
   builder.build(_config(data_root, two, workers=2))
   for f in sorted(os.listdir(one)):
     if ".tfrecord-" in f:
@@ -199,10 +208,10 @@ def test_parallel_workers_write_the_same_records(data_root, tmp_path):
         assert a.read() == b.read(), f
 
 
-def test_detector_recall_of_ground_truth_boxes_is_one(data_root, tmp_path):
+def test_detector_recall_of_ground_truth_boxes_is_one(data_root, built,
+                                                     tmp_path):
   from data_prep import recall
-  records = str(tmp_path / "records")
-  builder.build(_config(data_root, records))
+  records, _ = built
   result = recall.anomaly_recall(records, data_root)
   assert result["abnormal_frames"] > 0
   assert result["frame_recall"] == 1.0 and result["region_recall"] == 1.0
@@ -236,6 +245,10 @@ def test_build_with_flax_detector_and_classifier(data_root, tmp_path):
   config.build.detector.input_size = (128, 96)
   config.build.detector.min_score = 0.01
   config.build.classifier.kind = "efficientnet_lite0"
+  # The smallest allowed size (224 in the default config): Lite0 is fully
+  # convolutional, so this path is the same at a ~50x lower cost;
+  # test_teachers.py compares Lite0 with torch at 224 and 128.
+  config.build.classifier.input_size = 32
   metas = builder.build(config, ("test",))
   meta = metas["test"]
   assert meta["weights"]["detector_sha256"] == (
