@@ -43,6 +43,13 @@ def test_output_shapes_every_variant(variant, depth):
   assert all(k.shape[:3] == (3, 3, 3) for _, k in convs)
 
 
+def test_variant_widths_are_the_papers():
+  """README and configs/common.py promise these channel widths."""
+  assert models.VARIANT_WIDTHS == {"narrow": (16, 32, 32),
+                                   "wide": (32, 64, 64)}
+  assert models.DEPTH_CONVS == {"shallow": 1, "deep": 2}
+
+
 def test_rgb_and_real_forward_values():
   config = common.get_config()
   config.model.widths = (4, 8, 8)
