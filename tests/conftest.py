@@ -7,7 +7,17 @@ every run (``-rs`` in setup.cfg's addopts)."""
 import os
 import sys
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The fake devices' collectives meet in an in-process rendezvous; XLA warns
+# after 20 s and aborts the whole process (LOG(FATAL) "Termination timeout
+# ... Exiting to ensure a consistent program state") after 40 s if not every
+# device thread arrived. On a busy 2-core machine 8 device threads can be
+# starved that long, so the suite raises both limits (issue #11.4); a real
+# deadlock still ends, after CPU_COLLECTIVE_FLAGS' terminate timeout.
+CPU_COLLECTIVE_FLAGS = ("--xla_cpu_collective_call_warn_stuck_timeout_seconds=120"
+                        " --xla_cpu_collective_call_terminate_timeout_seconds"
+                        "=300")
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                      + CPU_COLLECTIVE_FLAGS)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -39,7 +39,12 @@ class Run:
     self.stderr_path = log_dir / f"{name}.stderr"
     env = dict(os.environ)
     env.update(
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        # This run's device count; the other XLA flags as the test session
+        # has them (conftest.py's longer collective rendezvous timeouts).
+        XLA_FLAGS=" ".join(
+            [f"--xla_force_host_platform_device_count={devices}"]
+            + [f for f in env.get("XLA_FLAGS", "").split()
+               if not f.startswith("--xla_force_host_platform_device_count")]),
         TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu",
         PYTHONPATH=os.pathsep.join(
             [str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p]))
