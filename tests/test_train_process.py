@@ -37,6 +37,21 @@ def compile_cache(tmp_path_factory):
   return tmp_path_factory.mktemp("jax_compile_cache")
 
 
+def _assert_same_end(tmp_path, total):
+  """The uninterrupted run (workdir straight/) and the interrupted and
+  resumed one (resumed/) end with bitwise equal checkpoints at step `total`
+  and the same last logging window of losses; returns both checkpoints."""
+  a = ph.load_checkpoint(tmp_path / "straight", total)
+  b = ph.load_checkpoint(tmp_path / "resumed", total)
+  assert a.keys() == b.keys()
+  different = [k for k in a if not np.array_equal(a[k], b[k])]
+  assert not different, (
+      f"{len(different)} of {len(a)} leaves differ: {different[:10]}")
+  assert ph.summary(tmp_path / "straight")["losses"] == ph.summary(
+      tmp_path / "resumed")["losses"]
+  return a, b
+
+
 # --- kill -9 and resume. -----------------------------------------------------
 
 
@@ -78,19 +93,12 @@ def test_kill9_and_resume_is_bitwise_identical(tmp_path, compile_cache):
   assert ph.committed_steps(tmp_path / "straight")[-1] == total
   assert ph.committed_steps(tmp_path / "resumed")[-1] == total
 
-  a = (ph.load_checkpoint(tmp_path / "straight", total))
-  b = (ph.load_checkpoint(tmp_path / "resumed", total))
-  assert a.keys() == b.keys()
+  a, b = _assert_same_end(tmp_path, total)
   for prefix in ("['params']", "['batch_stats']", "['opt_state']", "['step']"):
     assert any(k.startswith(prefix) for k in a), (prefix, sorted(a))
-  different = [k for k in a if not np.array_equal(a[k], b[k])]
-  assert not different, (
-      f"{len(different)} of {len(a)} leaves differ: {different[:10]}")
   assert int(b["['step']"]) == total and int(b["['bad_step']"]) == -1
-
-  sa, sb = ph.summary(tmp_path / "straight"), ph.summary(tmp_path / "resumed")
-  assert sa["step"] == sb["step"] == total
-  assert sa["losses"] == sb["losses"]  # the same last logging window, bitwise
+  assert ph.summary(tmp_path / "straight")["step"] == ph.summary(
+      tmp_path / "resumed")["step"] == total
 
 
 # --- SIGTERM. ---------------------------------------------------------------
@@ -158,14 +166,7 @@ def test_sigterm_checkpoint_resumes_bitwise_with_cosine_schedule(
     stopped.kill()
   assert codes == [0, 0], straight.tail() + "\n" + resumed.tail()
   assert f"Resumed from checkpoint at step {at['step']}" in resumed.stderr()
-  a = ph.load_checkpoint(tmp_path / "straight", total)
-  b = ph.load_checkpoint(tmp_path / "resumed", total)
-  assert a.keys() == b.keys()
-  different = [k for k in a if not np.array_equal(a[k], b[k])]
-  assert not different, (
-      f"{len(different)} of {len(a)} leaves differ: {different[:10]}")
-  assert ph.summary(tmp_path / "straight")["losses"] == ph.summary(
-      tmp_path / "resumed")["losses"]
+  _assert_same_end(tmp_path, total)
 
 
 def test_resume_on_fewer_devices_continues_the_data_order(tmp_path,
