@@ -645,6 +645,8 @@ def end_to_end_section(settings: Settings, m: Models) -> dict:
   config = ped2_cpu.get_config()
   build = config.build
   eval_settings = scoring.Settings.from_config(config)
+  # Scoring context, as the builder's test split (data_prep.cubes).
+  context = int(build.test_context) or int(config.tasks.seq_half)
   files = weights.ensure_yolov3_tiny()
   det = yolo.Detector(files.cfg, files.weights,
                       input_size=tuple(settings.det_input),
@@ -672,8 +674,10 @@ def end_to_end_section(settings: Settings, m: Models) -> dict:
         detections, video_id=source, half_window=settings.half_window,
         crop_size=settings.crop, padding=float(build.padding),
         min_box_size=float(build.min_box_size), square=bool(build.square),
-        classifier=_timed(classifier.logits, t, "teacher"),
-        classifier_batch=int(build.classifier.batch_size))
+        context=context, classifier=_timed(classifier.logits, t, "teacher"),
+        classifier_batch=int(build.classifier.batch_size),
+        classifier_crop=(int(build.classifier.input_size)
+                         if build.classifier.crop == "frame" else None))
     score = _timed(inference.score_batch, t, "model")
     geometry: dict[str, list] = {k: [] for k in inference.GEOMETRY_KEYS}
     parts: dict[str, list] = {}
@@ -694,7 +698,7 @@ def end_to_end_section(settings: Settings, m: Models) -> dict:
         {k: np.concatenate(v) for k, v in parts.items()}, eval_settings)
     scoring.frame_scores_by_video(
         geometry["video_id"], geometry["frame_index"], geometry["box"],
-        combined, videos, eval_settings)
+        combined, videos, eval_settings, context=context)
     t["maps"] = time.perf_counter() - t0
     return t, len(combined)
 

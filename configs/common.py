@@ -26,10 +26,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.synthetic = False  # generate the embedded synthetic data set if missing
   config.data.train_split = "train"
   config.data.test_split = "test"
+  # Optional third split scored like the test split, e.g. the pseudo-anomaly
+  # validation videos of data_prep.validation, on which ssmtl_jax.validate
+  # chooses eval settings without test labels ('' = none).
+  config.data.val_split = ""
 
   # --- Builder (data_prep.build): how cubes and teacher targets are made.
   config.build = ml_collections.ConfigDict()
   config.build.half_window = 6   # W: crops of frames t-W..t+W are stored (2W+1 frames)
+  # Test (and validation) split: objects at every frame t with C <= t < T-C,
+  # C = test_context (0 = tasks.seq_half, the frames scoring reads); stored
+  # frames beyond the video's ends repeat its first/last frame and are never
+  # read. Training objects always need the whole window (C = W).
+  config.build.test_context = 0
   config.build.crop_size = 64    # crops resized to crop_size x crop_size
   config.build.channels = 1      # 1 = grayscale, 3 = RGB
   config.build.padding = 0.0     # box enlarged by this fraction of its size per side
@@ -63,6 +72,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Square side the crops are resized to for the classifier (224 = ImageNet;
   # smaller is quadratically cheaper).
   config.build.classifier.input_size = 224
+  # Where the classifier's input comes from: 'frame' (the object's box cut
+  # from the full-resolution middle frame at input_size) or 'cube' (the
+  # stored crop_size crop, stretched; the behaviour before 2026-12).
+  config.build.classifier.crop = "frame"
 
   # --- Model.
   config.model = ml_collections.ConfigDict()
@@ -85,6 +98,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.tasks[name] = ml_collections.ConfigDict()
     config.tasks[name].weight = 1.0
   config.tasks.kd.loss = "l1"  # 'l1' or 'l2', on det probabilities and cls logits
+  # How the two teachers' errors add up in the KD loss (and the KD score's
+  # 'sum' mode): 'none' (mean error over the 80 detector probabilities +
+  # mean error over the 1000 logits; the logits' error is ~100x larger and
+  # decides the sum) or 'target_std' (each part divided by the spread of its
+  # teacher's targets on the training records, sqrt(mean per-output
+  # variance), computed by the builder; squared for 'l2').
+  config.tasks.kd.balance = "none"
 
   # --- Optimiser.
   config.optim = ml_collections.ConfigDict()

@@ -77,11 +77,24 @@ class BuildSettings:
   num_cls: int
   classifier_batch: int
   classifier_input: int
+  classifier_crop: str
   train_stride: int
+  test_context: int
 
   @classmethod
   def from_config(cls, config) -> "BuildSettings":
     b = config.build
+    seq_half = int(config.tasks.seq_half)
+    test_context = int(b.get("test_context", 0)) or seq_half
+    if not seq_half <= test_context <= int(b.half_window):
+      raise errors.ConfigError(
+          f"config.build.test_context={b.test_context}: must lie in "
+          f"[tasks.seq_half, build.half_window] = [{seq_half}, "
+          f"{b.half_window}] (0 = tasks.seq_half)")
+    if b.classifier.get("crop", "frame") not in ("frame", "cube"):
+      raise errors.ConfigError(
+          f"config.build.classifier.crop={b.classifier.crop!r}: expected "
+          "'frame' or 'cube'")
     if int(b.train_stride) < 1:
       raise errors.ConfigError(
           f"config.build.train_stride={b.train_stride}: must be >= 1")
@@ -156,7 +169,8 @@ class BuildSettings:
                classifier_weights=clf_weights, classifier_sha256=clf_sha,
                num_cls=num_cls, classifier_batch=int(clf.batch_size),
                classifier_input=int(clf.input_size),
-               train_stride=int(b.train_stride))
+               classifier_crop=str(clf.get("crop", "frame")),
+               train_stride=int(b.train_stride), test_context=test_context)
 
   @property
   def fingerprint(self) -> dict:
@@ -172,16 +186,27 @@ class BuildSettings:
     return d
 
   def fingerprint_for(self, split: str, train_split: str) -> dict:
-    """The fingerprint of one split's records: train_stride only shapes the
-    training split, so changing it never invalidates test records."""
+    """The fingerprint of one split's records: train_stride and test_context
+    only shape one kind of split, so changing one never invalidates the
+    other's records."""
     d = dict(self.fingerprint)
     d["stride"] = self.stride(split, train_split)
+    d["context"] = self.context(split, train_split)
     d.pop("train_stride")
+    d.pop("test_context")
+    if self.classifier_kind == "none":
+      d.pop("classifier_crop")
     return d
 
   def stride(self, split: str, train_split: str) -> int:
     """Objects come from every stride-th frame (1 outside training)."""
     return self.train_stride if split == train_split else 1
+
+  def context(self, split: str, train_split: str) -> int:
+    """Real frames needed on each side of an object's frame: the whole half
+    window for training (intermittent sequences), the scoring half window
+    (tasks.seq_half) elsewhere (``data_prep.cubes``)."""
+    return self.half_window if split == train_split else self.test_context
 
   def features(self):
     return schema.features(window=2 * self.half_window + 1,
@@ -289,16 +314,40 @@ def _detections(settings: BuildSettings, src: video_io.VideoSource,
         f"{src.path} has {num_frames} frames")
 
 
+def teacher_std(moments: list[dict]) -> dict[str, float]:
+  """Spread of each teacher's targets over a split's objects.
+
+  For each part (``det``: detector class probabilities, ``cls``: classifier
+  logits), sqrt(mean over outputs of the per-output variance): the RMS error
+  of the best constant prediction. ``tasks.kd.balance='target_std'`` divides
+  each part's distillation error by it, so the 80 probabilities and the 1000
+  logits weigh the same in the loss.
+  """
+  out = {}
+  for part in ("det", "cls"):
+    got = [m[part] for m in moments if part in m]
+    n = sum(g[0] for g in got)
+    if not n:
+      continue
+    s = np.sum([g[1] for g in got], axis=0) / n
+    sq = np.sum([g[2] for g in got], axis=0) / n
+    out[part] = float(np.sqrt(max(np.mean(np.maximum(sq - s * s, 0.0)), 0.0)))
+  return out
+
+
 def build_video(settings: BuildSettings, src: video_io.VideoSource,
                 shard_path: str, with_gt: bool,
                 on_frame: Optional[Callable[[], None]] = None, *,
-                stride: int = 1, fingerprint: Optional[dict] = None) -> dict:
+                stride: int = 1, context: Optional[int] = None,
+                fingerprint: Optional[dict] = None) -> dict:
   """Writes the shard of one video; returns its summary (frames, objects, ...).
 
   with_gt: check the video's ground truth (gt_frame/, gt_pixel/) against it;
   ground truth belongs to the test split (training video is normal).
   on_frame: called once per frame read (progress).
   stride: objects of every stride-th frame only (training subsampling).
+  context: real frames needed on each side of an object's frame (default
+    the half window; ``data_prep.cubes``).
   fingerprint: stored in the completion record (default: the settings').
   """
   t0 = time.perf_counter()
@@ -319,11 +368,26 @@ def build_video(settings: BuildSettings, src: video_io.VideoSource,
         on_frame()
       yield frame, dets
 
-  serialized = [schema.serialize(feats, obj) for obj in objects.iter_objects(
+  serialized = []
+  # Per teacher part: [count, per-output sums, sums of squares] (float64),
+  # for teacher_std.
+  moments: dict[str, list] = {}
+  for obj in objects.iter_objects(
       counted(), video_id=src.video_id, half_window=settings.half_window,
       crop_size=settings.crop_size, padding=settings.padding,
       min_box_size=settings.min_box_size, square=settings.square,
-      classifier=classifier, classifier_batch=settings.classifier_batch)]
+      context=context, classifier=classifier,
+      classifier_batch=settings.classifier_batch,
+      classifier_crop=(settings.classifier_input
+                       if settings.classifier_crop == "frame" else None)):
+    serialized.append(schema.serialize(feats, obj))
+    for part in ("det", "cls"):
+      y = np.asarray(obj[f"teacher_{part}"], np.float64)
+      if y.size:
+        m = moments.setdefault(part, [0, np.zeros_like(y), np.zeros_like(y)])
+        m[0] += 1
+        m[1] += y
+        m[2] += y * y
   if num_frames == 0:
     raise video_io.VideoInputError(f"video has no frames: {src.path}")
   labels = None
@@ -335,7 +399,9 @@ def build_video(settings: BuildSettings, src: video_io.VideoSource,
   summary = {"frames": num_frames, "objects": len(serialized),
              "height": int(height), "width": int(width),
              "abnormal_frames": None if labels is None else int(labels.sum()),
-             "seconds": seconds}
+             "seconds": seconds,
+             "teacher_moments": {k: [n, a.tolist(), b.tolist()]
+                                 for k, (n, a, b) in moments.items()}}
   schema.write_json_atomic(
       _video_done_path(settings.records, src.split, src.video_id),
       {"settings": fingerprint or settings.fingerprint, "summary": summary,
@@ -351,7 +417,8 @@ def _build_video_job(args):
 def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
   """Builds (or resumes) the records of every split; returns the meta per split."""
   settings = BuildSettings.from_config(config)
-  splits = splits or (config.data.train_split, config.data.test_split)
+  train_split = config.data.train_split
+  splits = splits or default_splits(config)
   epath.Path(settings.records).mkdir(parents=True, exist_ok=True)
   jobs, shards, videos = [], {}, {}
   for split in splits:
@@ -359,12 +426,13 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
     n = len(videos[split])
     shards[split] = [str(epath.Path(settings.records) /
                          schema.shard_filename(split, i, n)) for i in range(n)]
-    fingerprint = settings.fingerprint_for(split, config.data.train_split)
+    fingerprint = settings.fingerprint_for(split, train_split)
     for src, shard in zip(videos[split], shards[split]):
       if not _is_done(settings, split, src.video_id, shard, fingerprint):
-        jobs.append((settings, src, shard, split == config.data.test_split,
-                     dict(stride=settings.stride(split,
-                                                 config.data.train_split),
+        # Ground truth (checked when present) belongs to the scored splits.
+        jobs.append((settings, src, shard, split != train_split,
+                     dict(stride=settings.stride(split, train_split),
+                          context=settings.context(split, train_split),
                           fingerprint=fingerprint)))
   total = sum(len(v) for v in videos.values())
   logging.info("Building %s: %d of %d videos to do.", settings.records,
@@ -406,10 +474,12 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
 
   metas = {}
   for split in splits:
-    per_video, seconds = {}, 0.0
+    per_video, seconds, moments = {}, 0.0, []
     for src in videos[split]:
       summary = schema.read_json(_video_done_path(
           settings.records, split, src.video_id))["summary"]
+      moments.append({k: v for k, v in
+                      summary.get("teacher_moments", {}).items()})
       per_video[src.video_id] = {k: summary[k] for k in
                                  ("frames", "objects", "height", "width",
                                   "abnormal_frames")}
@@ -420,8 +490,10 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
         "num_frames": sum(v["frames"] for v in per_video.values()),
         "num_objects": sum(v["objects"] for v in per_video.values()),
         "half_window": settings.half_window,
+        "context": settings.context(split, train_split),
+        "teacher_std": teacher_std(moments),
         "build_seconds": seconds,
-        "settings": settings.fingerprint_for(split, config.data.train_split),
+        "settings": settings.fingerprint_for(split, train_split),
         "weights": {"detector": settings.det_weights or None,
                     "detector_sha256": settings.det_weights_sha256 or None,
                     "classifier": settings.classifier_weights or None,
@@ -434,8 +506,7 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
   # TFDS metadata covers every split in the directory, also those built by
   # an earlier call (build(config, ("test",)) next to existing train records).
   counts = {}
-  for split in dict.fromkeys(
-      (config.data.train_split, config.data.test_split) + tuple(splits)):
+  for split in dict.fromkeys(default_splits(config) + tuple(splits)):
     if split in metas:
       counts[split] = [metas[split]["videos"][s.video_id]["objects"]
                        for s in videos[split]]
@@ -444,6 +515,13 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
       counts[split] = [v["objects"] for v in other["videos"].values()]
   schema.finalize(settings.records, settings.features(), counts)
   return metas
+
+
+def default_splits(config) -> tuple[str, ...]:
+  """The splits a build makes: train, test and, when set, data.val_split."""
+  val = str(config.data.get("val_split", "") or "")
+  return ((config.data.train_split, config.data.test_split) +
+          ((val,) if val else ()))
 
 
 def records_complete(records: str, splits) -> bool:

@@ -1,13 +1,20 @@
 """Object cubes: the same box cropped from frames t-W..t+W and resized.
 
-Temporal border policy: **skip**. :func:`sliding_windows` only yields centre
-frames t with W <= t < T-W, i.e. T-2W windows per video, so detections in the
-first and last W frames produce no cube and get no object score at test time
-(the evaluator must give those frames a score by other means). The
-alternative, a ``clamp`` policy that repeats the first/last frame to fill the
-window, was rejected: repeated frames look like an object that suddenly
-stops, i.e. fake (ir)regular motion that the arrow-of-time and
-motion-irregularity tasks would learn from or flag.
+Temporal border policy: **skip what the cube's user reads**.
+:func:`sliding_windows` yields centre frames t with C <= t < T-C, where the
+*context* C <= W is the number of real frames needed on each side:
+
+* training (C = W, the default): every frame of the window is real, since the
+  intermittent sequences of motion irregularity reach t +- seq_half*max_gap.
+  Repeating the first/last frame instead was rejected: repeated frames look
+  like an object that suddenly stops, i.e. fake (ir)regular motion that the
+  arrow-of-time and motion-irregularity tasks would learn from;
+* scoring (C = tasks.seq_half, ``build.test_context``): only frames
+  t-seq_half..t+seq_half are read, so centres closer than W to a video end
+  still get cubes; the stored frames beyond the video's ends repeat its
+  first/last frame and are never read. Only the first and last C frames of a
+  video hold no cube; the evaluator gives them the score of the nearest frame
+  that does (``ssmtl_jax.scoring.fill_borders``).
 
 Spatial policy: the detector's box is enlarged by ``padding`` x its width
 (height) on the left and right (top and bottom), clipped to the frame, and the
@@ -31,6 +38,7 @@ import numpy as np
 
 def sliding_windows(
     frames: Iterable[np.ndarray], half_window: int,
+    context: Optional[int] = None,
 ) -> Iterator[Tuple[int, np.ndarray]]:
   """Streams temporal windows of 2W+1 frames over a frame stream.
 
@@ -38,21 +46,42 @@ def sliding_windows(
     frames: uint8 [H, W, C] frames in order (e.g. ``video_io.iter_frames``);
       consumed lazily, one frame per yielded window after the first.
     half_window: W >= 0.
+    context: C in [0, W] (default W): real frames needed on each side of a
+      centre (see the module docstring).
   Yields:
-    (t, window) for every t with W <= t < T-W (border frames are skipped, see
-    the module docstring); window is a fresh uint8 array [2W+1, H, W, C]
-    holding frames t-W..t+W, safe to keep after the next step.
+    (t, window) for every t with C <= t < T-C, in order; window is a fresh
+    uint8 array [2W+1, H, W, C] holding frames t-W..t+W, where frame indices
+    outside [0, T) repeat frame 0 / frame T-1 (only when C < W). Safe to keep
+    after the next step.
   """
   if half_window < 0:
     raise ValueError(f"half_window must be >= 0, got {half_window}")
+  context = half_window if context is None else int(context)
+  if not 0 <= context <= half_window:
+    raise ValueError(f"context must lie in [0, {half_window}] (the half "
+                     f"window), got {context}")
   length = 2 * half_window + 1
   # A deque with maxlen drops the oldest frame on append: at most 2W+1 frames
   # are ever referenced here, whatever the video length.
   buf: collections.deque = collections.deque(maxlen=length)
+
+  def window(t: int, last: int) -> np.ndarray:
+    """Frames t-W..t+W, clamped to [0, last]; buf ends with frame `last`."""
+    first_in_buf = last + 1 - len(buf)
+    idx = np.clip(np.arange(t - half_window, t + half_window + 1), 0, last)
+    return np.stack([buf[j - first_in_buf] for j in idx])
+
+  num = 0
   for i, frame in enumerate(frames):
     buf.append(frame)
-    if len(buf) == length:
-      yield i - half_window, np.stack(buf)
+    num = i + 1
+    t = i - half_window
+    if t >= context:
+      # Frames before 0 are still in buf here: t - W < 0 means i < 2W.
+      yield t, (np.stack(buf) if len(buf) == length else window(t, i))
+  # Centres whose window runs past the end (none when C = W).
+  for t in range(max(context, num - half_window), num - context):
+    yield t, window(t, num - 1)
 
 
 def _expand_box(

@@ -109,6 +109,7 @@ def _distributed_initialize(v) -> Optional[str]:
 def _rules() -> dict[str, Rule]:
   # Imported here: models pulls in flax, which the table's users load anyway.
   from ssmtl_jax import models  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   return {
       "seed": integer(0),
       "parallelism": one_of("jit", "pmap"),
@@ -119,7 +120,9 @@ def _rules() -> dict[str, Rule]:
       "data.synthetic": boolean,
       "data.train_split": nonempty_string,
       "data.test_split": nonempty_string,
+      "data.val_split": string,
       "build.half_window": integer(1),
+      "build.test_context": integer(0),
       "build.crop_size": integer(8),
       "build.channels": one_of(1, 3),
       "build.padding": number(0),
@@ -140,6 +143,7 @@ def _rules() -> dict[str, Rule]:
       "build.classifier.weights": string,
       "build.classifier.batch_size": integer(1),
       "build.classifier.input_size": integer(32, 1024),
+      "build.classifier.crop": one_of("frame", "cube"),
       "model.variant": one_of(*sorted(models.VARIANT_WIDTHS)),
       "model.depth": one_of(*sorted(models.DEPTH_CONVS)),
       "model.widths": _widths,
@@ -150,6 +154,7 @@ def _rules() -> dict[str, Rule]:
       "tasks.max_gap": integer(2),
       **{f"tasks.{t}.weight": number(0) for t in scoring.TASKS},
       "tasks.kd.loss": one_of("l1", "l2"),
+      "tasks.kd.balance": one_of(*tasks_lib.KD_BALANCES),
       "optim.name": one_of("adam", "adamw", "sgd"),
       "optim.learning_rate": number(0, lo_open=True),
       "optim.schedule": one_of("cosine", "constant"),
@@ -246,6 +251,18 @@ def _check_combinations(config) -> None:
   from ssmtl_jax import tasks  # pylint: disable=g-import-not-at-top
   tasks.check_window(seq_half, max_gap, half_window,
                      source=f"config.build.half_window={half_window}")
+  context = int(config.build.get("test_context", 0))
+  if context and not seq_half <= context <= half_window:
+    raise errors.ConfigError(
+        f"config.build.test_context={context}: must lie in [tasks.seq_half, "
+        f"build.half_window] = [{seq_half}, {half_window}] (0 = "
+        "tasks.seq_half): scoring reads frames t-seq_half..t+seq_half")
+  splits = [str(config.data[k]) for k in ("train_split", "test_split",
+                                          "val_split") if config.data.get(k)]
+  if len(set(splits)) != len(splits):
+    raise errors.ConfigError(
+        f"config.data.train_split / test_split / val_split = {splits}: the "
+        "splits must differ")
   if not any(float(config.tasks[t].weight) > 0 for t in scoring.TASKS):
     raise errors.ConfigError(
         "config.tasks.{aot,mi,mbp,kd}.weight are all 0: enable at least one "

@@ -2,12 +2,14 @@
 
 Shaped like a big_vision evaluator: ``Evaluator(config, workdir, step)``
 restores a checkpoint and ``run()`` yields ``(name, value)`` metrics
-(``micro_auc``, ``macro_auc``, ``rbdc``, ``tbdc``, ``per_task/<task>``);
+(``micro_auc``, ``macro_auc``, ``macro_auc_single_class_as_1``, ``rbdc``,
+``tbdc``, ``per_task/<task>``, ``per_task_macro/<task>``);
 :func:`evaluate` is the thin driver that writes them to ``report.json`` and
 to TensorBoard (``eval/<name>`` at the checkpoint step, in the trainer's
 event directory), and draws the plots.
 
-Writes under ``WORKDIR/eval/``: ``report.json`` (docs/DESIGN.md §8), ``scores/<video>.npy``
+Writes under ``WORKDIR/eval/`` (``WORKDIR/eval_<split>/`` for another
+split, e.g. ``data.val_split``): ``report.json`` (docs/DESIGN.md §8), ``scores/<video>.npy``
 (float32 frame scores aligned with ``gt_frame/<video>.npy``), ``roc.png``,
 ``scores_<video>.png``, on request annotated videos, and two per-checkpoint
 caches: ``train_stats_step<N>.json`` (normalisation statistics) and
@@ -18,15 +20,18 @@ Decisions (see also ssmtl_jax/scoring.py and ssmtl_jax/metrics.py):
 
 * object score = weighted mean of the per-task scores of the trained tasks,
   each normalised (z-score with training-object statistics by default);
-* frames without any object (including the first/last W frames of a video,
-  which have no cube) get the background value: the lowest object score of
-  the whole test set, the same for every video so that micro AUC compares
-  like with like;
+* the first and last C frames of a video (C = the records' ``context``),
+  which cannot hold cubes, take the map of the nearest frame that can
+  (``scoring.fill_borders``); other frames without any object get the
+  background value: the lowest object score of the whole test set, the same
+  for every video so that micro AUC compares like with like;
 * RBDC/TBDC predicted regions are the scored object boxes themselves (one per
   detection, score = its object score); GT regions are connected components
   of the pixel masks, GT tracks link regions that overlap in consecutive
   frames (the masks carry no track ids);
-* macro AUC skips videos with one class only and reports how many.
+* macro AUC skips videos with one class only and reports how many;
+  ``macro_auc_single_class_as_1`` is the other convention (such videos count
+  as 1.0).
 """
 
 from __future__ import annotations
@@ -66,7 +71,13 @@ class EvalDataError(errors.DataError):
 # Per-checkpoint caches.
 
 
-def _cache_key(scorer, config) -> str:
+def eval_dir_path(workdir: str, config, split: str) -> epath.Path:
+  """``WORKDIR/eval`` for the test split, ``WORKDIR/eval_<split>`` else."""
+  name = "eval" if split == config.data.test_split else f"eval_{split}"
+  return epath.Path(workdir) / name
+
+
+def _cache_key(scorer, config, split: str) -> str:
   """Identifies what the cached scores depend on: the checkpoint's variables,
   how the model scores (tasks, sequence length, KD loss form, dtype) and the
   records (their split metadata), not only the step number."""
@@ -76,9 +87,9 @@ def _cache_key(scorer, config) -> str:
                       str(scorer.model.dtype))).encode())
   for leaf in jax.tree.leaves(jax.device_get(scorer.variables)):
     digest.update(np.ascontiguousarray(leaf).tobytes())
-  for split in (config.data.train_split, config.data.test_split):
+  for name in (config.data.train_split, split):
     digest.update(epath.Path(schema.meta_path(config.data.records,
-                                              split)).read_bytes())
+                                              name)).read_bytes())
   return digest.hexdigest()
 
 
@@ -102,8 +113,9 @@ def cached_train_stats(scorer, config, eval_dir: epath.Path, key: str) -> dict:
   return stats
 
 
-def cached_test_scores(scorer, config, eval_dir: epath.Path, key: str
-                ) -> inference.ScoredObjects:
+def cached_test_scores(scorer, config, eval_dir: epath.Path, key: str,
+                       split: Optional[str] = None
+                       ) -> inference.ScoredObjects:
   """The raw per-task scores of every test object, cached per checkpoint in
   ``eval/object_scores_step<N>.npz`` so that re-evaluating with other eval.*
   settings (normalisation, task weights, sigma) skips the model."""
@@ -116,9 +128,9 @@ def cached_test_scores(scorer, config, eval_dir: epath.Path, key: str
             scores={k[len("score_"):]: f[k] for k in f.files
                     if k.startswith("score_")},
             seconds=float(f["seconds"]))
-  info = input_pipeline.records_info(config.data.records,
-                                     config.data.test_split)
-  objs = scorer.score_split(info, int(config.eval.batch_size), desc="test")
+  split = split or config.data.test_split
+  info = input_pipeline.records_info(config.data.records, split)
+  objs = scorer.score_split(info, int(config.eval.batch_size), desc=split)
   tmp = path.with_name(path.name + ".tmp.npz")
   with tmp.open("wb") as f:
     np.savez(f, video_id=objs.video_id, frame_index=objs.frame_index,
@@ -136,6 +148,8 @@ def cached_test_scores(scorer, config, eval_dir: epath.Path, key: str
 class Outputs:
   """What one evaluation computed; the report and figures are made from it."""
   step: int                                  # the checkpoint's step
+  split: str                                 # the scored split
+  context: int                               # its records' context C
   gt: dict[str, ground_truth.VideoGT]        # per test video
   objs: inference.ScoredObjects           # raw per-task test scores
   tasks: tuple[str, ...]                     # scored tasks, models.TASKS order
@@ -166,7 +180,8 @@ class Evaluator:
   so mistakes surface before the model is restored.
   """
 
-  def __init__(self, config, workdir: str, step: Optional[int] = None):
+  def __init__(self, config, workdir: str, step: Optional[int] = None, *,
+               split: Optional[str] = None):
     kd_mode = str(config.eval.get("kd_score", "balanced"))
     if kd_mode not in scoring.KD_SCORES:
       raise errors.ConfigError(
@@ -182,17 +197,26 @@ class Evaluator:
       raise errors.ConfigError(f"config.eval: {e}") from None
     self.config = config
     self.workdir = workdir
-    self.eval_dir = epath.Path(workdir) / "eval"
+    self.split = split or config.data.test_split
+    self.eval_dir = eval_dir_path(workdir, config, self.split)
     if step is None and int(config.eval.checkpoint_step) >= 0:
       step = int(config.eval.checkpoint_step)
     self.step = step
-    self.meta_file = schema.meta_path(config.data.records,
-                                      config.data.test_split)
+    self.meta_file = schema.meta_path(config.data.records, self.split)
     if not epath.Path(self.meta_file).exists():
       raise input_pipeline.DataError(
-          f"no test split in config.data.records={config.data.records!r} "
-          f"({self.meta_file} missing)")
+          f"no {self.split!r} split in config.data.records="
+          f"{config.data.records!r} ({self.meta_file} missing)")
     self.meta = schema.read_json(self.meta_file)
+    # Objects exist for frames C <= t < T-C and hold real frames t-C..t+C
+    # (data_prep.cubes); records from before 2026-12 have C = W.
+    self.context = int(self.meta.get("context", self.meta["half_window"]))
+    if int(config.tasks.seq_half) > self.context:
+      raise errors.ConfigError(
+          f"config.tasks.seq_half={config.tasks.seq_half} exceeds the "
+          f"context {self.context} the {self.split!r} records were built "
+          f"with ({self.meta_file}): scoring would read padded frames; "
+          "rebuild with build.test_context >= tasks.seq_half")
     root = config.data.root or self.meta.get("root", "")
     self.gt = ground_truth.load_split(root, self.meta["videos"])
 
@@ -202,16 +226,40 @@ class Evaluator:
         yield name, value
 
   @functools.cached_property
-  def outputs(self) -> Outputs:
-    config, settings, gt = self.config, self.settings, self.gt
-    scorer = inference.restore_scorer(config, self.workdir, self.step)
+  def _scorer(self):
+    """(scorer, cache key): the restored checkpoint."""
+    scorer = inference.restore_scorer(self.config, self.workdir, self.step)
+    return scorer, _cache_key(scorer, self.config, self.split)
+
+  @functools.cached_property
+  def objects(self) -> inference.ScoredObjects:
+    """The raw per-task scores of every object of the split (cached on disk
+    per checkpoint)."""
+    scorer, key = self._scorer
     (self.eval_dir / "scores").mkdir(parents=True, exist_ok=True)
-    key = _cache_key(scorer, config)
-    objs = cached_test_scores(scorer, config, self.eval_dir, key)
-    unknown = sorted(set(objs.video_id) - set(gt))
+    objs = cached_test_scores(scorer, self.config, self.eval_dir, key,
+                              self.split)
+    unknown = sorted(set(objs.video_id) - set(self.gt))
     if unknown:
       raise EvalDataError(f"records hold objects of videos {unknown[:5]} that "
                           f"{self.meta_file} does not list")
+    return objs
+
+  def train_stats(self) -> dict:
+    """Per-task (mean, std) of training-object scores (cached on disk)."""
+    scorer, key = self._scorer
+    return cached_train_stats(scorer, self.config, self.eval_dir, key)
+
+  @property
+  def videos(self) -> dict[str, tuple[int, int, int]]:
+    """{video_id: (frames, height, width)} of the split."""
+    return {vid: (g.frames, g.height, g.width) for vid, g in self.gt.items()}
+
+  @functools.cached_property
+  def outputs(self) -> Outputs:
+    config, settings, gt = self.config, self.settings, self.gt
+    objs = self.objects
+    scorer, _ = self._scorer
     tasks = tuple(t for t in scoring.TASKS if t in objs.scores)
     weights = settings.weights_for(tasks)
     if not any(weights.values()):
@@ -220,16 +268,15 @@ class Evaluator:
           f"{tasks}")
 
     # --- Object scores: normalise per task, combine.
-    stats = (cached_train_stats(scorer, config, self.eval_dir, key)
-             if settings.normalize == "zscore" else None)
+    stats = self.train_stats() if settings.normalize == "zscore" else None
     normed, combined = scoring.object_anomaly_scores(objs.scores, settings,
                                                      stats)
 
     # --- Maps -> frame scores, per video (combined, and each task alone).
-    videos = {vid: (g.frames, g.height, g.width) for vid, g in gt.items()}
     by_video = functools.partial(scoring.frame_scores_by_video, objs.video_id,
                                  objs.frame_index, objs.box,
-                                 videos=videos, settings=settings)
+                                 videos=self.videos, settings=settings,
+                                 context=self.context)
     t_maps = time.perf_counter()
     frame_scores = by_video(combined)
     maps_seconds = time.perf_counter() - t_maps
@@ -239,14 +286,20 @@ class Evaluator:
     values = {"micro_auc": metrics.micro_auc(frame_scores, labels)}
     values["macro_auc"], per_video, single = metrics.macro_auc(frame_scores,
                                                                labels)
+    values["macro_auc_single_class_as_1"] = metrics.macro_auc_single_as_one(
+        per_video)
     if single:
-      notes.append(f"macro_auc: {single} single-class video(s) skipped")
+      notes.append(f"macro_auc: {single} single-class video(s) skipped; "
+                   "macro_auc_single_class_as_1 counts them as 1.0")
     values["rbdc"], values["tbdc"], note = _detection_metrics(
         objs, combined, gt, extend=bool(config.eval.extend_curves))
     notes.append(note)
     for t in tasks:
-      values[f"per_task/{t}"] = metrics.micro_auc(by_video(normed[t]), labels)
-    return Outputs(step=scorer.step, gt=gt, objs=objs, tasks=tasks,
+      task_frames = by_video(normed[t])
+      values[f"per_task/{t}"] = metrics.micro_auc(task_frames, labels)
+      values[f"per_task_macro/{t}"] = metrics.macro_auc(task_frames, labels)[0]
+    return Outputs(step=scorer.step, split=self.split, context=self.context,
+                   gt=gt, objs=objs, tasks=tasks,
                    weights=weights, combined=combined,
                    frame_scores=frame_scores, per_video=per_video,
                    num_single_class=single, notes=notes,
@@ -298,8 +351,13 @@ def make_report(config, out: Outputs, values: dict[str, float],
   return {
       "micro_auc": values.get("micro_auc"),
       "macro_auc": values.get("macro_auc"),
+      "macro_auc_single_class_as_1": values.get("macro_auc_single_class_as_1"),
       "rbdc": values.get("rbdc"), "tbdc": values.get("tbdc"),
       "per_task_micro_auc": {t: values.get(f"per_task/{t}") for t in out.tasks},
+      "per_task_macro_auc": {t: values.get(f"per_task_macro/{t}")
+                             for t in out.tasks},
+      "split": out.split,
+      "context": out.context,
       "per_video_auc": out.per_video,
       "num_single_class_videos": out.num_single_class,
       "fps": fps,
@@ -311,6 +369,7 @@ def make_report(config, out: Outputs, values: dict[str, float],
       "kd_score": (str(config.eval.get("kd_score", "balanced"))
                    if "kd" in out.tasks else None),
       "sigma": list(config.eval.sigma),
+      "temporal_sigma": float(config.eval.temporal_sigma),
       "map_scale": float(config.eval.map_scale),
       "machine": _machine(),
       "records": config.data.records,
@@ -327,13 +386,16 @@ def write_frame_scores(eval_dir: epath.Path, out: Outputs) -> None:
       np.save(f, s.astype(np.float32))
 
 
-def write_scalars(workdir: str, step: int, values: dict[str, float]) -> None:
-  """``eval/<name>`` scalars at the checkpoint step, in the event directory
+def write_scalars(workdir: str, step: int, values: dict[str, float], *,
+                  prefix: str = "eval") -> None:
+  """``<prefix>/<name>`` scalars (``eval/`` for the test split,
+  ``eval_<split>/`` for another) at the checkpoint step, in the event directory
   the trainer writes ``train/...`` to (train.py: the workdir); process 0
   writes, the others only log."""
   with summaries.create_default_writer(
       workdir, just_logging=jax.process_index() > 0) as writer:
-    writer.write_scalars(step, {f"eval/{k}": v for k, v in values.items()})
+    writer.write_scalars(step, {f"{prefix}/{k}": v for k, v in values.items()
+                                if v is not None})
 
 
 def write_plots(eval_dir: epath.Path, out: Outputs) -> None:
@@ -351,20 +413,23 @@ def write_plots(eval_dir: epath.Path, out: Outputs) -> None:
 
 
 def evaluate(config, workdir: str, step: Optional[int] = None, *,
-             read_frames: Optional[FrameReader] = None) -> dict:
+             read_frames: Optional[FrameReader] = None,
+             split: Optional[str] = None) -> dict:
   """Evaluates checkpoint `step` (default config.eval.checkpoint_step, -1 =
   latest) of workdir on the test split; returns the report.
 
   read_frames: video_id -> its RGB frames; required by
     ``config.eval.render_video`` (the binaries pass
     ``runner.test_frame_reader(config)``).
+  split: the split to score (default config.data.test_split); another
+    split's outputs go to ``WORKDIR/eval_<split>/``.
   """
   t_start = time.perf_counter()
   if config.eval.render_video and read_frames is None:
     raise errors.ConfigError(
         "config.eval.render_video needs the test videos' frames: evaluate "
         "with `python -m ssmtl_jax.evaluate` (or runner.evaluate)")
-  evaluator = Evaluator(config, workdir, step)
+  evaluator = Evaluator(config, workdir, step, split=split)
   values = dict(evaluator.run())
   out = evaluator.outputs
   eval_dir = evaluator.eval_dir
@@ -372,14 +437,14 @@ def evaluate(config, workdir: str, step: Optional[int] = None, *,
   report = make_report(config, out, values, evaluator.meta.get("build_seconds"),
                        time.perf_counter() - t_start)
   schema.write_json_atomic(str(eval_dir / "report.json"), report)
-  write_scalars(workdir, out.step, values)
+  write_scalars(workdir, out.step, values, prefix=eval_dir.name)
   if config.eval.plots:
     write_plots(eval_dir, out)
   if config.eval.render_video:
     from ssmtl_jax import plots  # pylint: disable=g-import-not-at-top
     plots.render_videos(out.gt, out.objs, out.combined, out.frame_scores,
                         str(eval_dir / "videos"), evaluator.settings,
-                        read_frames)
+                        read_frames, context=out.context)
   logging.info("Evaluation report: %s", eval_dir / "report.json")
   print(summary_table(report))
   return report
@@ -389,6 +454,8 @@ def summary_table(report: dict) -> str:
   fmt = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
   rows = [("micro AUC", fmt(report["micro_auc"])),
           ("macro AUC", fmt(report["macro_auc"])),
+          ("  single-class videos as 1.0",
+           fmt(report.get("macro_auc_single_class_as_1"))),
           ("RBDC", fmt(report["rbdc"])), ("TBDC", fmt(report["tbdc"]))]
   rows += [(f"  {t} alone (micro AUC)", fmt(v))
            for t, v in report["per_task_micro_auc"].items()]

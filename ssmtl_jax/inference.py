@@ -48,7 +48,8 @@ def make_score_fn(model: models.SSMTL, cfg: tasks_lib.StepConfig) -> ScoreFn:
     outputs = model.apply(variables, consec, middle_removed,
                           method=models.SSMTL.score_heads)
     return tasks_lib.task_scores(outputs, consec, batch, num_det=cfg.num_det,
-                                 seq_half=cfg.seq_half, kd_loss=cfg.kd_loss)
+                                 seq_half=cfg.seq_half, kd_loss=cfg.kd_loss,
+                                 kd_scales=cfg.kd_scales)
 
   return score
 

@@ -178,6 +178,16 @@ def macro_auc(
   return macro, per_video, len(per_video) - len(defined)
 
 
+def macro_auc_single_as_one(per_video: Mapping[str, Optional[float]]
+                            ) -> Optional[float]:
+  """The other common macro convention: the mean over *all* videos, a
+  single-class video (AUC None in :func:`macro_auc`'s ``per_video``) counted
+  as 1.0. None when there are no videos."""
+  if not per_video:
+    return None
+  return float(np.mean([1.0 if a is None else a for a in per_video.values()]))
+
+
 # --------------------------------------------------------------------------
 # Regions.
 

@@ -47,7 +47,8 @@ def score_curve(scores: np.ndarray, labels: np.ndarray, path: str,
 
 
 def render_videos(gt, objs, combined, frame_scores, out_dir: str, settings,
-                  read_frames: Callable[[str], Iterable[np.ndarray]]) -> None:
+                  read_frames: Callable[[str], Iterable[np.ndarray]], *,
+                  context: int = 0) -> None:
   """Annotated test videos: boxes coloured by object score (blue = lowest,
   red = highest of the test set) over the smoothed anomaly map.
 
@@ -59,6 +60,7 @@ def render_videos(gt, objs, combined, frame_scores, out_dir: str, settings,
     settings: scoring.Settings (map scale and smoothing).
     read_frames: video_id -> its frames, uint8 RGB [H, W, 3], in order (the
       caller reads the videos; this module knows nothing of their format).
+    context: the records' context (``scoring.fill_borders``).
   """
   import cv2  # pylint: disable=g-import-not-at-top
   from ssmtl_jax import scoring  # pylint: disable=g-import-not-at-top
@@ -71,7 +73,7 @@ def render_videos(gt, objs, combined, frame_scores, out_dir: str, settings,
         objs.box[idx], objs.frame_index[idx], combined[idx], g.frames,
         g.height, g.width, background=lo, return_maps=True,
         sigma=settings.sigma, scale=settings.map_scale,
-        temporal_sigma=settings.temporal_sigma)
+        temporal_sigma=settings.temporal_sigma, context=context)
     path = os.path.join(out_dir, f"{vid}.mp4")
     writer = cv2.VideoWriter(path + ".tmp.mp4", cv2.VideoWriter_fourcc(*"mp4v"),
                              10, (g.width, g.height))

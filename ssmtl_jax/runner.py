@@ -62,7 +62,7 @@ def prepare_data(config) -> None:
     return
   from data_prep import builder  # pylint: disable=g-import-not-at-top
   from data_prep import synthetic  # pylint: disable=g-import-not-at-top
-  splits = (config.data.train_split, config.data.test_split)
+  splits = builder.default_splits(config)
   if jax.process_index() == 0:
     params = dict(config.synthetic)
     if not synthetic.is_complete(config.data.root, **params):

@@ -13,7 +13,9 @@ Pipeline for one video:
    detector and classifier parts, and :func:`combine` takes their weighted
    mean;
 3. :func:`anomaly_maps` writes each object's score into its box of a per-frame
-   map (max where boxes overlap), :func:`smooth` applies a 3D Gaussian;
+   map (max where boxes overlap), :func:`fill_borders` gives the first and
+   last C frames (which cannot hold objects: ``data_prep.cubes``) the map of
+   the nearest frame that can, :func:`smooth` applies a 3D Gaussian;
 4. :func:`frame_scores` takes each frame's maximum, optionally followed by
    :func:`temporal_smooth`.
 
@@ -333,6 +335,28 @@ def smooth(maps: np.ndarray, sigma: Sigma, *, truncate: float = 4.0
                                  truncate=truncate)
 
 
+def fill_borders(maps: np.ndarray, context: int) -> np.ndarray:
+  """Gives frames that cannot hold objects the map of the nearest that can.
+
+  Args:
+    maps: float [T, h, w] (modified in place and returned).
+    context: C: objects exist only for frames C <= t < T-C (the records'
+      ``context``, ``data_prep.cubes``); frames t < C copy frame C's map and
+      frames t >= T-C copy frame T-C-1's. Without this, they would hold the
+      background (the most normal score there is) whatever happens in them.
+      Nothing changes when C = 0 or the video has no frame that can hold
+      objects (T <= 2C).
+  Returns:
+    maps.
+  """
+  num = maps.shape[0]
+  if context <= 0 or num <= 2 * context:
+    return maps
+  maps[:context] = maps[context]
+  maps[num - context:] = maps[num - context - 1]
+  return maps
+
+
 def frame_scores(maps: np.ndarray) -> np.ndarray:
   """Per-frame maximum of the maps: float32 [T] from [T, h, w]."""
   maps = np.asarray(maps)
@@ -370,6 +394,7 @@ def video_frame_scores(
     scale: float = 1.0,
     background: Optional[float] = None,
     temporal_sigma: float = 0.0,
+    context: int = 0,
     return_maps: bool = False,
 ):
   """Object scores of one video -> frame scores (maps, smoothing, max).
@@ -381,6 +406,8 @@ def video_frame_scores(
       (the spatial sigmas are multiplied by the map scale, so the result
       barely depends on ``scale``); a scalar is used for all three axes.
     temporal_sigma: optional extra 1D smoothing of the frame scores (frames).
+    context: the first and last ``context`` frames take the maps of the
+      nearest frames that can hold objects (:func:`fill_borders`).
     return_maps: also return the smoothed maps.
   Returns:
     float32 [T] frame scores, or (scores, maps float32 [T, h, w]).
@@ -389,6 +416,7 @@ def video_frame_scores(
   h, w = map_shape(height, width, scale)
   maps = anomaly_maps(boxes, frame_index, scores, num_frames, height, width,
                       scale=scale, background=background)
+  maps = fill_borders(maps, context)
   maps = smooth(maps, (st, sy * h / height, sx * w / width))
   out = temporal_smooth(frame_scores(maps), temporal_sigma)
   return (out, maps) if return_maps else out
@@ -456,6 +484,7 @@ def frame_scores_by_video(
     values: np.ndarray,
     videos: Mapping[str, Tuple[int, int, int]],
     settings: Settings,
+    context: int = 0,
 ) -> dict[str, np.ndarray]:
   """Object scores -> frame scores of every video (maps, smoothing, max).
 
@@ -465,9 +494,12 @@ def frame_scores_by_video(
     videos: {video_id: (num_frames, height, width)}, every video to score
       (a video with no object gets the background value in every frame).
     settings: the map scale and smoothing.
+    context: the records' context C: the first and last C frames of each
+      video, which cannot hold objects, take the maps of the nearest frames
+      that can (:func:`fill_borders`).
   Returns:
-    {video_id: float32 [num_frames]}. Frames covered by no object get the
-    lowest object score of *all* videos, so that micro AUC compares like
+    {video_id: float32 [num_frames]}. Other frames covered by no object get
+    the lowest object score of *all* videos, so that micro AUC compares like
     with like.
   """
   video_id = np.asarray(video_id)
@@ -483,5 +515,5 @@ def frame_scores_by_video(
     out[vid] = video_frame_scores(
         boxes[idx], frame_index[idx], values[idx], frames, height, width,
         sigma=settings.sigma, scale=settings.map_scale, background=background,
-        temporal_sigma=settings.temporal_sigma)
+        temporal_sigma=settings.temporal_sigma, context=context)
   return out

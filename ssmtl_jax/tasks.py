@@ -34,6 +34,7 @@ if TYPE_CHECKING:
   from ssmtl_jax import input_pipeline
 
 Batch = Mapping[str, jax.Array]
+KD_BALANCES = ("none", "target_std")
 
 
 def check_window(seq_half: int, max_gap: int, half_window: int,
@@ -59,6 +60,8 @@ class StepConfig:
   max_gap: int
   num_det: int
   kd_loss: str
+  # Divisors of the KD loss's (detector, classifier) parts (tasks.kd.balance).
+  kd_scales: tuple[float, float] = (1.0, 1.0)
 
   @classmethod
   def from_config(cls, config,
@@ -78,7 +81,39 @@ class StepConfig:
                weights=tuple((t, float(config.tasks[t].weight)) for t in tasks),
                seq_half=int(config.tasks.seq_half),
                max_gap=int(config.tasks.max_gap), num_det=info.num_det,
-               kd_loss=config.tasks.kd.loss)
+               kd_loss=config.tasks.kd.loss,
+               kd_scales=kd_scales(config, info) if "kd" in tasks
+               else (1.0, 1.0))
+
+
+def kd_scales(config, info: "input_pipeline.RecordsInfo"
+              ) -> tuple[float, float]:
+  """(detector, classifier) divisors of the KD loss parts for
+  ``config.tasks.kd.balance``: 1 for 'none'; for 'target_std' the spread of
+  each teacher's targets over the training records (``teacher_std`` in the
+  split metadata, ``data_prep.builder.teacher_std``), squared for the l2
+  loss."""
+  balance = str(config.tasks.kd.get("balance", "none"))
+  if balance not in KD_BALANCES:
+    raise errors.ConfigError(f"config.tasks.kd.balance={balance!r}: expected "
+                             f"one of {KD_BALANCES}")
+  if balance == "none":
+    return (1.0, 1.0)
+  from ssmtl_jax import schema  # pylint: disable=g-import-not-at-top
+  meta_file = schema.meta_path(info.records_dir, info.split)
+  std = schema.read_json(meta_file).get("teacher_std")
+  if not std:
+    raise errors.ConfigError(
+        f"config.tasks.kd.balance='target_std' needs the teachers' target "
+        f"spread in {meta_file}, which records built before 2026-12 lack: "
+        "rebuild the records, or set config.tasks.kd.balance=none")
+  power = 1 if config.tasks.kd.loss == "l1" else 2
+  scales = []
+  for part in ("det", "cls"):
+    value = float(std.get(part, 1.0))
+    # A constant teacher (spread 0) has nothing to balance: leave it as is.
+    scales.append(value ** power if value > 1e-12 else 1.0)
+  return tuple(scales)
 
 
 def consecutive_indices(half_window: int, seq_half: int) -> jax.Array:
@@ -159,24 +194,31 @@ def teacher_targets(batch: Batch) -> jax.Array:
 
 
 def kd_parts(pred: jax.Array, target: jax.Array, num_det: int,
-             kind: str = "l1") -> dict[str, jax.Array]:
+             kind: str = "l1", scales: tuple[float, float] = (1.0, 1.0)
+             ) -> dict[str, jax.Array]:
   """Per-example distance to each teacher [B]: {'det': mean error over the
-  detector's class probabilities, 'cls': mean error over the classifier's
-  logits} (a part is absent when its teacher has no outputs)."""
+  detector's class probabilities / scales[0], 'cls': mean error over the
+  classifier's logits / scales[1]} (a part is absent when its teacher has no
+  outputs)."""
   err = jnp.abs(pred - target) if kind == "l1" else jnp.square(pred - target)
   parts = {"det": err[:, :num_det], "cls": err[:, num_det:]}
-  return {k: p.mean(axis=-1) for k, p in parts.items() if p.shape[-1] > 0}
+  scale = dict(zip(("det", "cls"), scales))
+  return {k: p.mean(axis=-1) / scale[k] for k, p in parts.items()
+          if p.shape[-1] > 0}
 
 
 def kd_discrepancy(pred: jax.Array, target: jax.Array, num_det: int,
-                   kind: str = "l1") -> jax.Array:
+                   kind: str = "l1", scales: tuple[float, float] = (1.0, 1.0)
+                   ) -> jax.Array:
   """Per-example distance to the teachers [B]: the sum of the two parts of
   :func:`kd_parts` (averaged separately, so the 1000 logits do not outnumber
-  the 80 probabilities). This is the KD training loss."""
-  return sum(kd_parts(pred, target, num_det, kind).values())
+  the 80 probabilities, and divided by ``scales``). This is the KD training
+  loss."""
+  return sum(kd_parts(pred, target, num_det, kind, scales).values())
 
 
-def task_losses(outputs, targets, *, num_det: int, kd_loss: str = "l1"):
+def task_losses(outputs, targets, *, num_det: int, kd_loss: str = "l1",
+                kd_scales: tuple[float, float] = (1.0, 1.0)):
   """Per-task mean losses and accuracies. Returns {name: scalar}."""
   metrics = {}
   for task in ("aot", "mi"):
@@ -188,22 +230,28 @@ def task_losses(outputs, targets, *, num_det: int, kd_loss: str = "l1"):
   if "mbp" in outputs:
     metrics["mbp_loss"] = jnp.abs(outputs["mbp"] - targets["mbp"]).mean()
   if "kd" in outputs:
-    metrics["kd_loss"] = kd_discrepancy(outputs["kd"], targets["kd"], num_det,
-                                        kd_loss).mean()
+    parts = kd_parts(outputs["kd"], targets["kd"], num_det, kd_loss,
+                     kd_scales)
+    metrics["kd_loss"] = sum(parts.values()).mean()
+    if len(parts) > 1:  # each teacher's share of the KD loss
+      for k, v in parts.items():
+        metrics[f"kd_{k}_loss"] = v.mean()
   return metrics
 
 
 def joint_loss(outputs, targets, weights: Mapping[str, float], *, num_det: int,
-               kd_loss: str = "l1"):
+               kd_loss: str = "l1", kd_scales: tuple[float, float] = (1.0, 1.0)):
   """Sum of weight * loss over the tasks present in outputs; returns (loss, metrics)."""
-  metrics = task_losses(outputs, targets, num_det=num_det, kd_loss=kd_loss)
+  metrics = task_losses(outputs, targets, num_det=num_det, kd_loss=kd_loss,
+                        kd_scales=kd_scales)
   total = sum(weights[t] * metrics[f"{t}_loss"] for t in outputs)
   metrics["loss"] = total
   return total, metrics
 
 
 def task_scores(outputs, consecutive: jax.Array, batch: Batch, *,
-                  num_det: int, seq_half: int, kd_loss: str = "l1"):
+                  num_det: int, seq_half: int, kd_loss: str = "l1",
+                  kd_scales: tuple[float, float] = (1.0, 1.0)):
   """Per-object anomaly scores of each task [B] (higher = more abnormal).
 
   aot: P(backward | forward input); mi: P(intermittent | consecutive input);
@@ -220,7 +268,8 @@ def task_scores(outputs, consecutive: jax.Array, batch: Batch, *,
     middle = consecutive[:, seq_half]
     scores["mbp"] = jnp.abs(outputs["mbp"] - middle).mean(axis=(1, 2, 3))
   if "kd" in outputs:
-    parts = kd_parts(outputs["kd"], teacher_targets(batch), num_det, kd_loss)
+    parts = kd_parts(outputs["kd"], teacher_targets(batch), num_det, kd_loss,
+                     kd_scales)
     scores["kd"] = sum(parts.values())
     scores.update({f"kd_{k}": v for k, v in parts.items()})
   return scores

@@ -102,7 +102,8 @@ def train_step(state: TrainState, batch, rng: jax.Array, *, model: models.SSMTL,
         train=True, mutable=["batch_stats"])
     loss, metrics = tasks_lib.joint_loss(outputs, targets, dict(cfg.weights),
                                          num_det=cfg.num_det,
-                                         kd_loss=cfg.kd_loss)
+                                         kd_loss=cfg.kd_loss,
+                                         kd_scales=cfg.kd_scales)
     return loss, (metrics, new_vars["batch_stats"])
 
   grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)

@@ -29,7 +29,9 @@ from tests import record_helpers
 
 W = 3            # build.half_window: cubes of 2W+1 = 7 frames
 FRAMES = 20
-SHORT = 5        # < 2W+1: no frame has a full window
+# Test objects need frames t-C..t+C, C = tasks.seq_half = 1 (build.test_context
+# 0): a 2-frame video has no such frame.
+SHORT = 2
 STEPS, KEEP = 4, 2
 
 
@@ -140,9 +142,9 @@ def test_checkpoint_keep_leaves_the_latest_steps(job):
 def test_short_video_builds_with_zero_objects(job):
   _, _, metas, _ = job
   videos = metas["test"]["videos"]
-  # Frames 0-4 of test_00 hold detections, but no frame t has the frames
-  # t-3..t+3 of a cube: the builder keeps the video (frames, size, labels)
-  # and writes no object, without an error.
+  # Frames 0-1 of test_00 hold detections, but no frame t has the frames
+  # t-1..t+1 that scoring reads: the builder keeps the video (frames, size,
+  # labels) and writes no object, without an error.
   assert videos["test_short"]["frames"] == SHORT
   assert videos["test_short"]["objects"] == 0
   assert videos["test_short"]["abnormal_frames"] is not None

@@ -24,7 +24,7 @@ SSMTL_BASE = {"ssmtl_jax.errors", "ssmtl_jax.schema", "ssmtl_jax.files",
 DATA_PREP_TOOLS = {
     "data_prep.build": SSMTL_BASE | {"ssmtl_jax.config_checks"},
     "data_prep.recall": SSMTL_BASE | {"ssmtl_jax.input_pipeline",
-                                      "ssmtl_jax.scoring"},
+                                      "ssmtl_jax.scoring", "ssmtl_jax.metrics"},
 }
 
 

@@ -1,0 +1,338 @@
+"""The accuracy fixes: test objects up to the video borders (and border frames
+scored from their neighbours), the classifier teacher on full-resolution
+crops, the two distillation parts balanced in the loss, both macro-AUC
+conventions, and eval settings chosen on a validation split."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from data_prep import builder
+from data_prep import cubes
+from data_prep import objects
+from data_prep import synthetic
+from data_prep import video_io
+from ssmtl_jax import errors
+from ssmtl_jax import evaluator as ev
+from ssmtl_jax import input_pipeline
+from ssmtl_jax import metrics
+from ssmtl_jax import schema
+from ssmtl_jax import scoring
+from ssmtl_jax import tasks
+from ssmtl_jax import train
+from ssmtl_jax import validate
+from tests import record_helpers
+
+FRAMES, W, C = 20, 3, 1
+
+
+# --------------------------------------------------------------------------
+# Sliding windows with a context smaller than the half window.
+
+
+def _frames(n):
+  return [np.full((2, 3, 1), i, np.uint8) for i in range(n)]
+
+
+def test_sliding_windows_context_reaches_the_borders():
+  got = list(cubes.sliding_windows(_frames(10), 3, context=1))
+  assert [t for t, _ in got] == list(range(1, 9))
+  for t, window in got:
+    want = np.clip(np.arange(t - 3, t + 4), 0, 9)
+    np.testing.assert_array_equal(window[:, 0, 0, 0], want)
+  # context = W is the old policy: full windows only, same arrays.
+  full = list(cubes.sliding_windows(_frames(10), 3))
+  assert [t for t, _ in full] == [3, 4, 5, 6]
+  for (t, a), (u, b) in zip(full, cubes.sliding_windows(_frames(10), 3, 3)):
+    assert t == u
+    np.testing.assert_array_equal(a, b)
+  # Short videos: a centre needs C real frames on each side.
+  assert [t for t, _ in cubes.sliding_windows(_frames(2), 3, 1)] == []
+  assert [t for t, _ in cubes.sliding_windows(_frames(3), 3, 1)] == [1]
+  with pytest.raises(ValueError, match="context"):
+    list(cubes.sliding_windows(_frames(3), 3, 4))
+
+
+# --------------------------------------------------------------------------
+# The builder: test split with context C, training with the whole window;
+# teacher statistics in the split metadata.
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("borders"))
+  synthetic.generate(root, seed=3, num_train=1, num_test=1, num_frames=FRAMES,
+                     height=60, width=80, channels=1, objects_per_frame=2)
+  return root
+
+
+def _config(root, records):
+  config = record_helpers.file_detections_config(root, records, half_window=W)
+  config.tasks.seq_half = C
+  return config
+
+
+@pytest.fixture(scope="module")
+def built(data_root, tmp_path_factory):
+  records = str(tmp_path_factory.mktemp("records") / "r")
+  return records, builder.build(_config(data_root, records))
+
+
+def _read(records, split, keys):
+  info = input_pipeline.records_info(records, split)
+  out = {k: [] for k in keys}
+  for b in input_pipeline.eval_dataset(info, batch_size=64,
+                                       keys=keys).as_numpy_iterator():
+    for k in keys:
+      out[k].append(b[k])
+  return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def test_test_objects_reach_the_borders_training_keeps_whole_windows(
+    data_root, built):
+  records, metas = built
+  assert (metas["train"]["context"], metas["test"]["context"]) == (W, C)
+  train_t = _read(records, "train", ("frame_index",))["frame_index"]
+  assert train_t.min() >= W and train_t.max() < FRAMES - W
+  test = _read(records, "test", ("frame_index", "box", "crops"))
+  t_all = test["frame_index"]
+  assert t_all.min() == C and t_all.max() == FRAMES - C - 1
+  src = video_io.list_videos(data_root, "test")[0]
+  frames = np.stack(list(video_io.iter_frames(src, 1)))
+  for t, box, crops in zip(t_all, test["box"], test["crops"]):
+    # Every stored frame is the box cut from frame t+k, clamped to the video.
+    idx = np.clip(np.arange(t - W, t + W + 1), 0, FRAMES - 1)
+    want = cubes.crop_cube(frames[idx], box, size=16, min_size=4.0)
+    np.testing.assert_array_equal(crops, want)
+
+
+def test_teacher_std_in_the_metadata_matches_numpy(built):
+  records, metas = built
+  det = _read(records, "train", ("teacher_det",))["teacher_det"].astype(
+      np.float64)
+  want = np.sqrt(det.var(axis=0).mean())
+  assert metas["train"]["teacher_std"]["det"] == pytest.approx(want, rel=1e-9)
+  assert "cls" not in metas["train"]["teacher_std"]  # classifier 'none'
+
+
+def test_changing_test_context_leaves_training_records_valid(
+    data_root, tmp_path):
+  records = str(tmp_path / "r")
+  config = _config(data_root, records)
+  builder.build(config)
+  shard = [f for f in os.listdir(records) if "train.tfrecord" in f][0]
+  mtime = os.stat(os.path.join(records, shard)).st_mtime_ns
+  config.build.test_context = W  # the old policy for the test split
+  with pytest.raises(errors.ConfigError, match="other settings"):
+    builder.build(config, ("test",))
+  builder.build(config, ("train",))
+  assert os.stat(os.path.join(records, shard)).st_mtime_ns == mtime
+
+
+# --------------------------------------------------------------------------
+# Border frames take the nearest scored frame's map.
+
+
+def test_border_frames_take_the_nearest_scorable_frame():
+  num, c = 12, 2
+  boxes = np.tile([[10.0, 10.0, 20.0, 20.0]], (num - 2 * c, 1))
+  frame_index = np.arange(c, num - c)
+  scores = np.linspace(1.0, 5.0, num - 2 * c)
+  kwargs = dict(sigma=0.0, scale=1.0, background=0.0)
+  got = scoring.video_frame_scores(boxes, frame_index, scores, num, 30, 30,
+                                   context=c, **kwargs)
+  np.testing.assert_allclose(got[c:num - c], scores)
+  np.testing.assert_allclose(got[:c], scores[0])
+  np.testing.assert_allclose(got[num - c:], scores[-1])
+  # Without the context the border frames hold the background.
+  old = scoring.video_frame_scores(boxes, frame_index, scores, num, 30, 30,
+                                   **kwargs)
+  np.testing.assert_allclose(old[:c], 0.0)
+  # A video too short for any object is left alone.
+  short = scoring.fill_borders(np.zeros((4, 2, 2), np.float32) + 7, 2)
+  np.testing.assert_array_equal(short, 7)
+
+
+# --------------------------------------------------------------------------
+# The classifier teacher sees the object at its own resolution.
+
+
+def test_classifier_input_is_cut_from_the_full_resolution_frame():
+  rng = np.random.default_rng(0)
+  frames = [rng.integers(0, 256, (60, 80, 1), np.uint8) for _ in range(7)]
+  box = np.array([10.3, 5.6, 40.2, 50.7], np.float32)
+  dets = np.concatenate([box, [0.9, 0.0], [0.9]]).astype(np.float32)[None]
+  seen = []
+
+  def classifier(images):
+    seen.append(images)
+    return np.zeros((len(images), 5), np.float32)
+
+  def run(crop):
+    seen.clear()
+    objs = list(objects.iter_objects(
+        [(f, dets if t == 3 else dets[:0]) for t, f in enumerate(frames)],
+        video_id="v", half_window=3, crop_size=16, padding=0.1,
+        min_box_size=4.0, square=False, classifier=classifier,
+        classifier_crop=crop))
+    assert len(objs) == 1 and "_teacher_input" not in objs[0]
+    return objs[0], seen[0][0]
+
+  obj, image = run(48)
+  want = cubes.crop_cube(frames[3][None], box, size=48, padding=0.1)[0]
+  assert image.shape == (48, 48, 1)
+  np.testing.assert_array_equal(image, want)
+  # The stored cube is unchanged by where the teacher's input comes from.
+  old_obj, old_image = run(None)
+  np.testing.assert_array_equal(old_image, obj["crops"][3])
+  np.testing.assert_array_equal(old_obj["crops"], obj["crops"])
+
+
+# --------------------------------------------------------------------------
+# Distillation: both teachers move the gradient.
+
+
+def _kd_config(records, balance="target_std", loss="l1"):
+  config = record_helpers.tiny_config(records)
+  config.tasks.kd.balance = balance
+  config.tasks.kd.loss = loss
+  return config
+
+
+def _records_with_std(tmp_path, std):
+  records = str(tmp_path / "r")
+  record_helpers.write_records(records, num_det=4, num_cls=3)
+  meta = {"half_window": 6, "videos": {}}
+  if std is not None:
+    meta["teacher_std"] = std
+  schema.write_json_atomic(schema.meta_path(records, "train"), meta)
+  return records
+
+
+def test_kd_scales_come_from_the_training_metadata(tmp_path):
+  records = _records_with_std(tmp_path, {"det": 0.05, "cls": 2.0})
+  info = input_pipeline.records_info(records, "train")
+  assert tasks.kd_scales(_kd_config(records), info) == (0.05, 2.0)
+  assert tasks.kd_scales(_kd_config(records, loss="l2"), info) == (
+      pytest.approx(0.0025), 4.0)
+  assert tasks.kd_scales(_kd_config(records, "none"), info) == (1.0, 1.0)
+  cfg = tasks.StepConfig.from_config(_kd_config(records), info)
+  assert cfg.kd_scales == (0.05, 2.0)
+  old = _records_with_std(tmp_path / "old", None)
+  with pytest.raises(errors.ConfigError, match="rebuild the records"):
+    tasks.kd_scales(_kd_config(old), input_pipeline.records_info(old, "train"))
+
+
+def test_both_kd_parts_move_the_gradient():
+  num_det, num_cls, b = 80, 1000, 4
+  rng = np.random.default_rng(0)
+  target = jnp.asarray(rng.normal(size=(b, num_det + num_cls)), jnp.float32)
+  pred = target + jnp.asarray(rng.normal(size=target.shape), jnp.float32)
+
+  def share(scales):
+    g = jax.grad(lambda p: tasks.kd_discrepancy(
+        p, target, num_det, "l1", scales).mean())(pred)
+    det, cls = jnp.linalg.norm(g[:, :num_det]), jnp.linalg.norm(g[:, num_det:])
+    return float(det / (det + cls))
+
+  # Unbalanced, the detector's 80 outputs get a per-output gradient 1000/80
+  # times the logits'; with Ped2-like target spreads (probabilities ~0.03,
+  # logits ~1.7) their error is then divided by very different scales.
+  scales = (0.03, 1.7)
+  g = jax.grad(lambda p: tasks.kd_discrepancy(
+      p, target, num_det, "l1", scales).mean())(pred)
+  np.testing.assert_allclose(np.abs(g[:, :num_det]), 1 / (b * num_det * 0.03),
+                             rtol=1e-5)
+  np.testing.assert_allclose(np.abs(g[:, num_det:]), 1 / (b * num_cls * 1.7),
+                             rtol=1e-5)
+  assert share(scales) > share((1.0, 1.0))
+  # The loss's value: each part's mean error over its scale.
+  parts = tasks.kd_parts(pred, target, num_det, "l1", scales)
+  want_det = np.abs(np.asarray(pred - target))[:, :num_det].mean(1) / 0.03
+  np.testing.assert_allclose(parts["det"], want_det, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------
+# Macro AUC, both conventions.
+
+
+def test_macro_auc_single_class_as_one():
+  per_video = {"a": 0.8, "b": None, "c": 0.6}
+  assert metrics.macro_auc_single_as_one(per_video) == pytest.approx(0.8)
+  assert metrics.macro_auc_single_as_one({}) is None
+
+
+# --------------------------------------------------------------------------
+# Settings chosen on a validation split.
+
+
+@pytest.fixture(scope="module")
+def val_job(data_root, tmp_path_factory):
+  """The test videos again as a 'val' split (labels, detections) and a
+  model trained for a few steps."""
+  base = tmp_path_factory.mktemp("val")
+  root = str(base / "root")
+  os.makedirs(root)
+  for name in ("train", "test", "gt_frame", "gt_pixel"):
+    os.symlink(os.path.join(data_root, name), os.path.join(root, name))
+  os.symlink(os.path.join(data_root, "test"), os.path.join(root, "val"))
+  os.makedirs(os.path.join(root, "detections"))
+  for split, src in (("train", "train"), ("test", "test"), ("val", "test")):
+    os.symlink(os.path.join(data_root, "detections", src),
+               os.path.join(root, "detections", split))
+  config = _config(root, str(base / "records"))
+  config.data.val_split = "val"
+  config.model.widths = (4,)
+  config.tasks.max_gap = 2
+  config.input.batch_size = 8
+  config.input.shuffle_buffer = 16
+  config.total_steps = 3
+  config.log_every_steps = 3
+  config.checkpoint.every_steps = 3
+  config.progress_bar = False
+  config.eval.after_training = False
+  config.eval.batch_size = 16
+  config.eval.plots = False
+  metas = builder.build(config)
+  assert set(metas) == {"train", "test", "val"}
+  workdir = str(base / "wd")
+  train.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def test_validate_chooses_on_the_val_split_only(val_job):
+  config, workdir = val_job
+  grid = {"normalize": ("zscore", "minmax"), "temporal_sigma": (0.0, 2.0)}
+  result = validate.select(config, workdir, grid=grid)
+  assert len(result["rows"]) == 4 and result["split"] == "val"
+  best = max(r["micro_auc"] for r in result["rows"])
+  assert result["chosen_micro_auc"] == best
+  assert result["flags"] == [f"--config.eval.{k}={v}"
+                             for k, v in result["chosen"].items()]
+  saved = json.loads(open(os.path.join(workdir, "eval_val",
+                                       "selection.json")).read())
+  assert saved["chosen"] == result["chosen"]
+  # Nothing of the test split was scored or written.
+  assert not os.path.exists(os.path.join(workdir, "eval"))
+  # The chosen row's number is what the evaluator reports for that setting
+  # on the val split (the same path, not a copy).
+  chosen = config.copy_and_resolve_references()
+  with chosen.unlocked():
+    for k, v in result["chosen"].items():
+      chosen.eval[k] = v
+  report = ev.evaluate(chosen, workdir, split="val")
+  assert report["micro_auc"] == pytest.approx(result["chosen_micro_auc"])
+  assert report["split"] == "val"
+  assert os.path.exists(os.path.join(workdir, "eval_val", "report.json"))
+
+
+def test_validate_needs_a_val_split(val_job):
+  config, workdir = val_job
+  config = config.copy_and_resolve_references()
+  config.data.val_split = ""
+  with pytest.raises(errors.ConfigError, match="config.data.val_split"):
+    validate.select(config, workdir)
