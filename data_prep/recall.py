@@ -24,7 +24,8 @@ which boxes are abnormal: it gives 1 to every object whose box (rounded as
 ``scoring.rasterize_boxes``) overlaps the anomaly mask of its frame and 0 to
 every other object. A frame's score is the max over its objects (0 when it
 has none); border frames take the score of the nearest frame that can hold
-objects (t < c: frame c; t >= T-c: frame T-c-1; every frame 0 when T <= 2c).
+objects (t < c: frame c; t >= T-c: frame T-c-1; when T <= 2c no frame holds
+objects and every frame scores 0).
 The bound is then micro AUC over all frames of all videos, per-video AUC
 (None for a single-class video) and macro AUC over the two-class videos
 (``metrics.micro_auc`` / ``metrics.macro_auc``; sklearn, ties count 1/2), and
@@ -73,16 +74,12 @@ def context_of(meta: Mapping) -> int:
 
 
 def border_copy(scores: np.ndarray, context: int) -> np.ndarray:
-  """Frames t < c take frame c's score, frames t >= T-c frame T-c-1's (all 0
-  when no frame can hold objects, T <= 2c). Returns a new float64 [T]."""
-  scores = np.asarray(scores, np.float64)
-  t_len, c = scores.shape[0], int(context)
-  if t_len <= 2 * c:
-    return np.zeros(t_len, np.float64)
-  out = scores.copy()
-  out[:c] = scores[c]
-  out[t_len - c:] = scores[t_len - c - 1]
-  return out
+  """Frames t < c take frame c's score, frames t >= T-c frame T-c-1's, as
+  the evaluator's maps (``scoring.fill_borders``); unchanged when no frame
+  can hold objects (T <= 2c: every score is 0 then). Returns a new float64
+  [T]."""
+  scores = np.array(scores, np.float64)
+  return scoring.fill_borders(scores[:, None, None], int(context))[:, 0, 0]
 
 
 def _video(masks: np.ndarray, boxes_at, c: int) -> tuple[dict, np.ndarray]:
@@ -145,10 +142,9 @@ def auc_bound(scores: Mapping[str, np.ndarray],
   except ValueError:
     micro = None  # one class over all frames
   macro, per_video, _ = metrics.macro_auc(scores, labels)
-  as_1 = [1.0 if a is None else a for a in per_video.values()]
   return ({"micro": micro, "macro": macro,
-           "macro_single_class_as_1": float(np.mean(as_1)) if as_1 else None},
-          per_video)
+           "macro_single_class_as_1": metrics.macro_auc_single_as_one(
+               per_video)}, per_video)
 
 
 def anomaly_recall(records: str, root: str, split: str = "test") -> dict:
