@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # UCSD Ped2 on one GPU/TPU machine within a wall-time budget, in one command:
+# make a validation split from held-out training videos (data_prep.validation),
 # build the records (configs/ped2.py's detector and teacher, both run through
 # JAX, so on the accelerator), benchmark (python -m benchmarks.compare), train
-# configs/ped2.py for as many steps as the budget leaves, evaluate. Only small
-# files go to OUT_DIR; records, checkpoints and caches stay in a scratch dir.
+# configs/ped2.py on the other training videos for as many steps as the budget
+# leaves, choose the eval settings on the validation split (ssmtl_jax.validate;
+# never on test labels, as scripts/reproduce_ped2.sh), evaluate the test split
+# with them. Only small files go to OUT_DIR; records, checkpoints and caches
+# stay in a scratch dir.
 #
 #   scripts/accelerator_run.sh [--dry_run] OUT_DIR [MINUTES (default 9) [--config.key=value ...]]
 #
@@ -14,6 +18,7 @@
 # resumes from that checkpoint with
 #   total_steps = M + rate x (MINUTES x 60 - elapsed - eval reserve
 #                             - start-up overhead - 5 % margin)
+# (the eval reserve covers both the validate and the evaluate stage)
 # (start-up overhead = the measuring run's wall time minus its timed steps;
 # paid again by the resumed process), at most config.num_epochs epochs. The
 # cosine schedule decays over exactly those total_steps.
@@ -24,22 +29,29 @@
 # Environment (all optional):
 #   SSMTL_PED2=DIR          data root: DIR/{train,test}/<video>/, gt_frame/, gt_pixel/
 #                           (default ../shared/data/ped2 beside the repository)
-#   SSMTL_SUBSET=1          2 training + 2 test videos of it (symlinks; a CPU check)
+#   SSMTL_SUBSET=1          a subset of it (symlinks; a CPU check): training videos
+#                           01, 02 and the held-out ones (default holdout 08),
+#                           test videos 02, 12
+#   SSMTL_HOLDOUT=IDS       training videos held out to make the validation split,
+#                           comma-separated (default 08,16; 08 with SSMTL_SUBSET=1)
 #   SSMTL_CONFIG=FILE       default configs/ped2.py
 #   SSMTL_BACKEND=gpu|tpu|cpu   default: jax.default_backend()
 #   SSMTL_BATCH=N           global batch (default 256 on GPU/TPU, the config's on CPU)
 #   SSMTL_LR=X              peak learning rate (default config lr x batch / config batch)
 #   SSMTL_WARMUP_STEPS=N    default config warm-up x config batch / batch
 #   SSMTL_MEASURE_STEPS=N   steps of the measuring run (default min(100, warm-up))
-#   SSMTL_EVAL_RESERVE_S=S  seconds kept for evaluation (default 90 GPU/TPU, 60 CPU)
+#   SSMTL_EVAL_RESERVE_S=S  seconds kept for validate + evaluate (default 90 GPU/TPU, 60 CPU)
 #   SSMTL_BENCH=full|quick|skip   default full on GPU/TPU, quick on CPU
 #   SSMTL_BENCH_FLAGS="..." extra flags for benchmarks.compare (e.g. --notorch_compile)
 #   SSMTL_SCRATCH=DIR       records, checkpoints, JAX cache (kept, and the records
 #                           reused on a rerun); default a temporary dir, deleted at exit
-# The script sets data.root, data.records, input.batch_size, optim.learning_rate,
-# optim.warmup_steps, total_steps and eval.after_training itself; other
-# --config.* overrides go to every stage after its own defaults (GPU/TPU:
-# model.dtype=bfloat16, detector batch 32, classifier batch 256).
+# The script sets data.root (SCRATCH/data, made by data_prep.validation),
+# data.records, data.val_split (val), input.batch_size, optim.learning_rate,
+# optim.warmup_steps, total_steps and eval.after_training itself, and
+# ssmtl_jax.validate chooses eval.normalize, eval.kd_score and
+# eval.temporal_sigma; other --config.* overrides go to every stage after its
+# own defaults (GPU/TPU: model.dtype=bfloat16, detector batch 32, classifier
+# batch 256).
 set -euo pipefail
 prog=accelerator_run.sh
 usage="usage: $0 [--dry_run] OUT_DIR [MINUTES (default 9) [--config.key=value ...]]"
@@ -63,10 +75,13 @@ if [ $# -ge 1 ] && [ "${1#--}" = "$1" ]; then minutes=$1; shift; fi
   die "MINUTES must be a positive number, got '$minutes' ($usage)"
 for a in "$@"; do
   case "$a" in
-    --config.data.root=*|--config.data.records=*|--config.input.batch_size=*|\
+    --config.data.root=*|--config.data.records=*|--config.data.val_split=*|\
+    --config.input.batch_size=*|\
     --config.optim.learning_rate=*|--config.optim.warmup_steps=*|\
     --config.total_steps=*|--config.eval.after_training=*)
-      die "$a is set by this script (use SSMTL_PED2, SSMTL_BATCH, SSMTL_LR, SSMTL_WARMUP_STEPS or MINUTES)" ;;
+      die "$a is set by this script (use SSMTL_PED2, SSMTL_HOLDOUT, SSMTL_BATCH, SSMTL_LR, SSMTL_WARMUP_STEPS or MINUTES)" ;;
+    --config.eval.normalize=*|--config.eval.kd_score=*|--config.eval.temporal_sigma=*)
+      die "$a is chosen on the validation split by ssmtl_jax.validate (see its selection.json)" ;;
     --config.*=*) ;;
     *) die "unexpected argument '$a': only --config.key=value overrides may follow MINUTES" ;;
   esac
@@ -82,6 +97,12 @@ for v in SSMTL_LR SSMTL_EVAL_RESERVE_S; do
 done
 case "${SSMTL_BENCH:-}" in ""|full|quick|skip) ;; *) die "SSMTL_BENCH must be full, quick or skip, got '$SSMTL_BENCH'" ;; esac
 case "${SSMTL_BACKEND:-}" in ""|gpu|tpu|cpu) ;; *) die "SSMTL_BACKEND must be gpu, tpu or cpu, got '$SSMTL_BACKEND'" ;; esac
+subset=${SSMTL_SUBSET:-0}
+if [ -n "${SSMTL_HOLDOUT+x}" ]; then holdout=$SSMTL_HOLDOUT
+elif [ "$subset" = 1 ]; then holdout=08
+else holdout=08,16; fi
+[[ "$holdout" =~ ^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$ ]] ||
+  die "SSMTL_HOLDOUT must be comma-separated training video ids (e.g. 08,16), got '$holdout'"
 
 caller=$(pwd)
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -159,8 +180,8 @@ print(total)
 EOF
 }
 
-common=(--config "$config" --config.data.root="@ROOT@" --config.data.records="@SCRATCH@/records"
-        --config.input.batch_size="$batch")
+common=(--config "$config" --config.data.root="@SCRATCH@/data" --config.data.records="@SCRATCH@/records"
+        --config.data.val_split=val --config.input.batch_size="$batch")
 defaults=(--config.progress_bar=False)
 [ "$accel" = 1 ] && defaults+=(--config.model.dtype=bfloat16
   --config.build.detector.batch_size=32 --config.build.classifier.batch_size=256)
@@ -173,17 +194,22 @@ bench_flags+=(${SSMTL_BENCH_FLAGS:-})
 
 echo "$prog: backend $backend; batch $batch (config $cfg_batch), lr $lr, warm-up $warmup steps," \
      "measuring $measure steps; budget ${minutes} min; eval reserve ${reserve} s;" \
-     "benchmark $bench$([ "${SSMTL_SUBSET:-0}" = 1 ] && echo '; Ped2 subset (2+2 videos)')"
+     "benchmark $bench$([ "$subset" = 1 ] && echo '; Ped2 subset (train 01, 02 + held out; test 02, 12)');" \
+     "held out for validation: $holdout"
 if [ "$dry_run" = 1 ]; then
-  show() { local s="$*"; s=${s//@ROOT@/$root}; echo "  ${s//@SCRATCH@/SCRATCH}"; }
-  echo "commands (SCRATCH = \$SSMTL_SCRATCH or a temporary dir; TOTAL_STEPS from the plan):"
+  show() { local s="$*"; echo "  ${s//@SCRATCH@/SCRATCH}"; }
+  echo "commands (SCRATCH = \$SSMTL_SCRATCH or a temporary dir; TOTAL_STEPS from the plan;" \
+       "CHOSEN_FLAGS = the --config.eval.* flags ssmtl_jax.validate chose, from SCRATCH/train/eval_val/selection.json):"
   show python -m data_prep.detector.weights
+  if [ "$subset" = 1 ]; then val_root=@SCRATCH@/ped2_subset; else val_root=$root; fi
+  show python -m data_prep.validation --root "$val_root" --out @SCRATCH@/data --holdout "$holdout"
   show python -m data_prep.build "${common[@]}" "${defaults[@]}" "$@"
   [ "$bench" != skip ] && show python -m benchmarks.compare "${bench_flags[@]}" --frames "$root/test/$(ls "$root/test" | head -n 1)"
   show python -m ssmtl_jax.main "${common[@]}" "${defaults[@]}" "$@" "${train_flags[@]}" --config.total_steps="$measure"
   show python -m ssmtl_jax.main "${common[@]}" "${defaults[@]}" "$@" "${train_flags[@]}" --config.total_steps=TOTAL_STEPS
-  show python -m ssmtl_jax.evaluate "${common[@]}" "${defaults[@]}" "$@" --workdir @SCRATCH@/train
-  show python -m data_prep.recall --records @SCRATCH@/records --root "$root"
+  show python -m ssmtl_jax.validate "${common[@]}" "${defaults[@]}" "$@" --workdir @SCRATCH@/train
+  show python -m ssmtl_jax.evaluate "${common[@]}" "${defaults[@]}" "$@" CHOSEN_FLAGS --workdir @SCRATCH@/train
+  show python -m data_prep.recall --records @SCRATCH@/records --root @SCRATCH@/data
   rate=${SSMTL_ASSUME_STEPS_PER_S:-10}
   echo "assuming ${SSMTL_ASSUME_ELAPSED_S:-0} s elapsed before training, a ${SSMTL_ASSUME_MEASURE_WALL_S:-30} s measuring run at $rate steps/s:"
   steps=$(PLAN_JSON= plan "${SSMTL_ASSUME_ELAPSED_S:-0}" "${SSMTL_ASSUME_MEASURE_WALL_S:-30}" "$rate" "${SSMTL_ASSUME_OBJECTS:-}" 2>&1)
@@ -203,16 +229,17 @@ else
 fi
 out=$(cd "$out" && pwd)
 case "$scratch/" in "$out"/*) die "the scratch dir $scratch must be outside OUT_DIR $out" ;; esac
-rm -f "$out"/{report.json,train_summary.json,benchmark.json,benchmark.md,budget.json,detector_recall.json,summary.md,wall_times.json}
+rm -f "$out"/{report.json,train_summary.json,selection.json,benchmark.json,benchmark.md,budget.json,detector_recall.json,summary.md,wall_times.json}
 : > "$out/wall_times.tsv"
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$scratch/jax_cache}
 export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}
 export TQDM_MININTERVAL=${TQDM_MININTERVAL:-30}
 data_root=$root
-if [ "${SSMTL_SUBSET:-0}" = 1 ]; then
+if [ "$subset" = 1 ]; then
   sub="$scratch/ped2_subset"; rm -rf "$sub"
   mkdir -p "$sub/gt_frame" "$sub/gt_pixel"
-  for spec in train:01 train:02 test:02 test:12; do
+  sub_train=$(printf '%s\n' 01 02 ${holdout//,/ } | awk '!seen[$0]++' | paste -sd ' ')
+  for spec in $(printf 'train:%s ' $sub_train) test:02 test:12; do
     split=${spec%%:*}; vid=${spec#*:}
     [ -d "$root/$split/$vid" ] || die "subset video $root/$split/$vid missing"
     mkdir -p "$sub/$split"; ln -s "$root/$split/$vid" "$sub/$split/$vid"
@@ -223,7 +250,8 @@ if [ "${SSMTL_SUBSET:-0}" = 1 ]; then
   done
   root=$sub
 fi
-common=("${common[@]//@ROOT@/$root}"); common=("${common[@]//@SCRATCH@/$scratch}")
+data="$scratch/data"  # data_prep.validation's root: train minus holdout, val, test
+common=("${common[@]//@SCRATCH@/$scratch}")
 train_flags=("${train_flags[@]//@SCRATCH@/$scratch}")
 
 now() { date +%s.%N; }
@@ -252,6 +280,7 @@ fetch_weights() {
 if [[ " $* " != *" --config.build.detector.weights="* && " $* " != *" --config.build.detector.kind=file "* ]]; then
   stage weights fetch_weights
 fi
+stage validation python -m data_prep.validation --root "$root" --out "$data" --holdout "$holdout"
 stage build python -m data_prep.build "${common[@]}" "${defaults[@]}" "$@"
 if [ "$bench" != skip ]; then
   first_video=$(ls "$data_root/test" | head -n 1)
@@ -269,18 +298,28 @@ objects=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["num_o
 total_steps=$(PLAN_JSON="$out/budget.json" plan "$(since "$t_start")" "$measure_wall" "$rate" "$objects")
 stage train python -m ssmtl_jax.main "${common[@]}" "${defaults[@]}" "$@" "${train_flags[@]}" \
   --config.total_steps="$total_steps"
-stage evaluate python -m ssmtl_jax.evaluate "${common[@]}" "${defaults[@]}" "$@" --workdir "$scratch/train"
-recall() { python -m data_prep.recall --records "$scratch/records" --root "$root" > "$out/detector_recall.json"; }
+stage validate python -m ssmtl_jax.validate "${common[@]}" "${defaults[@]}" "$@" --workdir "$scratch/train"
+# The flags it printed as its last line, read from selection.json (the log
+# also holds stderr, which could follow that line).
+chosen=$(python -c 'import json, sys; print(" ".join(json.load(open(sys.argv[1]))["flags"]))' \
+  "$scratch/train/eval_val/selection.json")
+read -r -a chosen <<< "$chosen"
+echo "eval settings chosen on the validation split: ${chosen[*]}"
+stage evaluate python -m ssmtl_jax.evaluate "${common[@]}" "${defaults[@]}" "$@" "${chosen[@]}" \
+  --workdir "$scratch/train"
+recall() { python -m data_prep.recall --records "$scratch/records" --root "$data" > "$out/detector_recall.json"; }
 stage recall recall
-cp "$scratch/train/eval/report.json" "$scratch/train/train_summary.json" "$out/"
+cp "$scratch/train/eval/report.json" "$scratch/train/train_summary.json" \
+  "$scratch/train/eval_val/selection.json" "$out/"
 printf '%s\t%s\n' total "$(since "$t_start")" >> "$out/wall_times.tsv"
 
 # --- summary.md and wall_times.json ---------------------------------------------
-data_desc=$data_root; [ "${SSMTL_SUBSET:-0}" = 1 ] && data_desc="$data_root (train 01, 02; test 02, 12)"
-python - "$out" "$backend" "$minutes" "$batch" "$lr" "$warmup" "$bench" "$data_desc" "$config" "$@" <<'EOF'
+data_desc=$data_root
+[ "$subset" = 1 ] && data_desc="$data_root (train ${sub_train// /, }; test 02, 12)"
+python - "$out" "$backend" "$minutes" "$batch" "$lr" "$warmup" "$bench" "$data_desc" "$config" "$holdout" "$@" <<'EOF'
 import json, os, sys
-out, backend, minutes, batch, lr, warmup, bench, root, config = sys.argv[1:10]
-extra = sys.argv[10:]
+out, backend, minutes, batch, lr, warmup, bench, root, config, holdout = sys.argv[1:11]
+extra = sys.argv[11:]
 def load(name):
   path = os.path.join(out, name)
   return json.load(open(path)) if os.path.exists(path) else {}
@@ -293,12 +332,20 @@ with open(os.path.join(out, "wall_times.json"), "w") as f:
 os.remove(os.path.join(out, "wall_times.tsv"))
 rep, tr, plan = load("report.json"), load("train_summary.json"), load("budget.json")
 rec, bench_r = load("detector_recall.json"), load("benchmark.json")
+sel = load("selection.json")
 pct = lambda x: "-" if x is None else f"{100 * x:.1f}"
 num = lambda x, f="{:.1f}": "-" if x is None else f.format(x)
 L = [f"# Ped2 accelerator run ({backend}, budget {minutes} min)", "",
      f"Config `{config}` {' '.join(extra)}; data `{root}`; batch {batch}, "
      f"peak lr {lr} (cosine, {warmup} warm-up steps), "
-     f"{tr.get('num_devices')} device(s), {tr.get('num_params')} parameters.", "",
+     f"{tr.get('num_devices')} device(s), {tr.get('num_params')} parameters; "
+     f"trained without the held-out training videos {holdout}.", "",
+     "Eval settings chosen on the validation split (" + (
+         f"{sel['num_videos']} pseudo-anomaly videos from {holdout}, "
+         f"{sel['num_abnormal_frames']}/{sel['num_frames']} abnormal frames; "
+         f"micro AUC {pct(sel.get('chosen_micro_auc'))} %): "
+         + ", ".join(f"{k}={v}" for k, v in sel["chosen"].items())
+         if sel else "-)") + ".", "",
      "| result | value |", "|---|---|",
      f"| micro AUC % | {pct(rep.get('micro_auc'))} |",
      f"| macro AUC % | {pct(rep.get('macro_auc'))} |",
@@ -311,7 +358,9 @@ L += [f"| scoring fps: model / end to end | {num(fps.get('model'))} / {num(fps.g
       f"| training steps (epochs) | {tr.get('step')} ({num(plan.get('epochs'), '{:.2f}')}) |",
       f"| training steps/s (cubes/s) | {num(tr.get('steps_per_sec'), '{:.2f}')} "
       f"({num((tr.get('steps_per_sec') or 0) * int(batch))}) |",
-      f"| final loss | {num((tr.get('losses') or {}).get('total'), '{:.4f}')} |", "",
+      f"| final loss | {num((tr.get('losses') or {}).get('total'), '{:.4f}')} |"]
+head = len(L)
+L += ["",
       "Budget plan: " + (
           f"{plan['budget_s']:.0f} s - {plan['elapsed_s']:.0f} s elapsed before "
           f"training - {plan['eval_reserve_s']:.0f} s eval reserve - "
@@ -328,6 +377,6 @@ if os.path.exists(os.path.join(out, "benchmark.md")):
         open(os.path.join(out, "benchmark.md")).read().strip()]
 with open(os.path.join(out, "summary.md"), "w") as f:
   f.write("\n".join(L) + "\n")
-print("\n".join(L[:16]))
+print("\n".join(L[:head]))
 EOF
 echo "$prog: done in $(since "$t_start") s (budget $budget_s s); results in $out"

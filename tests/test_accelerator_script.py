@@ -2,11 +2,12 @@
 detector section where OpenCV has no darknet importer (OpenCV 5).
 
 Fast: the script's argument checks (one line, exit 2, nothing written), its
-settings and budget arithmetic (``--dry_run``), and
+settings, stage commands and budget arithmetic (``--dry_run``), and
 ``benchmarks.compare.detector_section`` with ``cv2.dnn.readNetFromDarknet``
 removed. Slow (``pytest -m slow -k accelerator``, ~6-8 min on 2 cores): the
-whole script on CPU over a 2+2-video Ped2 subset with a small config and a
-7-minute budget.
+whole script on CPU over a Ped2 subset (training videos 01, 02 and 08, 08
+held out for the validation split; test videos 02, 12) with a small config
+and a 7-minute budget.
 """
 
 import json
@@ -55,8 +56,16 @@ def _fake_root(tmp_path):
      "--config.total_steps=5 is set by this script"),
     (["OUT", "3", "--config.input.batch_size=8"], {},
      "--config.input.batch_size=8 is set by this script"),
+    (["OUT", "3", "--config.data.val_split=test"], {},
+     "--config.data.val_split=test is set by this script"),
+    (["OUT", "3", "--config.eval.normalize=minmax"], {},
+     "is chosen on the validation split by ssmtl_jax.validate"),
     (["OUT"], {"SSMTL_BATCH": "-4"}, "SSMTL_BATCH must be a positive integer"),
     (["OUT"], {"SSMTL_BENCH": "fast"}, "SSMTL_BENCH must be full, quick or skip"),
+    (["OUT"], {"SSMTL_HOLDOUT": ""}, "SSMTL_HOLDOUT must be comma-separated"),
+    (["OUT"], {"SSMTL_HOLDOUT": "08,,16"},
+     "SSMTL_HOLDOUT must be comma-separated training video ids"),
+    (["OUT"], {"SSMTL_HOLDOUT": "08 16"}, "got '08 16'"),
     (["OUT"], {"SSMTL_BACKEND": "gpu", "SSMTL_MEASURE_STEPS": "200"},
      "SSMTL_MEASURE_STEPS=200 exceeds the warm-up (125 steps)"),
     (["OUT"], {"SSMTL_PED2": "MISSING"}, "Ped2 data root not found"),
@@ -97,15 +106,30 @@ def test_dry_run_scales_batch_learning_rate_and_warmup_on_an_accelerator(
           "full") in out
   cmds = [l.strip() for l in out.splitlines() if l.startswith("  python")]
   assert [c.split()[2] for c in cmds] == [
-      "data_prep.detector.weights", "data_prep.build", "benchmarks.compare",
-      "ssmtl_jax.main", "ssmtl_jax.main", "ssmtl_jax.evaluate",
-      "data_prep.recall"]
-  build, bench, measure, train, evaluate = cmds[1:6]
-  for cmd in (build, measure, train, evaluate):
+      "data_prep.detector.weights", "data_prep.validation", "data_prep.build",
+      "benchmarks.compare", "ssmtl_jax.main", "ssmtl_jax.main",
+      "ssmtl_jax.validate", "ssmtl_jax.evaluate", "data_prep.recall"]
+  validation, build, bench, measure, train, validate, evaluate, recall = (
+      cmds[1:])
+  # The validation root: training videos minus the held-out ones (default
+  # 08,16), their pseudo-anomalies as 'val', the test split.
+  assert validation.endswith("--out SCRATCH/data --holdout 08,16")
+  assert "held out for validation: 08,16" in out
+  for cmd in (build, measure, train, validate, evaluate):
     assert "--config configs/ped2.py" in cmd
+    assert "--config.data.root=SCRATCH/data" in cmd
+    assert "--config.data.val_split=val" in cmd
     assert "--config.model.dtype=bfloat16" in cmd
     # User overrides come after the script's defaults (the last one wins).
     assert cmd.index("--config.model.dtype") < cmd.index("--config.eval.plots")
+  # Eval settings chosen on 'val' by ssmtl_jax.validate go to the test
+  # evaluation, after the user's overrides; both use the trained workdir.
+  assert validate.endswith("--workdir SCRATCH/train")
+  assert evaluate.endswith("CHOSEN_FLAGS --workdir SCRATCH/train")
+  assert evaluate.index("--config.eval.plots") < evaluate.index("CHOSEN_FLAGS")
+  assert "CHOSEN_FLAGS = the --config.eval.* flags ssmtl_jax.validate" in out
+  assert "SCRATCH/train/eval_val/selection.json" in out
+  assert recall.endswith("--root SCRATCH/data")
   assert "--quick" not in bench
   for cmd in (measure, train):
     assert "--config.optim.learning_rate=0.004" in cmd
@@ -135,6 +159,15 @@ def test_dry_run_caps_at_the_config_epochs_and_defaults_on_cpu(tmp_path):
   # Nothing left for training: only the measured steps.
   out = _dry_run(tmp_path, "1", SSMTL_BACKEND="cpu", SSMTL_ASSUME_ELAPSED_S=100)
   assert "total_steps=100" in out.splitlines()
+
+
+def test_dry_run_holds_out_08_of_the_subset_and_takes_ssmtl_holdout(tmp_path):
+  out = _dry_run(tmp_path, "3", SSMTL_BACKEND="cpu", SSMTL_SUBSET=1)
+  assert "held out for validation: 08" in out.splitlines()[0]
+  assert ("  python -m data_prep.validation --root SCRATCH/ped2_subset --out "
+          "SCRATCH/data --holdout 08") in out.splitlines()
+  out = _dry_run(tmp_path, "3", SSMTL_BACKEND="cpu", SSMTL_HOLDOUT="03,05")
+  assert "--out SCRATCH/data --holdout 03,05" in out
 
 
 # --- benchmarks.compare without OpenCV's darknet importer -------------------
@@ -203,15 +236,23 @@ def test_accelerator_script_on_cpu_with_a_ped2_subset(tmp_path):
   # only small files.
   assert not list(tmp.glob("ssmtl_accel.*"))
   files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
-  assert {"report.json", "train_summary.json", "budget.json",
-          "benchmark.json", "benchmark.md", "detector_recall.json",
-          "summary.md", "wall_times.json"} <= files
+  assert {"report.json", "train_summary.json", "selection.json",
+          "budget.json", "benchmark.json", "benchmark.md",
+          "detector_recall.json", "summary.md", "wall_times.json"} <= files
   assert all(f.endswith((".json", ".md")) or f.startswith("logs/")
              for f in files), files
   assert all((out / f).stat().st_size < 1_000_000 for f in files)
   report = json.loads((out / "report.json").read_text())
   assert report["micro_auc"] is not None and report["rbdc"] is not None
   assert set(report["per_video_auc"]) == {"02", "12"}
+  # Eval settings chosen on the pseudo-anomalies of held-out video 08 (2
+  # videos: fast, reverse), applied to the test evaluation.
+  selection = json.loads((out / "selection.json").read_text())
+  assert selection["split"] == "val" and selection["num_videos"] == 2
+  assert selection["num_abnormal_frames"] > 0
+  for key, value in selection["chosen"].items():
+    assert report[key] == value, key
+  assert report["split"] == "test"
   plan = json.loads((out / "budget.json").read_text())
   summary = json.loads((out / "train_summary.json").read_text())
   # Trained to the planned step, which follows the budget arithmetic (how
@@ -223,12 +264,14 @@ def test_accelerator_script_on_cpu_with_a_ped2_subset(tmp_path):
   assert summary["step"] == report["checkpoint_step"] == plan["total_steps"]
   assert summary["global_batch"] == 32
   walls = json.loads((out / "wall_times.json").read_text())
-  assert list(walls) == ["weights", "build", "benchmark", "measure", "train",
-                         "evaluate", "recall", "total"]
+  assert list(walls) == ["weights", "validation", "build", "benchmark",
+                         "measure", "train", "validate", "evaluate", "recall",
+                         "total"]
   assert walls["total"] >= sum(v for k, v in walls.items() if k != "total")
   bench = json.loads((out / "benchmark.json").read_text())
   assert bench["config"]["quick"] and bench["train"]["jax"]["cubes_per_s"] > 0
   md = (out / "summary.md").read_text()
   for text in ("micro AUC %", "Budget plan: 420 s", "| train |",
-               "## Benchmark"):
+               "| validate |", "Eval settings chosen on the validation split",
+               "held-out training videos 08", "## Benchmark"):
     assert text in md, text
