@@ -22,7 +22,15 @@ Detections (``build.detector.kind``):
 
 Classifier teacher (``build.classifier.kind``): ``efficientnet_lite0`` (offline
 default), ``resnet50`` (the paper's; user weights) or ``none`` (no logits,
-K = 0); it sees the RGB/gray middle crop of each cube.
+K = 0); it sees each object's box cut from the full-resolution frame at its
+own input size (``build.classifier.crop='frame'``), or the stored middle crop
+of the cube, stretched (``'cube'``).
+
+Borders (``data_prep.cubes``): training objects need real frames over the
+whole window (context W); the other splits only the frames scoring reads
+(context ``build.test_context``, 0 = ``tasks.seq_half``). Each split's
+summary records its ``context`` and ``teacher_std``, the spread of the
+teacher targets that ``tasks.kd.balance='target_std'`` divides by.
 """
 
 from __future__ import annotations
@@ -331,7 +339,7 @@ def teacher_std(moments: list[dict]) -> dict[str, float]:
       continue
     s = np.sum([g[1] for g in got], axis=0) / n
     sq = np.sum([g[2] for g in got], axis=0) / n
-    out[part] = float(np.sqrt(max(np.mean(np.maximum(sq - s * s, 0.0)), 0.0)))
+    out[part] = float(np.sqrt(np.mean(np.maximum(sq - s * s, 0.0))))
   return out
 
 
@@ -478,8 +486,7 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
     for src in videos[split]:
       summary = schema.read_json(_video_done_path(
           settings.records, split, src.video_id))["summary"]
-      moments.append({k: v for k, v in
-                      summary.get("teacher_moments", {}).items()})
+      moments.append(summary.get("teacher_moments", {}))
       per_video[src.video_id] = {k: summary[k] for k in
                                  ("frames", "objects", "height", "width",
                                   "abnormal_frames")}

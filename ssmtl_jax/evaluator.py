@@ -245,6 +245,11 @@ class Evaluator:
                           f"{self.meta_file} does not list")
     return objs
 
+  @property
+  def checkpoint_step(self) -> int:
+    """The restored checkpoint's step."""
+    return self._scorer[0].step
+
   def train_stats(self) -> dict:
     """Per-task (mean, std) of training-object scores (cached on disk)."""
     scorer, key = self._scorer

@@ -29,6 +29,7 @@ import optax
 
 from ssmtl_jax import errors
 from ssmtl_jax import models
+from ssmtl_jax import schema
 
 if TYPE_CHECKING:
   from ssmtl_jax import input_pipeline
@@ -99,7 +100,6 @@ def kd_scales(config, info: "input_pipeline.RecordsInfo"
                              f"one of {KD_BALANCES}")
   if balance == "none":
     return (1.0, 1.0)
-  from ssmtl_jax import schema  # pylint: disable=g-import-not-at-top
   meta_file = schema.meta_path(info.records_dir, info.split)
   std = schema.read_json(meta_file).get("teacher_std")
   if not std:

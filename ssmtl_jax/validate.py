@@ -33,6 +33,7 @@ from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+import numpy as np
 import tqdm
 
 from ssmtl_jax import cli
@@ -53,6 +54,7 @@ GRID = {
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/*.py).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir.")
+flags.mark_flags_as_required(["config", "workdir"])
 
 
 def combinations(grid=None) -> list[dict]:
@@ -125,15 +127,15 @@ def select(config, workdir: str, step: Optional[int] = None, grid=None
         "'val', made by `python -m data_prep.validation`)")
   t0 = time.perf_counter()
   ev = evaluator_lib.Evaluator(config, workdir, step, split=split)
-  if all(g.labels.min() == g.labels.max() for g in ev.gt.values()) and len(
-      {int(g.labels.max()) for g in ev.gt.values()}) < 2:
+  labels = np.concatenate([g.labels for g in ev.gt.values()])
+  if labels.size == 0 or labels.min() == labels.max():
     raise errors.DataError(
         f"the {split!r} split has only one class of frames: nothing to "
         "choose settings on")
   rows = sweep(ev, grid)
   best = choose(rows)
   result = {
-      "split": split, "checkpoint_step": ev._scorer[0].step,  # pylint: disable=protected-access
+      "split": split, "checkpoint_step": ev.checkpoint_step,
       "num_videos": len(ev.gt),
       "num_frames": int(sum(g.frames for g in ev.gt.values())),
       "num_abnormal_frames": int(sum(int(g.labels.sum())
@@ -186,5 +188,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
   app.run(main, flags_parser=cli.parse_flags)

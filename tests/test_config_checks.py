@@ -156,7 +156,7 @@ BINARY_CASES = [
 
 @pytest.mark.parametrize("module,needs_workdir", [
     ("ssmtl_jax.main", True), ("ssmtl_jax.evaluate", True),
-    ("data_prep.build", False)])
+    ("ssmtl_jax.validate", True), ("data_prep.build", False)])
 def test_binaries_report_bad_values_in_one_line_and_write_nothing(
     tmp_path, module, needs_workdir):
   cases = []
