@@ -336,3 +336,40 @@ def test_validate_needs_a_val_split(val_job):
   config.data.val_split = ""
   with pytest.raises(errors.ConfigError, match="config.data.val_split"):
     validate.select(config, workdir)
+
+
+# --------------------------------------------------------------------------
+# scripts/ped2_ablations.py: the old border handling, emulated exactly.
+
+
+def test_ablation_emulates_records_built_with_the_old_border_policy(
+    val_job, tmp_path):
+  """Objects at W <= t < T-W of records built with C < W are exactly the
+  objects of records built with C = W: the script's emulation of the old
+  policy (keep those, context W) equals evaluating such records."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "ped2_ablations", os.path.join(os.path.dirname(__file__), "..",
+                                     "scripts", "ped2_ablations.py"))
+  ablations = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(ablations)
+  config, workdir = val_job
+  new = ev.Evaluator(config, workdir)
+  objs = new.objects
+  frames = np.array([new.gt[v].frames for v in objs.video_id])
+  keep = (objs.frame_index >= W) & (objs.frame_index < frames - W)
+  assert 0 < keep.sum() < len(keep)
+  emulated = ablations.row(new, new.settings, keep=keep, context=W)
+
+  old_config = config.copy_and_resolve_references()
+  old_config.data.records = str(tmp_path / "old_records")
+  old_config.build.test_context = W
+  builder.build(old_config)
+  old = ev.Evaluator(old_config, workdir)
+  np.testing.assert_array_equal(old.objects.frame_index,
+                                objs.frame_index[keep])
+  for task, values in old.objects.scores.items():
+    np.testing.assert_allclose(values, objs.scores[task][keep], rtol=1e-6,
+                               atol=1e-7)
+  assert emulated["micro"] == pytest.approx(old.outputs.metrics["micro_auc"])
+  assert emulated["macro"] == pytest.approx(old.outputs.metrics["macro_auc"])
