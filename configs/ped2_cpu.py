@@ -15,6 +15,11 @@ def get_config():
   # the same objects); the test split always uses every frame.
   config.build.train_stride = 2
   config.build.classifier.input_size = 128
+  # The teacher sees the stored 32-px crop, stretched to 128 px: on the
+  # validation split it beat the box cut from the full-resolution frame
+  # ('frame', the paper-faithful default of configs/ped2.py), best micro AUC
+  # 87.2 vs 86.4 (README "What mattered").
+  config.build.classifier.crop = "cube"
   config.model.variant = "narrow"
   config.model.depth = "shallow"
   config.input.batch_size = 64

@@ -92,6 +92,8 @@ import time
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+from scipy import sparse
+from scipy.sparse import csgraph
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:  # run as `python scripts/rbdc_vs_oracle.py`
@@ -181,21 +183,17 @@ def frame_track_ids(gt: metrics.GroundTruth, mapping: str = "linked"
   if mapping == "video":
     ids[list(by_frame)] = 0
   else:
-    parent = list(range(num_linked))
-
-    def find(i):
-      while parent[i] != i:
-        parent[i] = parent[parent[i]]
-        i = parent[i]
-      return i
-
-    for ks in by_frame.values():
-      first, *rest = sorted(ks)
-      for k in rest:
-        parent[find(k)] = find(first)
+    # Tracks that share a frame are one oracle track: connected components
+    # of the graph "linked track k and k' occur in the same frame".
+    edges = np.array([(min(ks), k) for ks in by_frame.values() for k in ks],
+                     np.int64).reshape(-1, 2)
+    graph = sparse.coo_matrix(
+        (np.ones(len(edges)), (edges[:, 0], edges[:, 1])),
+        shape=(num_linked, num_linked))
+    _, component = csgraph.connected_components(graph, directed=False)
     new: Dict[int, int] = {}
     for t in sorted(by_frame):  # ids in order of first appearance
-      ids[t] = new.setdefault(find(next(iter(by_frame[t]))), len(new))
+      ids[t] = new.setdefault(int(component[min(by_frame[t])]), len(new))
   return ids, {"num_linked_tracks": num_linked,
                "num_frame_tracks": len(set(ids[ids >= 0].tolist())),
                "frames_with_several_linked_tracks": int(several)}

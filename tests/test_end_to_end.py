@@ -142,12 +142,16 @@ def test_evaluator_run_yields_the_report_metrics(trained):
   ev = evaluator.Evaluator(config, workdir)  # scores come from the caches
   values = dict(ev.run())
   tasks = ("aot", "mi", "mbp", "kd")
-  assert list(values) == ["micro_auc", "macro_auc", "rbdc", "tbdc"] + [
-      f"per_task/{t}" for t in tasks]
-  for name in ("micro_auc", "macro_auc", "rbdc", "tbdc"):
+  assert list(values) == [
+      "micro_auc", "macro_auc", "macro_auc_single_class_as_1", "rbdc",
+      "tbdc"] + [f"{k}/{t}" for t in tasks for k in ("per_task",
+                                                       "per_task_macro")]
+  for name in ("micro_auc", "macro_auc", "macro_auc_single_class_as_1",
+               "rbdc", "tbdc"):
     assert values[name] == report[name], name
   for t in tasks:
     assert values[f"per_task/{t}"] == report["per_task_micro_auc"][t], t
+    assert values[f"per_task_macro/{t}"] == report["per_task_macro_auc"][t], t
   assert ev.outputs.step == report["checkpoint_step"] == STEPS
 
 
