@@ -27,8 +27,10 @@ shift $(( $# < 3 ? $# : 3 ))
 cd "$(dirname "$0")/.."
 holdout=${SSMTL_HOLDOUT:-08,16}
 data="$workdir/data"
+records="$workdir/records"  # or the last --config.data.records= override
+for a in "$@"; do case "$a" in --config.data.records=*) records=${a#*=} ;; esac; done
 common=(--config "$config" --config.data.root="$data"
-        --config.data.records="$workdir/records" --config.data.val_split=val "$@")
+        --config.data.records="$records" --config.data.val_split=val "$@")
 stamp() { date +%s; }
 
 t0=$(stamp)
@@ -42,7 +44,7 @@ read -r -a chosen < <(tail -n 1 "$workdir/validate.txt")
 t3=$(stamp)
 python -m ssmtl_jax.evaluate "${common[@]}" "${chosen[@]}" --workdir "$workdir"
 t4=$(stamp)
-python -m data_prep.recall --records "$workdir/records" --root "$data" > "$workdir/eval/detector_recall.json"
+python -m data_prep.recall --records "$records" --root "$data" > "$workdir/eval/detector_recall.json"
 echo "wall time: build $((t1 - t0)) s, train $((t2 - t1)) s, validate $((t3 - t2)) s, evaluate $((t4 - t3)) s" | tee -a "$workdir/eval/wall_time.txt"
 echo "eval settings chosen on the validation split: ${chosen[*]}" | tee -a "$workdir/eval/wall_time.txt"
 python - "$workdir/eval/detector_recall.json" <<'EOF'
