@@ -62,16 +62,11 @@ def row(ev: evaluator_lib.Evaluator, settings: scoring.Settings, *,
   """
   objs = ev.objects
   keep = np.ones(len(objs.video_id), bool) if keep is None else keep
-  raw = {k: v[keep] for k, v in objs.scores.items()}
-  stats = ev.train_stats() if settings.normalize == "zscore" else None
-  normed, combined = scoring.object_anomaly_scores(raw, settings, stats)
+  normed, combined = ev.object_scores(settings, keep)
   labels = {vid: g.labels for vid, g in ev.gt.items()}
-  context = ev.context if context is None else context
 
   def frames(values):
-    return scoring.frame_scores_by_video(
-        objs.video_id[keep], objs.frame_index[keep], objs.box[keep], values,
-        ev.videos, settings, context=context)
+    return ev.frame_scores(values, settings, keep=keep, context=context)
 
   out = _aucs(frames(combined), labels)
   if all(g.mask_path for g in ev.gt.values()):
@@ -84,7 +79,8 @@ def row(ev: evaluator_lib.Evaluator, settings: scoring.Settings, *,
                      for t in scoring.TASKS if t in normed}
   # The KD parts alone, normalised as configured.
   parts = scoring.normalize_scores(
-      {k: v for k, v in raw.items() if k in scoring.KD_PARTS}, stats,
+      {k: v[keep] for k, v in objs.scores.items() if k in scoring.KD_PARTS},
+      ev.train_stats() if settings.normalize == "zscore" else None,
       settings.normalize)
   out["kd_parts"] = {k: _aucs(frames(v), labels) for k, v in parts.items()}
   return out

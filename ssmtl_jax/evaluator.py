@@ -250,10 +250,35 @@ class Evaluator:
     """The restored checkpoint's step."""
     return self._scorer[0].step
 
-  def train_stats(self) -> dict:
-    """Per-task (mean, std) of training-object scores (cached on disk)."""
+  @functools.cached_property
+  def _train_stats(self) -> dict:
     scorer, key = self._scorer
     return cached_train_stats(scorer, self.config, self.eval_dir, key)
+
+  def train_stats(self) -> dict:
+    """Per-task (mean, std) of training-object scores (cached on disk)."""
+    return self._train_stats
+
+  def object_scores(self, settings: scoring.Settings, keep=None):
+    """(normalised task scores, combined score) of the split's objects
+    (those where ``keep`` [N] bool is set, default all) under ``settings``;
+    the training statistics are loaded only for z-scoring."""
+    raw = self.objects.scores
+    if keep is not None:
+      raw = {k: v[keep] for k, v in raw.items()}
+    stats = self.train_stats() if settings.normalize == "zscore" else None
+    return scoring.object_anomaly_scores(raw, settings, stats)
+
+  def frame_scores(self, values, settings: scoring.Settings, *, keep=None,
+                   context: Optional[int] = None) -> dict[str, np.ndarray]:
+    """Frame scores of every video from one value per (kept) object, with
+    the records' border context unless ``context`` is given."""
+    objs = self.objects
+    sel = slice(None) if keep is None else keep
+    return scoring.frame_scores_by_video(
+        objs.video_id[sel], objs.frame_index[sel], objs.box[sel], values,
+        self.videos, settings,
+        context=self.context if context is None else context)
 
   @property
   def videos(self) -> dict[str, tuple[int, int, int]]:
@@ -273,15 +298,10 @@ class Evaluator:
           f"{tasks}")
 
     # --- Object scores: normalise per task, combine.
-    stats = self.train_stats() if settings.normalize == "zscore" else None
-    normed, combined = scoring.object_anomaly_scores(objs.scores, settings,
-                                                     stats)
+    normed, combined = self.object_scores(settings)
 
     # --- Maps -> frame scores, per video (combined, and each task alone).
-    by_video = functools.partial(scoring.frame_scores_by_video, objs.video_id,
-                                 objs.frame_index, objs.box,
-                                 videos=self.videos, settings=settings,
-                                 context=self.context)
+    by_video = functools.partial(self.frame_scores, settings=settings)
     t_maps = time.perf_counter()
     frame_scores = by_video(combined)
     maps_seconds = time.perf_counter() - t_maps

@@ -42,7 +42,6 @@ from ssmtl_jax import errors
 from ssmtl_jax import evaluator as evaluator_lib
 from ssmtl_jax import metrics
 from ssmtl_jax import schema
-from ssmtl_jax import scoring
 
 # The combinations tried, in order (ties go to the earlier one).
 GRID = {
@@ -75,27 +74,19 @@ def sweep(ev: evaluator_lib.Evaluator, grid=None, *, progress: bool = True
     [{"settings": {key: value}, "micro_auc": float, "macro_auc": float or
     None}] in grid order.
   """
-  objs = ev.objects
   labels = {vid: g.labels for vid, g in ev.gt.items()}
-  stats = None
   rows = []
   combos = combinations(grid)
   for combo in tqdm.tqdm(combos, desc="settings", unit="setting",
                          disable=not progress, dynamic_ncols=True):
     settings = dataclasses.replace(ev.settings, **combo)
-    if settings.normalize == "zscore" and stats is None:
-      stats = ev.train_stats()
     try:
-      _, combined = scoring.object_anomaly_scores(
-          objs.scores, settings,
-          stats if settings.normalize == "zscore" else None)
+      _, combined = ev.object_scores(settings)
     except ValueError as e:  # e.g. kd_score='cls' without a classifier
       rows.append({"settings": combo, "micro_auc": None, "macro_auc": None,
                    "skipped": str(e)})
       continue
-    frames = scoring.frame_scores_by_video(
-        objs.video_id, objs.frame_index, objs.box, combined, ev.videos,
-        settings, context=ev.context)
+    frames = ev.frame_scores(combined, settings)
     rows.append({"settings": combo,
                  "micro_auc": metrics.micro_auc(frames, labels),
                  "macro_auc": metrics.macro_auc(frames, labels)[0]})
