@@ -29,6 +29,7 @@ Known, intended differences from the Flax model:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Mapping, Optional, Sequence
 
@@ -189,10 +190,11 @@ class SSMTL(nn.Module):
   def forward(self, views: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """{task: [B, C, T, H, W]} -> {task: output}: logits [B, 2] (aot/mi), crop
     [B, C, H, W] (mbp), [B, kd_outputs] (kd). The backbone runs once per view,
-    in the order of ``views`` (which fixes the order of running-stat updates,
-    as in Flax)."""
-    return {task: self.heads[task](self.features(x))
-            for task, x in views.items()}
+    the 7-frame views in the order of ``views``, then the middle-removed one
+    (which fixes the order of running-stat updates, as in Flax)."""
+    order = sorted(views, key=lambda t: t == "mbp")
+    feats = {task: self.features(views[task]) for task in order}
+    return {task: self.heads[task](feats[task]) for task in views}
 
   def score_heads(self, consecutive: Tensor,
                   middle_removed: Tensor) -> dict[str, Tensor]:
@@ -501,6 +503,14 @@ def create_optimizer(model: nn.Module, optim: Any, total_steps: int
 # --- Train step and scorer --------------------------------------------------
 
 
+def _autocast(dtype: Optional[torch.dtype], tensors: Mapping[str, Tensor]):
+  """torch.autocast to `dtype` on the tensors' device; no-op for None."""
+  if dtype is None:
+    return contextlib.nullcontext()
+  device = next(iter(tensors.values())).device.type
+  return torch.autocast(device_type=device, dtype=dtype)
+
+
 class Trainer:
   """The torch train step: views on device, forward, joint loss, backward,
   optimiser + schedule step. ``compiled=True`` runs views + forward + loss
@@ -513,6 +523,9 @@ class Trainer:
     optimizer, scheduler: from :func:`create_optimizer`.
     grad_clip_norm: clip the global gradient norm (0 = off).
     compiled: use torch.compile.
+    autocast: None (float32) or a dtype (torch.bfloat16) for
+      ``torch.autocast`` around views + forward + loss (mixed precision:
+      float32 parameters and optimiser; the twin of ``model.dtype``).
   """
 
   def __init__(self, model: SSMTL, *, tasks: Sequence[str],
@@ -520,8 +533,10 @@ class Trainer:
                num_det: int, kd_loss: str = "l1",
                optimizer: torch.optim.Optimizer,
                scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
-               grad_clip_norm: float = 0.0, compiled: bool = False):
+               grad_clip_norm: float = 0.0, compiled: bool = False,
+               autocast: Optional[torch.dtype] = None):
     self.model = model
+    self.autocast = autocast
     self.tasks = tuple(tasks)
     self.weights = dict(weights)
     self.seq_half, self.max_gap = seq_half, max_gap
@@ -536,7 +551,10 @@ class Trainer:
 
   def loss_on_views(self, views: Mapping[str, Tensor],
                     targets: Mapping[str, Tensor]):
-    outputs = self.model(views)
+    with _autocast(self.autocast, views):
+      outputs = self.model(views)
+    # The loss in float32, as the JAX heads cast their outputs.
+    outputs = {k: v.float() for k, v in outputs.items()}
     return joint_loss(outputs, targets, self.weights, num_det=self.num_det,
                       kd_loss=self.kd_loss)
 
@@ -577,14 +595,18 @@ class Scorer:
   inference views, score_heads, task_scores), under inference_mode."""
 
   def __init__(self, model: SSMTL, *, seq_half: int, num_det: int,
-               kd_loss: str = "l1", compiled: bool = False):
+               kd_loss: str = "l1", compiled: bool = False,
+               autocast: Optional[torch.dtype] = None):
     self.model = model
+    self.autocast = autocast
     self.seq_half, self.num_det, self.kd_loss = seq_half, num_det, kd_loss
     self._fn = torch.compile(self._score) if compiled else self._score
 
   def _score(self, crops: Tensor, teacher: Tensor) -> dict[str, Tensor]:
     consec, middle_removed = inference_views(crops, self.seq_half)
-    outputs = self.model.score_heads(consec, middle_removed)
+    with _autocast(self.autocast, {"crops": crops}):
+      outputs = self.model.score_heads(consec, middle_removed)
+    outputs = {k: v.float() for k, v in outputs.items()}
     return task_scores(outputs, consec, teacher, num_det=self.num_det,
                        seq_half=self.seq_half, kd_loss=self.kd_loss)
 

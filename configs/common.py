@@ -87,6 +87,15 @@ def get_config() -> ml_collections.ConfigDict:
   # 3x3x3 convolutions: 'xla' (XLA's conv3d), 'fast' (im2col / conv2d +
   # temporal shifts: same maths, faster on CPU), 'auto' (fast on CPU only).
   config.model.conv_impl = "auto"
+  # 2x2 max-pooling: 'argmax' (argmax of the 4 window elements + one-hot
+  # select: 2.1x the CPU train step, XLA:CPU's select-and-scatter gradient
+  # being slow), 'reduce_window' (nn.max_pool), 'auto' (argmax on CPU,
+  # reduce_window elsewhere; the GPU/TPU choice is not yet measured). Same
+  # function and gradient.
+  config.model.pool_impl = "auto"
+  # Training: the aot, mi and kd views through the backbone in one call
+  # (interleaved batch, per-view batch norm) instead of three; same maths.
+  config.model.fuse_views = False
 
   # --- Proxy tasks. A task with weight 0 is skipped entirely (no compute).
   config.tasks = ml_collections.ConfigDict()

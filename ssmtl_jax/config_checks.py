@@ -150,6 +150,8 @@ def _rules() -> dict[str, Rule]:
       "model.head_width": integer(0),
       "model.dtype": one_of("float32", "bfloat16"),
       "model.conv_impl": one_of(*models.CONV_IMPLS),
+      "model.pool_impl": one_of(*models.POOL_IMPLS),
+      "model.fuse_views": boolean,
       "tasks.seq_half": integer(1),
       "tasks.max_gap": integer(2),
       **{f"tasks.{t}.weight": number(0) for t in scoring.TASKS},

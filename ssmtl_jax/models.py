@@ -23,11 +23,70 @@ VARIANT_WIDTHS = {"narrow": (16, 32, 32), "wide": (32, 64, 64)}
 DEPTH_CONVS = {"shallow": 1, "deep": 2}
 
 
-def _norm(train: bool, axis_name: Optional[str], dtype) -> nn.Module:
+def _norm(train: bool, axis_name: Optional[str], dtype,
+          groups: int = 1) -> nn.Module:
   # Under jax.jit over a data mesh the batch axis is global, so statistics are
   # already synchronised; under pmap they are averaged over `axis_name`.
+  if groups > 1:
+    return GroupedBatchNorm(groups, use_running_average=not train,
+                            axis_name=axis_name, dtype=dtype,
+                            name="BatchNorm_0")
   return nn.BatchNorm(use_running_average=not train, momentum=0.9,
                       epsilon=1e-5, axis_name=axis_name, dtype=dtype)
+
+
+class GroupedBatchNorm(nn.Module):
+  """``nn.BatchNorm`` over a batch that interleaves ``groups`` views.
+
+  The batch is ``[B * G, ...]`` with example b's view g at row ``b * G + g``
+  (what :meth:`SSMTL.__call__` makes when it fuses the views, so that a
+  batch-sharded input stays sharded the same way). Each view is normalised
+  with its own batch statistics and the running averages are updated once
+  per view, in group order: the same function, gradient and running averages
+  as G separate ``nn.BatchNorm`` calls, one per view (up to float summation
+  order). Same variables (``scale``, ``bias``; ``mean``, ``var``) and the
+  same formulas as ``nn.BatchNorm``: statistics in float32,
+  ``var = E[x^2] - E[x]^2`` clipped at 0, momentum 0.9, epsilon 1e-5.
+  """
+  groups: int
+  use_running_average: bool
+  axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    ra_mean = self.variable("batch_stats", "mean",
+                            lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var",
+                           lambda: jnp.ones((c,), jnp.float32))
+    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    g = self.groups
+    xg = x.reshape((x.shape[0] // g, g) + x.shape[1:])   # [B, G, ..., C]
+    stat_shape = (1, g) + (1,) * (x.ndim - 2) + (c,)
+    if self.use_running_average:
+      mean = jnp.broadcast_to(ra_mean.value, (g, c))
+      var = jnp.broadcast_to(ra_var.value, (g, c))
+    else:
+      axes = (0,) + tuple(range(2, xg.ndim - 1))
+      x32 = xg.astype(jnp.float32)
+      mean, mean2 = x32.mean(axes), jnp.square(x32).mean(axes)  # [G, C]
+      if self.axis_name is not None and not self.is_initializing():
+        mean, mean2 = jax.lax.pmean(jnp.stack([mean, mean2]), self.axis_name)
+      var = jnp.maximum(0.0, mean2 - jnp.square(mean))
+      if not self.is_initializing():
+        new_mean, new_var = ra_mean.value, ra_var.value
+        for i in range(g):
+          new_mean = self.momentum * new_mean + (1 - self.momentum) * mean[i]
+          new_var = self.momentum * new_var + (1 - self.momentum) * var[i]
+        ra_mean.value, ra_var.value = new_mean, new_var
+    y = xg - mean.reshape(stat_shape)
+    y = y * (jax.lax.rsqrt(var + self.epsilon) * scale).reshape(stat_shape)
+    y = y + bias
+    return jnp.asarray(y, self.dtype).reshape(x.shape)
 
 
 def _conv3d_xla(x, kernel):
@@ -69,7 +128,16 @@ def _conv3d_im2col(x, kernel):
 CONV_IMPLS = ("auto", "xla", "fast")
 
 
-def max_pool_hw(x, padding: str = "VALID"):
+POOL_IMPLS = ("auto", "argmax", "reduce_window")
+
+
+def _pool_impl(impl: str) -> str:
+  if impl == "auto":
+    return "argmax" if jax.default_backend() == "cpu" else "reduce_window"
+  return impl
+
+
+def max_pool_hw(x, padding: str = "VALID", impl: str = "argmax"):
   """Max-pooling (1, 2, 2) with stride (1, 2, 2) of [..., H, W, C].
 
   The same function and gradient as ``nn.max_pool(x, (1, 2, 2),
@@ -81,7 +149,15 @@ def max_pool_hw(x, padding: str = "VALID"):
   would split the gradient between tied elements, and whether elements tie
   can then depend on how XLA fuses the producer -- on some CPUs that made
   1-device and 8-device training disagree.)
+
+  impl='reduce_window' is that ``nn.max_pool`` itself (XLA's reduce-window
+  forward and select-and-scatter gradient; one pass, no stacked windows).
   """
+  if _pool_impl(impl) == "reduce_window":
+    lead = x.shape[:-3]
+    y = nn.max_pool(x.reshape((-1,) + x.shape[-3:]), (2, 2), strides=(2, 2),
+                    padding=padding)
+    return y.reshape(lead + y.shape[1:])
   *lead, h, w, c = x.shape
   if padding == "SAME":
     x = jnp.pad(x, [(0, 0)] * len(lead) + [(0, h % 2), (0, w % 2), (0, 0)],
@@ -143,13 +219,13 @@ class ConvBNReLU(nn.Module):
   conv_impl: str = "auto"
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, groups: int = 1):
     if tuple(self.kernel) == (3, 3, 3):
       x = Conv3x3x3(self.features, self.conv_impl, self.dtype, name="conv")(x)
     else:
       x = nn.Conv(self.features, tuple(self.kernel), padding="SAME",
                   use_bias=False, dtype=self.dtype, name="conv")(x)
-    x = _norm(train, self.bn_axis_name, self.dtype)(x)
+    x = _norm(train, self.bn_axis_name, self.dtype, groups)(x)
     return nn.relu(x)
 
 
@@ -157,20 +233,23 @@ class Backbone(nn.Module):
   """Shared 3D CNN: stages of Conv3D 3x3x3 + BN + ReLU, spatial max-pool (1,2,2).
 
   [B, T, H, W, C] -> [B, T, H/2^S, W/2^S, widths[-1]] for S = len(widths).
+  ``groups`` > 1: the batch interleaves that many views, each batch-normalised
+  on its own (:class:`GroupedBatchNorm`).
   """
   widths: Sequence[int]
   convs_per_stage: int = 1
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32
   conv_impl: str = "auto"
+  pool_impl: str = "argmax"
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, groups: int = 1):
     for width in self.widths:
       for _ in range(self.convs_per_stage):
         x = ConvBNReLU(width, (3, 3, 3), self.bn_axis_name, self.dtype,
-                       self.conv_impl)(x, train)
-      x = max_pool_hw(x)
+                       self.conv_impl)(x, train, groups)
+      x = max_pool_hw(x, impl=self.pool_impl)
     return x
 
 
@@ -185,12 +264,13 @@ class ClassHead(nn.Module):
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32
   conv_impl: str = "auto"
+  pool_impl: str = "argmax"
 
   @nn.compact
   def __call__(self, x, train: bool):
     x = ConvBNReLU(self.width, (3, 3, 3), self.bn_axis_name, self.dtype,
                    self.conv_impl)(x, train)
-    x = max_pool_hw(x, padding="SAME")
+    x = max_pool_hw(x, padding="SAME", impl=self.pool_impl)
     x = jnp.mean(x, axis=(1, 2, 3))
     return nn.Dense(self.num_outputs, dtype=self.dtype)(x).astype(jnp.float32)
 
@@ -229,6 +309,12 @@ class SSMTL(nn.Module):
     kd_outputs: width of the distillation head (detector classes + classifier logits).
     out_channels: crop channels for the middle-box decoder.
     head_width: width of the head convolutions (0 = widths[-1]).
+    conv_impl: see :class:`Conv3x3x3`.
+    pool_impl: max-pooling, 'argmax' | 'reduce_window' | 'auto' (see
+      :func:`max_pool_hw`).
+    fuse_views: training runs the 7-frame views (aot, mi, kd) through the
+      backbone as one interleaved batch (:class:`GroupedBatchNorm`) instead of
+      one call each; the same maths.
   """
   widths: Sequence[int]
   convs_per_stage: int
@@ -239,10 +325,13 @@ class SSMTL(nn.Module):
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32
   conv_impl: str = "auto"
+  pool_impl: str = "auto"
+  fuse_views: bool = False
 
   def setup(self):
     norm_kw = dict(bn_axis_name=self.bn_axis_name, dtype=self.dtype)
-    conv_kw = dict(norm_kw, conv_impl=self.conv_impl)
+    conv_kw = dict(norm_kw, conv_impl=self.conv_impl,
+                   pool_impl=_pool_impl(self.pool_impl))
     hw = self.head_width or self.widths[-1]
     self.backbone = Backbone(self.widths, self.convs_per_stage, **conv_kw)
     heads = {}
@@ -256,11 +345,24 @@ class SSMTL(nn.Module):
       heads["kd"] = ClassHead(hw, self.kd_outputs, **conv_kw)
     self.heads = heads
 
-  def features(self, x, train: bool):
-    return self.backbone(x.astype(self.dtype), train)
+  def features(self, x, train: bool, groups: int = 1):
+    return self.backbone(x.astype(self.dtype), train, groups)
+
+  def _fused_features(self, views, group, train: bool):
+    """One backbone call on the views of ``group`` interleaved along the
+    batch (example b's view i at row b * G + i: a batch-sharded input stays
+    sharded the same way, no data moves between devices)."""
+    x = jnp.stack([views[t] for t in group], axis=1)       # [B, G, T, ...]
+    f = self.features(x.reshape((-1,) + x.shape[2:]), train, len(group))
+    f = f.reshape((x.shape[0], len(group)) + f.shape[1:])
+    return {t: f[:, i] for i, t in enumerate(group)}
 
   def __call__(self, views: Mapping[str, jax.Array], train: bool):
     """Runs each enabled task's head on its own view.
+
+    The backbone sees the 7-frame views first (in the order of ``views``),
+    then the middle-removed one: that order fixes the order of the running
+    batch-norm updates, and is the same with and without ``fuse_views``.
 
     Args:
       views: {task: [B, T, H, W, C] float} for a subset of the enabled tasks.
@@ -269,8 +371,19 @@ class SSMTL(nn.Module):
       {task: output}: logits [B, 2] for aot/mi, crop [B, H, W, C] for mbp,
       [B, kd_outputs] for kd.
     """
-    return {task: self.heads[task](self.features(x, train), train)
-            for task, x in views.items()}
+    order = sorted(views, key=lambda t: t == "mbp")
+    feats = {}
+    if self.fuse_views:
+      for group in ([t for t in order if t != "mbp"],
+                    [t for t in order if t == "mbp"]):
+        if len(group) > 1:
+          feats.update(self._fused_features(views, group, train))
+        elif group:
+          feats[group[0]] = self.features(views[group[0]], train)
+    else:
+      for task in order:
+        feats[task] = self.features(views[task], train)
+    return {task: self.heads[task](feats[task], train) for task in views}
 
   def score_heads(self, consecutive, middle_removed, train: bool = False):
     """Inference: the consecutive sequence goes through the backbone once and
@@ -324,6 +437,9 @@ def create_model(config, *, kd_outputs: int, channels: int,
   if config.model.conv_impl not in CONV_IMPLS:
     raise errors.ConfigError(f"config.model.conv_impl={config.model.conv_impl!r}:"
                              f" expected one of {CONV_IMPLS}")
+  if config.model.pool_impl not in POOL_IMPLS:
+    raise errors.ConfigError(f"config.model.pool_impl={config.model.pool_impl!r}:"
+                             f" expected one of {POOL_IMPLS}")
   dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
   if config.model.dtype not in dtypes:
     raise errors.ConfigError(f"config.model.dtype={config.model.dtype!r}: expected one "
@@ -333,4 +449,6 @@ def create_model(config, *, kd_outputs: int, channels: int,
                tasks=enabled_tasks(config), kd_outputs=kd_outputs,
                out_channels=channels, head_width=int(config.model.head_width),
                bn_axis_name=bn_axis_name, dtype=dtypes[config.model.dtype],
-               conv_impl=config.model.conv_impl)
+               conv_impl=config.model.conv_impl,
+               pool_impl=config.model.pool_impl,
+               fuse_views=bool(config.model.fuse_views))
