@@ -95,6 +95,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from benchmarks import matrix as matrix_lib
 from benchmarks import torch_ssmtl
 from configs import common
 from ssmtl_jax import cli
@@ -143,6 +144,7 @@ class Settings:
   detector: bool = True
   torch_channels_last: bool = True
   torch_threads: int = 0   # 0 = os.cpu_count()
+  matrix: Optional["matrix_lib.Axes"] = None   # --matrix: the speed matrix
 
   @classmethod
   def quick_preset(cls) -> "Settings":
@@ -931,10 +933,20 @@ def run(settings: Settings) -> dict:
       walls[name] = time.perf_counter() - t0
 
   m = section("models", lambda: build_models(s, device))
-  results["train"], xla = section(
-      "train", lambda: train_section(s, m, records, device))
-  results["infer"] = section("infer",
-                             lambda: infer_section(s, m, records, device))
+  default = None
+  if s.matrix is not None:
+    results["matrix"] = section(
+        "matrix", lambda: matrix_lib.matrix_section(s, m, device, s.matrix))
+    default = matrix_lib.default_sections(results["matrix"], s.batch)
+  if default is not None:
+    # The matrix holds the default configuration's rows: the summary table
+    # shows those instead of timing them again.
+    results["train"], results["infer"], xla = default
+  else:
+    results["train"], xla = section(
+        "train", lambda: train_section(s, m, records, device))
+    results["infer"] = section("infer",
+                               lambda: infer_section(s, m, records, device))
   if s.detector:
     try:
       results["detector"] = section("detector", lambda: detector_section(s))
@@ -1002,10 +1014,59 @@ def _flags() -> flags.FlagValues:
   flags.DEFINE_integer("torch_threads", 0,
                        "torch CPU threads (0: os.cpu_count())",
                        flag_values=fv, lower_bound=0)
+  flags.DEFINE_bool("matrix", False,
+                    "also the speed matrix: every combination of the "
+                    "--matrix_* switches, vs torch of the same dtype and "
+                    "batch (benchmarks/matrix.py)", flag_values=fv)
+  flags.DEFINE_list("matrix_dtypes", ["float32", "bfloat16"],
+                    "model.dtype values", flag_values=fv)
+  flags.DEFINE_list("matrix_pools", ["argmax", "reduce_window"],
+                    "model.pool_impl values", flag_values=fv)
+  flags.DEFINE_list("matrix_fuse", ["false", "true"],
+                    "model.fuse_views values", flag_values=fv)
+  flags.DEFINE_list("matrix_batches", [],
+                    "global batch sizes (default: --batch)", flag_values=fv)
+  flags.DEFINE_integer("matrix_max_batch", 8192,
+                       "largest-batch search cap on accelerators (0 = no "
+                       "search; on the CPU JAX's estimate only)",
+                       flag_values=fv, lower_bound=0)
+  flags.DEFINE_enum("matrix_profile", "auto", ["auto", "true", "false"],
+                    "top-ops profile of a JAX train step (auto: on "
+                    "accelerators)", flag_values=fv)
   flags.DEFINE_bool("torch_contiguous", False,
                     "torch in NCDHW instead of channels_last_3d",
                     flag_values=fv)
   return fv
+
+
+def _matrix_axes(args) -> matrix_lib.Axes:
+  """--matrix_* flags -> Axes; a bad value is a UsageError naming the flag."""
+  def check(flag, values, allowed):
+    bad = [v for v in values if v not in allowed]
+    if bad or not values:
+      raise flags.IllegalFlagValueError(
+          f"--{flag}={','.join(values)}: expected a non-empty list of "
+          f"{', '.join(allowed)}")
+    return values
+  dtypes = check("matrix_dtypes", args.matrix_dtypes,
+                 ("float32", "bfloat16"))
+  pools = check("matrix_pools", args.matrix_pools,
+                [p for p in models.POOL_IMPLS if p != "auto"])
+  fuse = check("matrix_fuse", [v.lower() for v in args.matrix_fuse],
+               ("false", "true"))
+  try:
+    batches = [int(b) for b in args.matrix_batches]
+  except ValueError:
+    batches = [0]
+  if any(b < 1 for b in batches):
+    raise flags.IllegalFlagValueError(
+        f"--matrix_batches={','.join(args.matrix_batches)}: expected "
+        f"positive integers")
+  profile = {"auto": None, "true": True, "false": False}[args.matrix_profile]
+  return matrix_lib.Axes(dtypes=dtypes, pool_impls=pools,
+                         fuse_views=[v == "true" for v in fuse],
+                         batches=batches, max_batch=args.matrix_max_batch,
+                         profile=profile)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -1020,10 +1081,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   settings.frames_dir = args.frames
   settings.torch_channels_last = not args.torch_contiguous
   settings.torch_threads = args.torch_threads
+  if args.matrix:
+    try:
+      settings.matrix = _matrix_axes(args)
+    except flags.Error as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 2
   t0 = time.perf_counter()
   results = run(settings)
   results["config"]["wall_s"] = time.perf_counter() - t0
   table = markdown(results)
+  if "matrix" in results:
+    table += "\n\nSpeed matrix:\n" + matrix_lib.markdown(results["matrix"])
   print(table)
   print(f"(total {results['config']['wall_s']:.0f} s)")
   if args.out:
