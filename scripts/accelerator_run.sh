@@ -41,7 +41,8 @@
 #   SSMTL_WARMUP_STEPS=N    default config warm-up x config batch / batch
 #   SSMTL_MEASURE_STEPS=N   steps of the measuring run (default min(100, warm-up))
 #   SSMTL_EVAL_RESERVE_S=S  seconds kept for validate + evaluate (default 90 GPU/TPU, 60 CPU)
-#   SSMTL_BENCH=full|quick|skip   default full on GPU/TPU, quick on CPU
+#   SSMTL_BENCH=full|quick|skip   default full on GPU/TPU, quick on CPU (full
+#                           includes the speed matrix, --matrix, at the training batch)
 #   SSMTL_BENCH_FLAGS="..." extra flags for benchmarks.compare (e.g. --notorch_compile)
 #   SSMTL_SCRATCH=DIR       records, checkpoints, JAX cache (kept, and the records
 #                           reused on a rerun); default a temporary dir, deleted at exit
@@ -189,6 +190,9 @@ train_flags=(--config.optim.learning_rate="$lr" --config.optim.warmup_steps="$wa
              --config.eval.after_training=False --workdir "@SCRATCH@/train")
 bench_flags=(--out "$out/benchmark.json" --markdown "$out/benchmark.md")
 [ "$bench" = quick ] && bench_flags+=(--quick)
+# Full: the speed matrix too (dtype x pool_impl x fuse_views vs torch at the
+# training batch; largest batch per framework; top-ops profile).
+[ "$bench" = full ] && bench_flags+=(--matrix --matrix_batches="$batch" --repeats=3)
 # shellcheck disable=SC2206
 bench_flags+=(${SSMTL_BENCH_FLAGS:-})
 

@@ -131,6 +131,7 @@ def test_dry_run_scales_batch_learning_rate_and_warmup_on_an_accelerator(
   assert "SCRATCH/train/eval_val/selection.json" in out
   assert recall.endswith("--root SCRATCH/data")
   assert "--quick" not in bench
+  assert "--matrix --matrix_batches=256 --repeats=3" in bench
   for cmd in (measure, train):
     assert "--config.optim.learning_rate=0.004" in cmd
     assert "--config.optim.warmup_steps=125" in cmd
