@@ -422,6 +422,28 @@ def _build_video_job(args):
   return src.video_id, build_video(settings, src, shard, with_gt, **kwargs)
 
 
+def preflight(sources: list[video_io.VideoSource]) -> list[video_io.VideoInfo]:
+  """Opens every input (``video_io.probe``) before any expensive work.
+
+  Raises:
+    VideoInputError: one message naming every unreadable input.
+  """
+  infos, bad = [], []
+  for src in tqdm.tqdm(sources, unit="video", desc="check inputs",
+                       dynamic_ncols=True, leave=False,
+                       disable=len(sources) < 2):
+    try:
+      infos.append(video_io.probe(src))
+    except video_io.VideoInputError as e:
+      bad.append(str(e))
+  if bad:
+    more = f" (and {len(bad) - 1} more: {'; '.join(bad[1:4])}" + (
+        "; ..." if len(bad) > 4 else "") + ")" if len(bad) > 1 else ""
+    raise video_io.VideoInputError(
+        f"{bad[0]}{more}; nothing was built (fix or remove the input)")
+  return infos
+
+
 def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
   """Builds (or resumes) the records of every split; returns the meta per split."""
   settings = BuildSettings.from_config(config)
@@ -446,12 +468,9 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
   logging.info("Building %s: %d of %d videos to do.", settings.records,
                len(jobs), total)
   workers = max(1, min(int(config.build.workers), len(jobs)))
-  # Frame folders are counted by listing; video files would need a decode
-  # pass, so their frames only count once built (total unknown then).
-  todo_frames = None
-  if all(job[1].kind == "frames" for job in jobs):
-    todo_frames = sum(len(video_io.list_frame_files(job[1].path))
-                      for job in jobs)
+  # Every input is checked before any model is loaded; the frame counts
+  # give the progress bar its total.
+  todo_frames = sum(info.frames for info in preflight([j[1] for j in jobs]))
   with tqdm.tqdm(total=todo_frames, unit="frame", desc="build",
                  dynamic_ncols=True) as bar:
     counts = {"videos": 0, "objects": 0}

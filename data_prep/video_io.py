@@ -184,6 +184,37 @@ def count_frames(src: VideoSource) -> int:
   return n
 
 
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+  """What :func:`probe` found: frame count and size (of the first frame)."""
+  frames: int
+  height: int
+  width: int
+
+
+def probe(src: VideoSource) -> VideoInfo:
+  """Checks that ``src`` can be read: a frame folder is non-empty and its
+  first frame decodes; a video file opens, its first frame decodes and its
+  frames are counted (``grab`` only, no pixel conversion: a few seconds per
+  hour of SD video). Later frames of a folder are decoded only when built.
+
+  Raises:
+    VideoInputError naming the file or folder.
+  """
+  if src.kind == "frames":
+    files = list_frame_files(src.path)
+    h, w = _decode_image(files[0]).shape[:2]
+    return VideoInfo(len(files), h, w)
+  with _open_capture(src.path) as cap:
+    ok, img = cap.read()
+    if not ok or img is None:
+      raise VideoInputError(f"video file has no decodable frame: {src.path}")
+    n = 1
+    while cap.grab():
+      n += 1
+  return VideoInfo(n, img.shape[0], img.shape[1])
+
+
 def _convert(bgr: np.ndarray, channels: int) -> np.ndarray:
   """BGR uint8 [H, W, 3] -> uint8 [H, W, channels] (RGB or gray)."""
   if channels == 3:

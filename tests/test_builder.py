@@ -2,7 +2,9 @@
 read back, resume redoes only unfinished videos, bad input names the file."""
 
 import os
+import shutil
 
+import cv2
 import numpy as np
 import pytest
 
@@ -323,3 +325,46 @@ def test_build_config_errors_name_the_key(data_root, tmp_path):
   with pytest.raises(errors.ConfigError,
                      match="config.build.classifier.input_size"):
     builder.build(config)
+
+
+def test_unreadable_inputs_fail_before_any_model_loads(data_root, tmp_path,
+                                                        monkeypatch):
+  """Issue #14: a text file named like a video was reported only after the
+  detector had run for minutes. Every input is opened first; the error names
+  each bad file, nothing is built and no model is loaded."""
+  root = tmp_path / "root"
+  shutil.copytree(data_root, root)
+  (root / "train" / "zz_text.mp4").write_text("not a video\n")
+  (root / "test" / "empty_folder").mkdir()
+
+  def no_model(*args, **kwargs):
+    raise AssertionError("a model was loaded before the inputs were checked")
+
+  monkeypatch.setattr(builder, "_detector", no_model)
+  monkeypatch.setattr(builder, "_classifier", no_model)
+  records = tmp_path / "records"
+  config = _config(str(root), str(records))
+  config.build.detector.kind = "yolov3"
+  with pytest.raises(video_io.VideoInputError) as info:
+    builder.build(config)
+  message = str(info.value)
+  assert "zz_text.mp4" in message and "empty_folder" in message
+  assert "and 1 more" in message and "nothing was built" in message
+  assert not list(records.glob("*.tfrecord*"))
+
+
+def test_probe_counts_frames_of_folders_and_video_files(data_root, tmp_path):
+  src = video_io.list_videos(data_root, "test")[0]
+  info = video_io.probe(src)
+  files = video_io.list_frame_files(src.path)
+  assert info.frames == len(files)
+  frames = list(video_io.iter_frames(src, 1))
+  assert (info.height, info.width) == frames[0].shape[:2]
+  path = str(tmp_path / "clip.avi")
+  writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 10,
+                           (frames[0].shape[1], frames[0].shape[0]))
+  for f in frames[:7]:
+    writer.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
+  writer.release()
+  got = video_io.probe(video_io.VideoSource("clip", "test", path, "file"))
+  assert got == video_io.VideoInfo(7, *frames[0].shape[:2])
