@@ -517,3 +517,184 @@ def frame_scores_by_video(
         sigma=settings.sigma, scale=settings.map_scale, background=background,
         temporal_sigma=settings.temporal_sigma, context=context)
   return out
+
+
+# --------------------------------------------------------------------------
+# The same frame scores, one frame at a time (the streaming scorer).
+
+
+def _radius(sigma: float, truncate: float) -> int:
+  """Kernel radius of scipy's gaussian_filter1d (0 when the axis is off)."""
+  return int(truncate * float(sigma) + 0.5) if sigma > 1e-15 else 0
+
+
+class FrameScoreStream:
+  """:func:`video_frame_scores` of one video, computed as frames arrive.
+
+  ``push(boxes, scores)`` gives the objects of the next frame (in frame
+  order; every frame, also those without objects); it returns the frames
+  whose score became final, as (t, score) pairs in order. ``close(T)`` ends
+  the video (T frames in all) and returns the rest. A frame's score is final
+  once the maps its smoothing kernels reach have arrived: ``latency_frames``
+  = r(sigma_t) + r(temporal_sigma) pushes after its own (r = int(4 sigma +
+  0.5), scipy's radius). Memory holds about 2 r(sigma_t) + 2 maps, whatever
+  the video length.
+
+  The result equals ``video_frame_scores`` over the whole video with the same
+  arguments, bit for bit: each frame is computed by the same scipy filters
+  on a window holding exactly the frames its kernel reaches (mode 'nearest'
+  repeats the edge frames, which is what the window's clipped indices do),
+  then the spatial filters on that frame alone (scipy filters one axis at a
+  time, each line independently).
+
+  Contract: the caller pushes frame t only when it holds all of frame t's
+  objects and frame t can hold objects or lies before them (t < T - C, known
+  because frames up to t + C have been read); the first C frames then take
+  frame C's map (so they become final with frame C) and the frames from the
+  last push to T - 1 take the map of frame T - C - 1 (:func:`fill_borders`).
+  With ``keep_maps``, :meth:`pop_map` gives each final frame's smoothed map
+  (``video_frame_scores(..., return_maps=True)``'s), for heat-map overlays.
+  """
+
+  def __init__(self, height: int, width: int, *, sigma: Sigma,
+               scale: float, background: float, temporal_sigma: float = 0.0,
+               context: int = 0, truncate: float = 4.0,
+               keep_maps: bool = False):
+    st, sy, sx = _sigma3(sigma)
+    if not (temporal_sigma >= 0 and math.isfinite(temporal_sigma)):
+      raise ValueError(f"temporal_sigma must be finite and >= 0, got "
+                       f"{temporal_sigma}")
+    self.height, self.width = int(height), int(width)
+    self.map_hw = map_shape(height, width, scale)
+    h, w = self.map_hw
+    self._scale = scale
+    self._st, self._sy, self._sx = st, sy * h / height, sx * w / width
+    self._ts = float(temporal_sigma)
+    self._truncate = truncate
+    self._r1 = _radius(st, truncate)
+    self._r2 = _radius(self._ts, truncate)
+    self.latency_frames = self._r1 + self._r2
+    self.background = float(background)
+    self.context = int(context)
+    self.keep_maps = keep_maps
+    self._raw: dict[int, np.ndarray] = {}   # pushed raw maps still needed
+    self._fill_first: Optional[np.ndarray] = None   # raw map of frame C
+    self._pushed = 0
+    self._total: Optional[int] = None        # T, once closed
+    self._next1 = 0                          # next frame of stage 1 (maps)
+    self._s1: dict[int, float] = {}          # stage-1 scores still needed
+    self._maps: dict[int, np.ndarray] = {}   # smoothed maps (keep_maps)
+    self._next2 = 0                          # next frame of stage 2 (output)
+
+  def pop_map(self, t: int) -> np.ndarray:
+    """keep_maps: the smoothed map float32 [h, w] of final frame t (once)."""
+    return self._maps.pop(t)
+
+  def _background_map(self) -> np.ndarray:
+    return np.full(self.map_hw, self.background, np.float32)
+
+  def push(self, boxes: np.ndarray, scores: np.ndarray
+           ) -> list[tuple[int, float]]:
+    if self._total is not None:
+      raise ValueError("push after close")
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    t = self._pushed
+    raw = anomaly_maps(boxes, np.zeros(len(boxes), np.int64),
+                       np.asarray(scores, np.float64).reshape(-1), 1,
+                       self.height, self.width, scale=self._scale,
+                       background=self.background)[0]
+    self._raw[t] = raw
+    if t == self.context:
+      self._fill_first = raw
+    self._pushed += 1
+    return self._advance()
+
+  def close(self, num_frames: int) -> list[tuple[int, float]]:
+    """Ends the video at ``num_frames`` (>= the frames pushed)."""
+    if num_frames < self._pushed:
+      raise ValueError(f"num_frames={num_frames} < {self._pushed} frames "
+                       "pushed")
+    self._total = int(num_frames)
+    return self._advance()
+
+  # --- internals
+
+  def _fill_active(self) -> bool:
+    c, total = self.context, self._total
+    return c > 0 and (total is None or total > 2 * c)
+
+  def _raw_map(self, j: int) -> np.ndarray:
+    """The map frame j has after fill_borders (j already clipped to [0, T))."""
+    c, total = self.context, self._total
+    if self._fill_active():
+      if j < c:
+        return (self._fill_first if self._fill_first is not None
+                else self._background_map())
+      if total is not None and j >= total - c:
+        j = total - c - 1
+    if j in self._raw:
+      return self._raw[j]
+    return self._background_map()   # never pushed: no objects
+
+  def _stage1_ready(self, t: int) -> bool:
+    if self._total is not None:
+      return t < self._total
+    hi = t + self._r1
+    if hi >= self._pushed:
+      return False
+    return not (self._fill_active() and t - self._r1 < self.context
+                and self._fill_first is None)
+
+  def _stage1(self, t: int) -> float:
+    r = self._r1
+    last = (self._total if self._total is not None else self._pushed) - 1
+    idx = np.clip(np.arange(t - r, t + r + 1), 0, last)
+    if r:
+      window = np.stack([self._raw_map(int(j)) for j in idx])
+      m = ndimage.gaussian_filter1d(window, self._st, axis=0, mode="nearest",
+                                    truncate=self._truncate)[r]
+    else:
+      m = np.array(self._raw_map(int(idx[0])), np.float32, copy=True)
+    for axis, s in ((0, self._sy), (1, self._sx)):
+      if s > 1e-15:
+        m = ndimage.gaussian_filter1d(m, s, axis=axis, mode="nearest",
+                                      truncate=self._truncate)
+    if self.keep_maps:
+      self._maps[t] = m
+    return float(frame_scores(m[None])[0])
+
+  def _advance(self) -> list[tuple[int, float]]:
+    while self._stage1_ready(self._next1):
+      self._s1[self._next1] = self._stage1(self._next1)
+      self._next1 += 1
+    out = []
+    r = self._r2
+    while True:
+      t = self._next2
+      if self._total is not None and t >= self._total:
+        break
+      last = None if self._total is None else self._total - 1
+      if (t + r if last is None else min(t + r, last)) >= self._next1:
+        break   # stage-1 scores its kernel reaches are not all there yet
+      if r:
+        idx = np.clip(np.arange(t - r, t + r + 1), 0,
+                      t + r if last is None else last)
+        window = np.asarray([self._s1[int(j)] for j in idx], np.float32)
+        score = float(ndimage.gaussian_filter1d(
+            window, self._ts, mode="nearest", truncate=self._truncate)[r])
+      else:
+        score = float(np.float32(self._s1[t]))
+      out.append((t, score))
+      self._next2 += 1
+      self._forget()
+    return out
+
+  def _forget(self) -> None:
+    """Drops maps and scores no later frame can reach."""
+    # The last pushed map may be frame T-C-1, whose map the final C frames
+    # take at close.
+    keep_from = min(self._next1 - self._r1, self._pushed - 1)
+    for j in [j for j in self._raw if j < keep_from]:
+      del self._raw[j]
+    for j in [j for j in self._s1 if j < self._next2 - self._r2]:
+      del self._s1[j]
