@@ -24,6 +24,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.root = ""        # ROOT/{train,test}/<video_id>/ (+ gt_frame/, gt_pixel/)
   config.data.records = ""     # TFDS/TFRecord dir written by data_prep.build
   config.data.synthetic = False  # generate the embedded synthetic data set if missing
+  # ssmtl_jax.main builds the records of data.root when they are incomplete
+  # (an interrupted build resumes; complete records are used as they are);
+  # an empty data.records becomes WORKDIR/records.
+  config.data.build_missing = False
   config.data.train_split = "train"
   config.data.test_split = "test"
   # Optional third split scored like the test split, e.g. the pseudo-anomaly

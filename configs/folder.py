@@ -1,11 +1,14 @@
-"""Any folder of videos: ROOT/{train,test}/<video_id>/ frames or <video_id>.mp4.
+r"""Any folder of videos: ROOT/{train,test}/<video_id>/ frames or <video_id>.mp4.
 
-  python -m ssmtl_jax.main --config configs/folder.py --workdir DIR \
-      --config.data.root=/path/to/videos --config.data.records=DIR/records
+  python -m ssmtl_jax.main --config configs/folder.py --workdir W \
+      --config.data.root=VIDEOS
 
-Build the records first with `python -m data_prep.build --config
-configs/folder.py ...`. Without ROOT/gt_frame/ the evaluator cannot compute
-metrics: set --config.eval.after_training=False and score videos yourself.
+builds the records under W/records (data.build_missing; an interrupted build
+resumes), trains, and scores the test videos: W/eval/scores/<video>.npy,
+scores_<video>.png and report.json. Test videos need no labels: without
+VIDEOS/gt_frame/<video>.npy a video is scored but not measured, and with no
+labelled video the report's AUCs, RBDC and TBDC are null with the reason in
+``metrics_unavailable`` and ``notes``.
 """
 
 from configs import common
@@ -13,6 +16,7 @@ from configs import common
 
 def get_config():
   config = common.get_config()
+  config.data.build_missing = True
   config.build.detector.kind = "yolov3"
   config.build.detector.input_size = (640, 384)
   config.build.detector.min_score = 0.25

@@ -87,7 +87,8 @@ def row(ev: evaluator_lib.Evaluator, settings: scoring.Settings, *,
 
 
 def ablations(config, workdir: str, split: Optional[str] = None) -> dict:
-  ev = evaluator_lib.Evaluator(config, workdir, split=split)
+  ev = evaluator_lib.Evaluator(config, workdir, split=split,
+                               require_labels=True)
   base = ev.settings
   objs = ev.objects
   half = int(ev.meta["half_window"])

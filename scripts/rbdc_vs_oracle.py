@@ -508,7 +508,7 @@ def run(config, workdir: str, step: Optional[int] = None, *,
   """Evaluator outputs of workdir -> compare() -> WORKDIR/eval/OUTPUT (the
   evaluator's eval directory); returns the comparison."""
   from ssmtl_jax import evaluator  # pylint: disable=g-import-not-at-top
-  ev = evaluator.Evaluator(config, workdir, step)
+  ev = evaluator.Evaluator(config, workdir, step, require_labels=True)
   out = ev.outputs
   missing = [v for v, g in out.gt.items() if g.mask_path is None]
   if missing:

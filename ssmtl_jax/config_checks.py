@@ -118,6 +118,7 @@ def _rules() -> dict[str, Rule]:
       "data.root": string,
       "data.records": string,
       "data.synthetic": boolean,
+      "data.build_missing": boolean,
       "data.train_split": nonempty_string,
       "data.test_split": nonempty_string,
       "data.val_split": string,

@@ -31,7 +31,12 @@ Decisions (see also ssmtl_jax/scoring.py and ssmtl_jax/metrics.py):
   frames (the masks carry no track ids);
 * macro AUC skips videos with one class only and reports how many;
   ``macro_auc_single_class_as_1`` is the other convention (such videos count
-  as 1.0).
+  as 1.0);
+* a video without frame labels (no ``gt_frame/<video>.npy``) is scored like
+  the others (frame scores, score plot, annotated video) but not measured:
+  the label metrics cover the labelled videos only, and are null, with the
+  reason in the report, when no video is labelled or the labelled frames are
+  all of one class.
 """
 
 from __future__ import annotations
@@ -157,14 +162,24 @@ class Outputs:
   combined: np.ndarray                       # float64 [N] object scores
   frame_scores: dict[str, np.ndarray]        # {video: float32 [T]}
   per_video: dict[str, Optional[float]]      # {video: AUC or None}
-  num_single_class: int                      # videos macro AUC skipped
+  num_single_class: int                      # labelled videos macro skipped
   notes: list[str]
   maps_seconds: float                        # maps + frame scores, combined
   metrics: dict[str, Optional[float]]        # see Evaluator.run
+  # Why the label metrics are all null (no labelled video, or labelled
+  # frames of one class only); None when they were computed.
+  metrics_unavailable: Optional[str] = None
 
   @property
   def labels(self) -> dict[str, np.ndarray]:
-    return {vid: g.labels for vid, g in self.gt.items()}
+    """{video: frame labels} of the labelled videos."""
+    return {vid: g.labels for vid, g in self.gt.items()
+            if g.labels is not None}
+
+  @property
+  def unlabeled(self) -> list[str]:
+    """The videos without frame labels (scored, not measured)."""
+    return [vid for vid, g in self.gt.items() if g.labels is None]
 
 
 class Evaluator:
@@ -172,16 +187,20 @@ class Evaluator:
 
   ``Evaluator(config, workdir, step).run()`` yields ``(name, value)``:
   ``micro_auc``, ``macro_auc``, ``rbdc``, ``tbdc`` and ``per_task/<task>``
-  (the micro AUC of each task alone); a metric that cannot be computed
-  (RBDC/TBDC without pixel masks, macro AUC without a two-class video) is
-  left out. ``outputs`` holds everything else one evaluation computed.
+  (the micro AUC of each task alone), measured on the videos with frame
+  labels; a metric that cannot be computed (RBDC/TBDC without pixel masks,
+  macro AUC without a two-class video, every label metric without a labelled
+  video) is left out. ``outputs`` holds everything else one evaluation
+  computed.
 
   The constructor checks the config, the test records and the ground truth,
-  so mistakes surface before the model is restored.
+  so mistakes surface before the model is restored. ``require_labels``: a
+  video without frame labels is an error (``ground_truth.GroundTruthError``)
+  instead of a video that is scored but not measured.
   """
 
   def __init__(self, config, workdir: str, step: Optional[int] = None, *,
-               split: Optional[str] = None):
+               split: Optional[str] = None, require_labels: bool = False):
     kd_mode = str(config.eval.get("kd_score", "balanced"))
     if kd_mode not in scoring.KD_SCORES:
       raise errors.ConfigError(
@@ -217,8 +236,9 @@ class Evaluator:
           f"context {self.context} the {self.split!r} records were built "
           f"with ({self.meta_file}): scoring would read padded frames; "
           "rebuild with build.test_context >= tasks.seq_half")
-    root = config.data.root or self.meta.get("root", "")
-    self.gt = ground_truth.load_split(root, self.meta["videos"])
+    self.root = config.data.root or self.meta.get("root", "")
+    self.gt = ground_truth.load_split(self.root, self.meta["videos"],
+                                      require_labels=require_labels)
 
   def run(self) -> Iterator[tuple[str, float]]:
     for name, value in self.outputs.metrics.items():
@@ -305,37 +325,82 @@ class Evaluator:
     t_maps = time.perf_counter()
     frame_scores = by_video(combined)
     maps_seconds = time.perf_counter() - t_maps
-    labels = {vid: g.labels for vid, g in gt.items()}
 
-    notes = []
-    values = {"micro_auc": metrics.micro_auc(frame_scores, labels)}
-    values["macro_auc"], per_video, single = metrics.macro_auc(frame_scores,
-                                                               labels)
-    values["macro_auc_single_class_as_1"] = metrics.macro_auc_single_as_one(
-        per_video)
-    if single:
-      notes.append(f"macro_auc: {single} single-class video(s) skipped; "
-                   "macro_auc_single_class_as_1 counts them as 1.0")
-    values["rbdc"], values["tbdc"], note = _detection_metrics(
-        objs, combined, gt, extend=bool(config.eval.extend_curves))
-    notes.append(note)
+    # --- Metrics, on the labelled videos only.
+    labelled = {vid: g for vid, g in gt.items() if g.labels is not None}
+    labels = {vid: g.labels for vid, g in labelled.items()}
+    on_labelled = lambda scores: {vid: scores[vid] for vid in labels}
+    values = dict.fromkeys(("micro_auc", "macro_auc",
+                            "macro_auc_single_class_as_1", "rbdc", "tbdc"))
     for t in tasks:
-      task_frames = by_video(normed[t])
-      values[f"per_task/{t}"] = metrics.micro_auc(task_frames, labels)
-      values[f"per_task_macro/{t}"] = metrics.macro_auc(task_frames, labels)[0]
+      values[f"per_task/{t}"] = values[f"per_task_macro/{t}"] = None
+    per_video = dict.fromkeys(gt)
+    single, notes = 0, []
+    unavailable = self._why_no_label_metrics(labels)
+    if unavailable:
+      notes.append("micro/macro AUC, per-task AUCs, RBDC, TBDC: null, "
+                   + unavailable)
+    else:
+      if len(labelled) < len(gt):
+        unlabeled = [vid for vid in gt if vid not in labelled]
+        notes.append(
+            f"frame labels for {len(labelled)} of {len(gt)} videos: the "
+            "AUCs, RBDC and TBDC cover those only; no "
+            f"{ground_truth.frame_labels_path(self.root, '<video>')} for "
+            f"{_first(unlabeled)} (all in unlabeled_videos)")
+      scores = on_labelled(frame_scores)
+      values["micro_auc"] = metrics.micro_auc(scores, labels)
+      values["macro_auc"], labelled_auc, single = metrics.macro_auc(scores,
+                                                                    labels)
+      per_video.update(labelled_auc)
+      values["macro_auc_single_class_as_1"] = (
+          metrics.macro_auc_single_as_one(labelled_auc))
+      if single:
+        notes.append(f"macro_auc: {single} single-class video(s) skipped; "
+                     "macro_auc_single_class_as_1 counts them as 1.0")
+      values["rbdc"], values["tbdc"], note = _detection_metrics(
+          objs, combined, labelled, extend=bool(config.eval.extend_curves))
+      notes.append(note)
+      for t in tasks:
+        task_frames = on_labelled(by_video(normed[t]))
+        values[f"per_task/{t}"] = metrics.micro_auc(task_frames, labels)
+        values[f"per_task_macro/{t}"] = metrics.macro_auc(task_frames,
+                                                          labels)[0]
     return Outputs(step=scorer.step, split=self.split, context=self.context,
                    gt=gt, objs=objs, tasks=tasks,
                    weights=weights, combined=combined,
                    frame_scores=frame_scores, per_video=per_video,
                    num_single_class=single, notes=notes,
-                   maps_seconds=maps_seconds, metrics=values)
+                   maps_seconds=maps_seconds, metrics=values,
+                   metrics_unavailable=unavailable)
+
+  def _why_no_label_metrics(self, labels: dict[str, np.ndarray]
+                            ) -> Optional[str]:
+    """Why no label metric can be computed from ``labels`` (those of the
+    labelled videos), or None."""
+    if not labels:
+      return (f"no frame labels: "
+              f"{ground_truth.frame_labels_path(self.root, '<video>')} "
+              f"missing for all {len(self.gt)} {self.split!r} videos")
+    frames = np.concatenate(list(labels.values()))
+    if frames.size == 0 or frames.min() == frames.max():
+      kind = "abnormal" if frames.size and frames[0] else "normal"
+      return (f"the {frames.size} labelled frames ({len(labels)} "
+              f"video(s)) are all {kind}: no ROC curve")
+    return None
+
+
+def _first(ids: list[str], n: int = 10) -> str:
+  return ", ".join(ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n
+                               else "")
 
 
 def _detection_metrics(objs, combined, gt, *, extend: bool):
-  """(RBDC, TBDC, note) from the scored object boxes vs the pixel masks;
-  (None, None, note) when a test video has no masks."""
+  """(RBDC, TBDC, note) from the scored object boxes vs the pixel masks of
+  the videos of ``gt``; (None, None, note) when one of them has no masks."""
   if not all(g.mask_path for g in gt.values()):
-    return None, None, "rbdc, tbdc: null, the test split has no gt_pixel masks"
+    return None, None, ("rbdc, tbdc: null, not every labelled video has "
+                        "gt_pixel masks")
   dets, gts = {}, {}
   for vid, g in gt.items():
     idx = np.flatnonzero(objs.video_id == vid)
@@ -362,8 +427,12 @@ def _machine() -> dict:
 def make_report(config, out: Outputs, values: dict[str, float],
                 build_seconds: Optional[float], seconds: float) -> dict:
   """report.json (docs/DESIGN.md §8) from the evaluator's outputs and its metrics
-  ``values`` (as ``Evaluator.run`` yields them; absent ones are null)."""
+  ``values`` (as ``Evaluator.run`` yields them; absent ones are null).
+  ``labels`` says which videos have frame labels ('all', 'partial', 'none'),
+  ``unlabeled_videos`` names the others and ``metrics_unavailable`` says why
+  every label metric is null (else null)."""
   num_frames = sum(g.frames for g in out.gt.values())
+  unlabeled = out.unlabeled
   objs = out.objs
   fps = {"model": num_frames / objs.seconds if objs.seconds > 0 else None,
          "maps_and_metrics": num_frames / max(out.maps_seconds, 1e-9),
@@ -385,6 +454,10 @@ def make_report(config, out: Outputs, values: dict[str, float],
       "context": out.context,
       "per_video_auc": out.per_video,
       "num_single_class_videos": out.num_single_class,
+      "labels": ("none" if len(unlabeled) == len(out.gt)
+                 else "partial" if unlabeled else "all"),
+      "unlabeled_videos": unlabeled,
+      "metrics_unavailable": out.metrics_unavailable,
       "fps": fps,
       "num_frames": num_frames, "num_videos": len(out.gt),
       "num_objects": int(len(out.combined)),
@@ -416,25 +489,35 @@ def write_scalars(workdir: str, step: int, values: dict[str, float], *,
   """``<prefix>/<name>`` scalars (``eval/`` for the test split,
   ``eval_<split>/`` for another) at the checkpoint step, in the event directory
   the trainer writes ``train/...`` to (train.py: the workdir); process 0
-  writes, the others only log."""
+  writes, the others only log. Nothing when no metric exists (no labels)."""
+  scalars = {f"{prefix}/{k}": v for k, v in values.items() if v is not None}
+  if not scalars:
+    return
   with summaries.create_default_writer(
       workdir, just_logging=jax.process_index() > 0) as writer:
-    writer.write_scalars(step, {f"{prefix}/{k}": v for k, v in values.items()
-                                if v is not None})
+    writer.write_scalars(step, scalars)
 
 
 def write_plots(eval_dir: epath.Path, out: Outputs) -> None:
-  """roc.png (micro, all frames) and scores_<video>.png per test video."""
+  """roc.png (micro, all labelled frames; none, and an earlier one removed,
+  without a micro AUC) and scores_<video>.png per test video."""
   from ssmtl_jax import plots  # pylint: disable=g-import-not-at-top
   labels = out.labels
-  plots.roc(out.frame_scores, labels, str(eval_dir / "roc.png"),
-            title=f"micro AUC {out.metrics['micro_auc']:.3f}")
+  roc_path = eval_dir / "roc.png"
+  if out.metrics["micro_auc"] is None:
+    if roc_path.exists():
+      roc_path.unlink()
+  else:
+    plots.roc({vid: out.frame_scores[vid] for vid in labels}, labels,
+              str(roc_path), title=f"micro AUC {out.metrics['micro_auc']:.3f}")
   for vid in out.gt:
     auc = out.per_video[vid]
-    plots.score_curve(out.frame_scores[vid], labels[vid],
-                      str(eval_dir / f"scores_{vid}.png"),
-                      title=f"{vid}: AUC "
-                      f"{'n/a' if auc is None else f'{auc:.3f}'}")
+    if vid not in labels:
+      title = f"{vid}: no frame labels"
+    else:
+      title = f"{vid}: AUC {'n/a' if auc is None else f'{auc:.3f}'}"
+    plots.score_curve(out.frame_scores[vid], labels.get(vid),
+                      str(eval_dir / f"scores_{vid}.png"), title=title)
 
 
 def evaluate(config, workdir: str, step: Optional[int] = None, *,
@@ -492,5 +575,11 @@ def summary_table(report: dict) -> str:
   lines = [f"checkpoint step {report['checkpoint_step']}, "
            f"{report['num_videos']} videos, {report['num_frames']} frames, "
            f"{report['num_objects']} objects"]
+  unlabeled = report.get("unlabeled_videos") or []
+  if report.get("metrics_unavailable"):
+    lines.append("label metrics unavailable: " + report["metrics_unavailable"])
+  elif unlabeled:
+    lines.append(f"label metrics on the {report['num_videos'] - len(unlabeled)}"
+                 f" labelled videos ({len(unlabeled)} without frame labels)")
   lines += [f"{name:<{width}}  {value:>7}" for name, value in rows]
   return "\n".join(lines)

@@ -6,9 +6,10 @@ Layout (docs/DESIGN.md §4), both optional per video::
     ROOT/gt_pixel/<video_id>.npz   key "mask": bool (or 0/255) [T, H, W]
 
 The one reader of these files: the builder checks them against the videos,
-the evaluator scores against them and ``data_prep.recall`` measures detector
-recall on them. numpy + etils.epath only (no TensorFlow, no ``data_prep``),
-so both layers can import it, and ``gs://`` roots work.
+the evaluator scores against them (a video without labels is scored, not
+measured) and ``data_prep.recall`` measures detector recall on them. numpy +
+etils.epath only (no TensorFlow, no ``data_prep``), so both layers can import
+it, and ``gs://`` roots work.
 
 Every problem raises :class:`GroundTruthError` (an ``errors.DataError``)
 whose message names the file.
@@ -158,7 +159,7 @@ class VideoGT:
   frames: int
   height: int
   width: int
-  labels: np.ndarray                # uint8 [T] of 0/1
+  labels: Optional[np.ndarray]      # uint8 [T] of 0/1; None: no gt_frame
   mask_path: Optional[epath.Path]   # gt_pixel/<id>.npz, if present
 
   def masks(self) -> np.ndarray:
@@ -168,28 +169,32 @@ class VideoGT:
     return read_masks(self.mask_path)
 
 
-def load_split(root, videos: Mapping[str, Mapping[str, int]]
-               ) -> dict[str, VideoGT]:
-  """Frame labels (required) and checked mask files (optional) per video.
+def load_split(root, videos: Mapping[str, Mapping[str, int]], *,
+               require_labels: bool = True) -> dict[str, VideoGT]:
+  """Frame labels and checked mask files (both optional per video unless
+  ``require_labels``) of every video of a split.
 
   Args:
     root: data root.
     videos: {video_id: {"frames": T, "height": H, "width": W, ...}} (the
       ``videos`` of a split's records metadata).
+    require_labels: when True a video without frame labels is an error;
+      when False its ``VideoGT.labels`` is None (scored, not measured).
   Returns:
     {video_id: VideoGT}, in the order of ``videos``.
   Raises:
-    GroundTruthError: a video without frame labels, or bad ground truth.
+    GroundTruthError: bad ground truth, or (``require_labels``) a video
+      without frame labels.
   """
   out = {}
   for vid, v in videos.items():
     frames, height, width = int(v["frames"]), int(v["height"]), int(v["width"])
     labels = load_frame_labels(root, vid, frames)
-    if labels is None:
+    if labels is None and require_labels:
       raise GroundTruthError(
-          f"test video {vid!r} has no frame labels "
-          f"({frame_labels_path(root, vid)}): the test split needs "
-          "ROOT/gt_frame/<video_id>.npy (config.data.root)")
+          f"video {vid!r} has no frame labels "
+          f"({frame_labels_path(root, vid)}): every video of this split "
+          "needs ROOT/gt_frame/<video_id>.npy (config.data.root)")
     out[vid] = VideoGT(frames, height, width, labels,
                        check_pixel_masks(root, vid, (frames, height, width)))
   return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Optional
 
 import matplotlib
 
@@ -29,14 +29,16 @@ def roc(scores: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray],
   plt.close(fig)
 
 
-def score_curve(scores: np.ndarray, labels: np.ndarray, path: str,
+def score_curve(scores: np.ndarray, labels: Optional[np.ndarray], path: str,
                 title: str = "") -> None:
-  """Frame scores over time with the ground-truth abnormal frames shaded."""
+  """Frame scores over time with the ground-truth abnormal frames shaded
+  (none shaded when ``labels`` is None: a video without frame labels)."""
   fig, ax = plt.subplots(figsize=(6, 2.2), dpi=100)
   t = np.arange(len(scores))
   lo, hi = float(np.min(scores)), float(np.max(scores))
-  ax.fill_between(t, lo, hi, where=np.asarray(labels) > 0, step="mid",
-                  color="tab:red", alpha=0.2, lw=0, label="abnormal (GT)")
+  if labels is not None:
+    ax.fill_between(t, lo, hi, where=np.asarray(labels) > 0, step="mid",
+                    color="tab:red", alpha=0.2, lw=0, label="abnormal (GT)")
   ax.plot(t, scores, color="tab:blue", lw=1.2, label="score")
   ax.set(xlabel="frame", ylabel="anomaly score", title=title,
          xlim=(0, max(1, len(scores) - 1)))
@@ -53,7 +55,8 @@ def render_videos(gt, objs, combined, frame_scores, out_dir: str, settings,
   red = highest of the test set) over the smoothed anomaly map.
 
   Args:
-    gt: {video_id: ground_truth.VideoGT}.
+    gt: {video_id: ground_truth.VideoGT} (a video without frame labels gets
+      no normal/ABNORMAL caption).
     objs: the test split's ScoredObjects; combined: float [N] object scores.
     frame_scores: {video_id: float [T]}.
     out_dir: where <video_id>.mp4 go (a local folder: OpenCV writes them).
@@ -87,8 +90,9 @@ def render_videos(gt, objs, combined, frame_scores, out_dir: str, settings,
         c = norm(combined[i])
         cv2.rectangle(img, (x1, y1), (x2, y2),
                       (int(255 * (1 - c)), 0, int(255 * c)), 1)
-      label = "ABNORMAL" if g.labels[t] else "normal"
-      cv2.putText(img, f"{t} {label} {frame_scores[vid][t]:.2f}", (4, 14),
+      label = ("" if g.labels is None
+               else " ABNORMAL" if g.labels[t] else " normal")
+      cv2.putText(img, f"{t}{label} {frame_scores[vid][t]:.2f}", (4, 14),
                   cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
       writer.write(img)
     writer.release()

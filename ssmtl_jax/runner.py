@@ -10,6 +10,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from ssmtl_jax import errors
 from ssmtl_jax import sharding
 from ssmtl_jax import train
 
@@ -47,27 +48,38 @@ def initialize_distributed(config) -> None:
     jax.distributed.initialize()
 
 
+def _builds_records(config) -> bool:
+  return bool(config.data.synthetic or config.data.get("build_missing", False))
+
+
 def resolve_paths(config, workdir: str) -> None:
-  """Fills the synthetic config's default paths (docs/DESIGN.md §8)."""
-  if config.data.synthetic:
-    if not config.data.root:
-      config.data.root = os.path.join(workdir, "synthetic_data")
-    if not config.data.records:
-      config.data.records = os.path.join(workdir, "records")
+  """Fills the default paths of the synthetic config and of
+  data.build_missing (docs/DESIGN.md §8)."""
+  if config.data.synthetic and not config.data.root:
+    config.data.root = os.path.join(workdir, "synthetic_data")
+  if _builds_records(config) and not config.data.records:
+    config.data.records = os.path.join(workdir, "records")
 
 
 def prepare_data(config) -> None:
-  """Synthetic config: generate the videos and build the records if missing."""
-  if not config.data.synthetic:
+  """Synthetic config: generate the videos if missing; it and
+  data.build_missing: build the records if incomplete."""
+  if not _builds_records(config):
     return
+  if not config.data.root:
+    raise errors.ConfigError(
+        "config.data.build_missing=True needs config.data.root: the folder "
+        "of videos to build the records from")
   from data_prep import builder  # pylint: disable=g-import-not-at-top
-  from data_prep import synthetic  # pylint: disable=g-import-not-at-top
   splits = builder.default_splits(config)
   if jax.process_index() == 0:
-    params = dict(config.synthetic)
-    if not synthetic.is_complete(config.data.root, **params):
-      logging.info("Generating the synthetic data set under %s", config.data.root)
-      synthetic.generate(config.data.root, **params)
+    if config.data.synthetic:
+      from data_prep import synthetic  # pylint: disable=g-import-not-at-top
+      params = dict(config.synthetic)
+      if not synthetic.is_complete(config.data.root, **params):
+        logging.info("Generating the synthetic data set under %s",
+                     config.data.root)
+        synthetic.generate(config.data.root, **params)
     if not builder.records_complete(config.data.records, splits):
       builder.build(config, splits)
   if jax.process_count() > 1:

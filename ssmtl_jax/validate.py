@@ -117,7 +117,9 @@ def select(config, workdir: str, step: Optional[int] = None, grid=None
         "config.data.val_split is empty: name the validation split (e.g. "
         "'val', made by `python -m data_prep.validation`)")
   t0 = time.perf_counter()
-  ev = evaluator_lib.Evaluator(config, workdir, step, split=split)
+  # Every validation video needs frame labels (else GroundTruthError).
+  ev = evaluator_lib.Evaluator(config, workdir, step, split=split,
+                               require_labels=True)
   labels = np.concatenate([g.labels for g in ev.gt.values()])
   if labels.size == 0 or labels.min() == labels.max():
     raise errors.DataError(

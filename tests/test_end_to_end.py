@@ -94,14 +94,15 @@ def test_eval_errors(trained, tmp_path):
     evaluator.evaluate(config, str(tmp_path / "empty"))
   with pytest.raises(checkpointing.CheckpointError, match="step 7"):
     evaluator.evaluate(config, workdir, step=7)
-  # A data root without frame labels.
+  # A data root without frame labels: scored, not measured
+  # (tests/test_unlabeled.py), unless labels are required (ssmtl_jax.validate).
   bare = tmp_path / "bare"
   bare.mkdir()
   config = _config()
   config.data.records = os.path.join(workdir, "records")
   config.data.root = str(bare)
   with pytest.raises(ground_truth.GroundTruthError, match="no frame labels"):
-    evaluator.evaluate(config, workdir)
+    evaluator.Evaluator(config, workdir, require_labels=True)
   # Frame labels that disagree with the video length.
   shutil.copytree(os.path.join(workdir, "synthetic_data", "gt_frame"),
                   bare / "gt_frame")
