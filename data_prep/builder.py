@@ -266,7 +266,8 @@ def _is_done(settings: BuildSettings, split: str, video_id: str,
 
 
 def _detections(settings: BuildSettings, src: video_io.VideoSource,
-                frames: Iterator[np.ndarray], stride: int = 1
+                frames: Iterator[np.ndarray], stride: int = 1,
+                path: Optional[str] = None
                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """(frame, detections float32 [N, 6 + num_det]) per frame, streamed.
 
@@ -274,6 +275,8 @@ def _detections(settings: BuildSettings, src: video_io.VideoSource,
   becomes teacher_det. Only rows with score >= min_score are kept. With
   stride > 1 only frames t % stride == 0 get detections (the others, which
   are still needed as cube context, get none, and the detector skips them).
+  Detector kind 'file': the detections file is ``path`` (default
+  DETECTIONS_DIR/<split>/<video_id>.csv).
   """
   empty = np.zeros((0, 6 + settings.num_det), np.float32)
   if settings.detector_kind == "yolov3":
@@ -296,8 +299,8 @@ def _detections(settings: BuildSettings, src: video_io.VideoSource,
       yield pending.popleft()[0], empty
     return
 
-  path = str(epath.Path(settings.detections_dir) / src.split /
-             f"{src.video_id}.csv")
+  path = path or str(epath.Path(settings.detections_dir) / src.split /
+                     f"{src.video_id}.csv")
   per_frame = detections_lib.read_detections(path)
   num_frames = 0
   for t, frame in enumerate(frames):

@@ -222,6 +222,17 @@ def _convert(bgr: np.ndarray, channels: int) -> np.ndarray:
   return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)[..., None]
 
 
+def bgr_to_channels(bgr: np.ndarray, channels: int) -> np.ndarray:
+  """An OpenCV BGR frame as the builder reads frames: uint8 [H, W, 1]
+  (gray) or [H, W, 3] (RGB)."""
+  return _convert(bgr, channels)
+
+
+def read_image_bgr(path: str) -> np.ndarray:
+  """One image file as BGR uint8 [H, W, 3] (VideoInputError if unreadable)."""
+  return _decode_image(path)
+
+
 def _decode_image(path: str) -> np.ndarray:
   """Reads one image file as BGR uint8 [H, W, 3]."""
   try:

@@ -131,6 +131,13 @@ class Scorer:
   def _fn(self) -> ScoreFn:
     return jit_score_fn(make_score_fn(self.model, self.cfg), self.mesh)
 
+  def score_arrays(self, batch: Mapping[str, np.ndarray], batch_size: int
+                   ) -> dict[str, np.ndarray]:
+    """:func:`score_batch` of n <= batch_size objects (batch_size a multiple
+    of the devices: :func:`padded_batch_size`)."""
+    return score_batch(self._fn, self.variables, batch,
+                       batch_size=batch_size, mesh=self.mesh)
+
   def score_split(self, info: input_pipeline.RecordsInfo, batch_size: int, *,
                   max_objects: Optional[int] = None,
                   desc: str = "score") -> ScoredObjects:

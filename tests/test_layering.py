@@ -3,7 +3,8 @@ function-level ones included:
 
 * ``ssmtl_jax`` library modules never import ``data_prep``; only the job
   layer (``runner``, which builds missing records and reads frames for
-  annotated videos) does;
+  annotated videos, and ``score``, the streaming scorer, which runs the
+  builder's detector, cubes and teachers on a live source) does;
 * ``data_prep``'s library modules use only ``ssmtl_jax``'s base modules
   (errors, schema, files, ground truth, cli); its tools (recall, build)
   may also read records and score;
@@ -18,7 +19,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-JOB_LAYER = {"ssmtl_jax.runner", "ssmtl_jax.main"}
+JOB_LAYER = {"ssmtl_jax.runner", "ssmtl_jax.main", "ssmtl_jax.score"}
 SSMTL_BASE = {"ssmtl_jax.errors", "ssmtl_jax.schema", "ssmtl_jax.files",
               "ssmtl_jax.ground_truth", "ssmtl_jax.cli"}
 DATA_PREP_TOOLS = {
