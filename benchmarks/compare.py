@@ -1024,6 +1024,9 @@ def _flags() -> flags.FlagValues:
                     "model.pool_impl values", flag_values=fv)
   flags.DEFINE_list("matrix_fuse", ["false", "true"],
                     "model.fuse_views values", flag_values=fv)
+  flags.DEFINE_list("matrix_convs", ["auto"],
+                    "model.conv_impl values (e.g. fast,onednn on a CPU)",
+                    flag_values=fv)
   flags.DEFINE_list("matrix_batches", [],
                     "global batch sizes (default: --batch)", flag_values=fv)
   flags.DEFINE_integer("matrix_max_batch", 8192,
@@ -1054,6 +1057,7 @@ def _matrix_axes(args) -> matrix_lib.Axes:
                 [p for p in models.POOL_IMPLS if p != "auto"])
   fuse = check("matrix_fuse", [v.lower() for v in args.matrix_fuse],
                ("false", "true"))
+  convs = check("matrix_convs", args.matrix_convs, models.CONV_IMPLS)
   try:
     batches = [int(b) for b in args.matrix_batches]
   except ValueError:
@@ -1065,6 +1069,7 @@ def _matrix_axes(args) -> matrix_lib.Axes:
   profile = {"auto": None, "true": True, "false": False}[args.matrix_profile]
   return matrix_lib.Axes(dtypes=dtypes, pool_impls=pools,
                          fuse_views=[v == "true" for v in fuse],
+                         conv_impls=convs,
                          batches=batches, max_batch=args.matrix_max_batch,
                          profile=profile)
 

@@ -3,7 +3,8 @@ r"""The speed matrix of ``python -m benchmarks.compare --matrix``.
 Every combination of the JAX model's speed switches -- ``model.dtype``
 (float32 / bfloat16 mixed precision), ``model.pool_impl`` (argmax /
 reduce_window), ``model.fuse_views`` (one backbone call per task / one for
-the three 7-frame views) -- and each global batch size is timed against the
+the three 7-frame views), ``model.conv_impl`` (default 'auto' only; e.g.
+'fast' and 'onednn' on a CPU) -- and each global batch size is timed against the
 PyTorch twin doing the same work: the same step (views, forward, joint loss,
 backward, Adam), the same batch, the same precision (torch autocast to
 bfloat16 where JAX computes in bfloat16; float32 otherwise, TF32 allowed on
@@ -66,6 +67,7 @@ class Axes:
   dtypes: Sequence[str] = ("float32", "bfloat16")
   pool_impls: Sequence[str] = ("argmax", "reduce_window")
   fuse_views: Sequence[bool] = (False, True)
+  conv_impls: Sequence[str] = ("auto",)   # e.g. ('fast', 'onednn') on CPU
   batches: Sequence[int] = ()   # () = the settings' batch
   max_batch: int = 8192         # largest-batch search cap (accelerators)
   profile: Optional[bool] = None  # None = on accelerators only
@@ -76,8 +78,10 @@ def _bench():
   return compare
 
 
-def _config(settings, dtype: str, pool: str, fuse: bool, batch: int):
+def _config(settings, dtype: str, pool: str, fuse: bool, batch: int,
+            conv: str = "auto"):
   config = _bench()._config(settings)  # pylint: disable=protected-access
+  config.model.conv_impl = conv
   config.model.dtype = dtype
   config.model.pool_impl = pool
   config.model.fuse_views = fuse
@@ -226,17 +230,18 @@ def measure_group(settings, m, device, *, dtype: str, batch: int,
     # fuse_views changes training only (scoring already runs the backbone
     # once for aot, mi and kd).
     fuses = axes.fuse_views if section == "train" else (False,)
-    for pool, fuse in itertools.product(axes.pool_impls, fuses):
-      config = _config(settings, dtype, pool, fuse, batch)
-      name = f"jax {dtype} pool={pool}" + (
+    for conv, pool, fuse in itertools.product(axes.conv_impls,
+                                              axes.pool_impls, fuses):
+      config = _config(settings, dtype, pool, fuse, batch, conv)
+      name = f"jax {dtype} conv={conv} pool={pool}" + (
           f" fuse={fuse}" if section == "train" else "")
-      meta = _row(section, "jax", dtype, batch, pool_impl=pool,
+      meta = _row(section, "jax", dtype, batch, conv_impl=conv, pool_impl=pool,
                   **({"fuse_views": fuse} if section == "train" else {}))
       try:
         build = jax_train if section == "train" else jax_infer
         call, jsync, costs = build(settings, m, config, records)
         meta["xla"] = costs
-        if section == "train" and handles is not None:
+        if section == "train" and handles is not None and conv == "auto":
           handles[(dtype, batch, pool, fuse)] = (call, jsync, costs)
       except Exception as e:  # pylint: disable=broad-except
         meta["error"] = bench._error(e)  # pylint: disable=protected-access
@@ -422,7 +427,8 @@ def matrix_section(settings, m, device, axes: Axes) -> dict:
   add_ratios(rows)
   out: dict[str, Any] = {
       "axes": {"dtype": list(axes.dtypes), "pool_impl": list(axes.pool_impls),
-               "fuse_views": list(axes.fuse_views), "batch": batches},
+               "fuse_views": list(axes.fuse_views),
+               "conv_impl": list(axes.conv_impls), "batch": batches},
       "rows": rows}
   analytic = _bench().model_flops(settings)
   out["analytic_flops_per_cube"] = {"train": analytic["train"],
@@ -462,7 +468,8 @@ def default_sections(matrix: dict, batch: int):
       if (r["section"], r["dtype"], r["batch"]) != (section, "float32", batch):
         continue
       if r["framework"] == "jax":
-        if r["pool_impl"] != pool or r.get("fuse_views", False):
+        if (r["pool_impl"] != pool or r.get("fuse_views", False)
+            or r.get("conv_impl", "auto") != "auto"):
           continue
         if section == "train":
           flops = r.get("xla", {}).get("flops_per_cube")
@@ -490,11 +497,11 @@ def markdown(matrix: dict) -> str:
     flops = matrix["analytic_flops_per_cube"][section]
     lines += ["", f"**{section}** (cubes/s, median [min-max]; analytic "
               f"{flops / 1e9:.3f} GFLOP/cube)", "",
-              "| dtype | batch | pool | " +
+              "| dtype | batch | conv | pool | " +
               ("fuse views | " if section == "train" else "") +
               "JAX | torch eager | torch.compile | JAX/eager | JAX/compile | "
               "XLA GFLOP/cube | XLA temp MiB/cube | torch peak MiB/cube |",
-              "|---|---|---|" + ("---|" if section == "train" else "") +
+              "|---|---|---|---|" + ("---|" if section == "train" else "") +
               "---|---|---|---|---|---|---|---|"]
     for r in rows:
       if r["section"] != section or r["framework"] != "jax":
@@ -502,7 +509,8 @@ def markdown(matrix: dict) -> str:
       eager = ref.get((section, "torch_eager", r["dtype"], r["batch"]), {})
       comp = ref.get((section, "torch_compile", r["dtype"], r["batch"]), {})
       xla = r.get("xla", {})
-      cells = [r["dtype"], str(r["batch"]), r["pool_impl"]]
+      cells = [r["dtype"], str(r["batch"]), r.get("conv_impl", "auto"),
+               r["pool_impl"]]
       if section == "train":
         cells.append("yes" if r["fuse_views"] else "no")
       cells += [_bench()._cell(r, "cubes_per_s"),  # pylint: disable=protected-access

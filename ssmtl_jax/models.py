@@ -125,7 +125,7 @@ def _conv3d_im2col(x, kernel):
                     kernel.reshape(27 * c, kernel.shape[-1]))
 
 
-CONV_IMPLS = ("auto", "xla", "fast")
+CONV_IMPLS = ("auto", "xla", "fast", "onednn")
 
 
 POOL_IMPLS = ("auto", "argmax", "reduce_window")
@@ -196,6 +196,9 @@ class Conv3x3x3(nn.Module):
       impl = "fast" if jax.default_backend() == "cpu" else "xla"
     if impl == "xla":
       return _conv3d_xla(x, kernel)
+    if impl == "onednn":
+      from ssmtl_jax import onednn_conv  # pylint: disable=g-import-not-at-top
+      return onednn_conv.conv3d(x, kernel)
     if x.shape[-1] <= 4:
       return _conv3d_im2col(x, kernel)
     return _conv3d_as_2d(x, kernel)

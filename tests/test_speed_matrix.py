@@ -72,7 +72,7 @@ def test_every_combination_has_a_row_with_ratios_and_xla_costs(tiny_matrix):
   assert abs(sum(o["share"] for o in prof["top"]) - 1) < 1 or len(
       prof["top"]) == 15
   table = matrix.markdown(result)
-  assert table.count("| float32 | 8 |") == 3
+  assert table.count("| float32 | 8 | auto |") == 3
   assert "Largest train batch" in table and "Top ops" in table
 
 
@@ -119,6 +119,7 @@ def test_top_ops_prefers_device_streams_and_skips_python_frames():
 
 
 @pytest.mark.parametrize("flag", ["--matrix_dtypes=float16",
+                                  "--matrix_convs=cudnn",
                                   "--matrix_pools=avg",
                                   "--matrix_fuse=maybe",
                                   "--matrix_batches=0"])

@@ -1,0 +1,153 @@
+"""conv_impl='onednn' (ssmtl_jax/onednn_conv.py): the oneDNN convolution
+computes what XLA's does, forward and backward, jitted, through both ways of
+calling it (XLA FFI custom call, jax.pure_callback), and a whole train step
+with it matches one with conv_impl='xla'.
+
+Skipped as a module when libdnnl cannot be loaded (install
+``onednn-cpu-gomp``, or set SSMTL_DNNL_LIB).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ssmtl_jax import models
+from ssmtl_jax import onednn_conv
+
+try:
+  onednn_conv.library()
+except onednn_conv.OneDnnUnavailableError as e:
+  pytest.skip(f"oneDNN library not loadable: {e}", allow_module_level=True)
+
+# (B, T, H, W, C, O): thin first layer (C = 1), odd and unequal H / W, the
+# narrow model's 16 -> 32.
+SHAPES = [(2, 7, 9, 11, 1, 16), (3, 6, 7, 5, 16, 32), (2, 7, 8, 8, 16, 8)]
+TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(params=onednn_conv.CALLS)
+def conv(request):
+  """conv3d through the XLA FFI custom call, and through pure_callback."""
+  return lambda x, k: onednn_conv.conv3d(x, k, call=request.param)
+
+
+def _inputs(shape, seed=0):
+  b, t, h, w, c, o = shape
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((b, t, h, w, c), np.float32)
+  k = rng.standard_normal((3, 3, 3, c, o), np.float32) / np.sqrt(27 * c)
+  return jnp.asarray(x), jnp.asarray(k)
+
+
+def _close(a, b, **tol):
+  a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+  scale = max(1.0, float(np.abs(b).max()))  # relative to the largest value
+  np.testing.assert_allclose(a / scale, b / scale, **(tol or TOL))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_forward_matches_xla(shape, conv):
+  x, k = _inputs(shape)
+  want = models._conv3d_xla(x, k)  # pylint: disable=protected-access
+  got = jax.jit(conv)(x, k)
+  assert got.shape == want.shape and got.dtype == jnp.float32
+  _close(got, want)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gradients_match_xla(shape, conv):
+  x, k = _inputs(shape, seed=1)
+
+  def grads(conv_fn):
+    # A non-linear loss, so that the output cotangent is not constant.
+    loss = lambda x, k: jnp.sum(jnp.sin(conv_fn(x, k)))
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, k)
+
+  gx, gk = grads(conv)
+  wx, wk = grads(models._conv3d_xla)  # pylint: disable=protected-access
+  _close(gx, wx)
+  _close(gk, wk)
+
+
+def test_numpy_front_end_matches_xla():
+  """The library called directly (no JAX in between)."""
+  x, k = _inputs(SHAPES[1])
+  lib = onednn_conv.library()
+  y = lib.forward(np.asarray(x), np.asarray(k))
+  _close(y, models._conv3d_xla(x, k))  # pylint: disable=protected-access
+  g = np.ones_like(y)
+  dx, dk = lib.backward(np.asarray(x), np.asarray(k), g)
+  _, vjp = jax.vjp(models._conv3d_xla, x, k)  # pylint: disable=protected-access
+  wx, wk = vjp(jnp.asarray(g))
+  _close(dx, wx)
+  _close(dk, wk)
+
+
+def test_bfloat16_is_computed_in_float32():
+  x, k = _inputs(SHAPES[2])
+  xb, kb = x.astype(jnp.bfloat16), k.astype(jnp.bfloat16)
+  got = jax.jit(onednn_conv.conv3d)(xb, kb)
+  assert got.dtype == jnp.bfloat16
+  want = models._conv3d_xla(xb.astype(jnp.float32), kb.astype(jnp.float32))  # pylint: disable=protected-access
+  _close(got, want, rtol=1e-2, atol=1e-2)
+
+
+def test_batch_sharded_over_devices_matches_xla(conv):
+  """Under jit over a data mesh of every device (the trainer's main path;
+  8 fake CPU devices in the test suite), with the batch sharded."""
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+  batch_sharding = jax.sharding.NamedSharding(mesh,
+                                              jax.sharding.PartitionSpec("data"))
+  x, k = _inputs((len(jax.devices()), 3, 6, 6, 4, 8))
+  x = jax.device_put(x, batch_sharding)
+  loss = lambda conv: lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
+  got = jax.jit(jax.value_and_grad(loss(conv),
+                                   argnums=(0, 1)))(x, k)
+  want = jax.jit(jax.value_and_grad(loss(models._conv3d_xla),  # pylint: disable=protected-access
+                                    argnums=(0, 1)))(x, k)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    _close(a, b)
+
+
+def test_train_step_matches_xla():
+  """One real train step (all four tasks, the real model) with
+  conv_impl='onednn' equals one with 'xla': same loss, same gradients, same
+  batch-norm statistics."""
+  from tests import test_options  # pylint: disable=g-import-not-at-top
+  results = {}
+  for impl in ("xla", "onednn"):
+    setup = test_options._Setup(test_options._config(  # pylint: disable=protected-access
+        **{"model.conv_impl": impl}))
+    grads, metrics = setup.run(test_options._batch())  # pylint: disable=protected-access
+    results[impl] = (grads, metrics, setup.state.batch_stats)
+  (g_x, m_x, s_x), (g_o, m_o, s_o) = results["xla"], results["onednn"]
+  assert m_x.keys() == m_o.keys()
+  for key in m_x:
+    np.testing.assert_allclose(m_o[key], m_x[key], rtol=1e-4, atol=1e-5,
+                               err_msg=key)
+  for a, b in zip(jax.tree.leaves(g_o), jax.tree.leaves(g_x)):
+    _close(a, b, rtol=1e-3, atol=1e-4)
+  for a, b in zip(jax.tree.leaves(s_o), jax.tree.leaves(s_x)):
+    _close(a, b)
+
+
+def test_bad_arguments_are_rejected():
+  x, k = _inputs(SHAPES[0])
+  with pytest.raises(ValueError, match="kernel"):
+    onednn_conv.conv3d(x, k[:, :, :2])
+  with pytest.raises(ValueError, match="call"):
+    onednn_conv.conv3d(x, k, call="cffi")
+
+
+def test_missing_library_is_one_clear_error(monkeypatch):
+  monkeypatch.delenv(onednn_conv.ENV_VAR, raising=False)
+  monkeypatch.setattr(onednn_conv, "DISTRIBUTIONS", ())
+  with pytest.raises(onednn_conv.OneDnnUnavailableError) as e:
+    onednn_conv.find_library()
+  message = str(e.value)
+  assert "\n" not in message
+  assert "onednn" in message and onednn_conv.ENV_VAR in message
+  with pytest.raises(onednn_conv.OneDnnUnavailableError,
+                     match=onednn_conv.ENV_VAR):
+    onednn_conv._OneDnn("/nonexistent/libdnnl.so.3")  # pylint: disable=protected-access
