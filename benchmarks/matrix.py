@@ -45,6 +45,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -239,7 +240,9 @@ def measure_group(settings, m, device, *, dtype: str, batch: int,
                   **({"fuse_views": fuse} if section == "train" else {}))
       try:
         build = jax_train if section == "train" else jax_infer
+        t0 = time.perf_counter()
         call, jsync, costs = build(settings, m, config, records)
+        meta["compile_s"] = time.perf_counter() - t0   # lower + compile
         meta["xla"] = costs
         if section == "train" and handles is not None and conv == "auto":
           handles[(dtype, batch, pool, fuse)] = (call, jsync, costs)
@@ -476,6 +479,10 @@ def default_sections(matrix: dict, batch: int):
           xla = {"xla_flops_per_step": flops * batch if flops else None}
       entries[r["framework"]] = {k: v for k, v in r.items()
                                  if k not in ("section", "framework", "xla")}
+      if r["framework"] == "jax" and r.get("first_call_s") is not None:
+        # Compiled ahead of the first call: count it, as the summary's
+        # "first call s (compile)" row means.
+        entries["jax"]["first_call_s"] += r.get("compile_s", 0.0)
     if "jax" not in entries:
       return None
     sections[section] = entries

@@ -100,6 +100,9 @@ _MAX_FRAMES = flags.DEFINE_integer("max_frames", 0, "Stop after this many "
                                    "frames (0 = the whole source).",
                                    lower_bound=0)
 _PROGRESS = flags.DEFINE_bool("progress", True, "Progress bar on stderr.")
+_REALTIME = flags.DEFINE_bool(
+    "realtime", False, "Read a file or folder at its frame rate, as a camera "
+    "delivers frames (latency figures of a live source).")
 
 # Boxes listed per event (the most anomalous objects of the peak frame).
 EVENT_BOXES = 3
@@ -124,6 +127,7 @@ class Options:
   stall_timeout_s: float = 10.0
   max_frames: int = 0
   progress: bool = True
+  realtime: bool = False
 
 
 # --------------------------------------------------------------------------
@@ -145,12 +149,14 @@ class Source:
   fails or stalls (``reason`` says which)."""
 
   def __init__(self, spec: str, channels: int, *, fps: Optional[float],
-               stall_timeout_s: float, keep_rgb: bool, max_frames: int = 0):
+               stall_timeout_s: float, keep_rgb: bool, max_frames: int = 0,
+               realtime: bool = False):
     from data_prep import video_io  # pylint: disable=g-import-not-at-top
     self._video_io = video_io
     self.spec, self.channels = spec, channels
     self.keep_rgb, self.max_frames = keep_rgb, max_frames
     self.stall_timeout_s = stall_timeout_s
+    self.realtime = realtime
     self.corrupt_frames = self.resized_frames = 0
     self.reason = "end of input"
     self.live = False
@@ -232,6 +238,10 @@ class Source:
         prev = img
         now = time.perf_counter()
         t0 = now if t0 is None else t0
+        if self.realtime and not self.live:
+          # Frame i is due at t0 + i / fps.
+          time.sleep(max(0.0, t0 + index / self.fps - now))
+          now = time.perf_counter()
         time_s = stamp if stamp is not None else index / self.fps
         frame = Frame(index, self._video_io.bgr_to_channels(img, self.channels),
                       cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if self.keep_rgb
@@ -300,11 +310,15 @@ class Outputs:
 
   def frame(self, t: int, time_s: float, score: float, boxes: np.ndarray,
             obj_scores: np.ndarray, arrived: float,
-            rgb: Optional[np.ndarray], heat: Optional[np.ndarray]) -> None:
+            rgb: Optional[np.ndarray], heat: Optional[np.ndarray],
+            num_objects: int) -> None:
+    """One final frame; ``boxes``/``obj_scores`` are the objects whose map
+    the frame has (a border frame: those of frame C or T-C-1), for events
+    and the video; ``num_objects`` its own."""
     latency = (time.perf_counter() - arrived) * 1000.0
     self.latencies_ms.append(latency)
     alert = score > self.threshold
-    self._csv.writerow((t, f"{time_s:.3f}", f"{score:.9g}", len(boxes),
+    self._csv.writerow((t, f"{time_s:.3f}", f"{score:.9g}", num_objects,
                         int(alert), f"{latency:.1f}"))
     self._csv_file.flush()
     self._track_event(t, time_s, score, boxes, obj_scores, alert)
@@ -344,13 +358,15 @@ class Outputs:
                                      self.fps, (w, h + strip))
     img = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     if heat is not None:
-      # The smoothed map, from the threshold's level down to 2 below it
-      # blue, above it red.
+      # The smoothed map as a heat map, invisible 2 below the threshold,
+      # opaque-ish and red above it (alpha grows with the score).
       z = np.clip((heat - (self.threshold - 2.0)) / 3.0, 0, 1)
-      z = cv2.resize((z * 255).astype(np.uint8), (w, h),
+      z = cv2.resize(z.astype(np.float32), (w, h),
                      interpolation=cv2.INTER_LINEAR)
-      img = cv2.addWeighted(img, 0.65, cv2.applyColorMap(z, cv2.COLORMAP_JET),
-                            0.35, 0)
+      color = cv2.applyColorMap((z * 255).astype(np.uint8),
+                                cv2.COLORMAP_JET).astype(np.float32)
+      alpha = (0.6 * z)[..., None]
+      img = (img * (1 - alpha) + color * alpha).astype(np.uint8)
     for box, s in zip(boxes, obj_scores):
       color = (0, 0, 255) if s > self.threshold else (0, 200, 0)
       x1, y1, x2, y2 = (int(round(v)) for v in box)
@@ -454,22 +470,29 @@ def run(bundle_path: str, source: str, out: str,
   from ssmtl_jax import schema  # pylint: disable=g-import-not-at-top
 
   options = options or Options()
+  t_load = time.perf_counter()
   bundle = bundle_lib.load(bundle_path)
   settings, detections_path, classifier = _components(bundle, options)
   scorer = bundle_lib.scorer(bundle)
-  batch_size = inference.padded_batch_size(options.batch_size, scorer.mesh)
+  shapes = batch_shapes(options.batch_size, scorer.mesh.size)
+  _warm_up(scorer, bundle, shapes)
+  startup_s = time.perf_counter() - t_load
   threshold = (bundle.threshold if options.threshold is None
                else float(options.threshold))
   w, c = settings.half_window, settings.context("test", "train")
   src = Source(source, settings.channels, fps=options.fps,
                stall_timeout_s=options.stall_timeout_s,
-               keep_rgb=options.video, max_frames=options.max_frames)
+               keep_rgb=options.video, max_frames=options.max_frames,
+               realtime=options.realtime)
   outputs = Outputs(out, threshold, video=options.video, fps=src.fps)
   s = bundle.settings
   stream: Optional[scoring.FrameScoreStream] = None
   frames: dict[int, Frame] = {}      # read, not yet final
   objs_by_frame: dict[int, list] = collections.defaultdict(list)
   results: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # scored objects
+  # The first C and last C frames take the maps of frames C and T-C-1
+  # (scoring.fill_borders); their events list those frames' objects.
+  border: dict[str, tuple[np.ndarray, np.ndarray]] = {}
   state = {"read": 0, "complete": 0, "objects": 0, "final": 0,
            "model_s": 0.0, "interrupted": False}
   waiting: list[int] = []   # complete frames whose objects await the model
@@ -482,9 +505,15 @@ def run(bundle_path: str, source: str, out: str,
     for t, score in pairs:
       fr = frames.pop(t)
       boxes, obj_scores = results.pop(t, (np.zeros((0, 4)), np.zeros(0)))
+      own = len(boxes)
+      total = stream.num_frames
+      if t < c and "first" in border:
+        boxes, obj_scores = border["first"]
+      elif total is not None and total > 2 * c and t >= total - c:
+        boxes, obj_scores = border.get("last", (boxes, obj_scores))
       heat = stream.pop_map(t) if options.video else None
       outputs.frame(t, fr.time_s, score, boxes, obj_scores, fr.arrived,
-                    fr.rgb, heat)
+                    fr.rgb, heat, own)
       state["final"] += 1
     if pairs:
       bar.update(len(pairs))
@@ -502,11 +531,13 @@ def run(bundle_path: str, source: str, out: str,
     if objs:
       t0 = time.perf_counter()
       raws = []
-      for i in range(0, len(objs), batch_size):
-        chunk = objs[i:i + batch_size]
+      for i in range(0, len(objs), shapes[-1]):
+        chunk = objs[i:i + shapes[-1]]
         batch = {k: np.stack([o[k] for o in chunk])
                  for k in inference.MODEL_KEYS}
-        raws.append(scorer.score_arrays(batch, batch_size))
+        # The smallest compiled batch that holds them.
+        size = next(n for n in shapes if n >= len(chunk))
+        raws.append(scorer.score_arrays(batch, size))
       raw = {k: np.concatenate([r[k] for r in raws]) for k in raws[0]}
       combined = bundle.object_scores(raw)
       state["model_s"] += time.perf_counter() - t0
@@ -518,6 +549,9 @@ def run(bundle_path: str, source: str, out: str,
       vals = combined[i:i + len(group)]
       i += len(group)
       results[t] = (boxes, vals)
+      if t == c:
+        border["first"] = (boxes, vals)
+      border["last"] = (boxes, vals)
       emit(stream.push(boxes, vals))
     waiting.clear()
 
@@ -594,6 +628,7 @@ def run(bundle_path: str, source: str, out: str,
                            else bundle.meta["calibration"]["threshold_rule"]),
       "ended": src.reason, "corrupt_frames": src.corrupt_frames,
       "resized_frames": src.resized_frames,
+      "startup_s": startup_s,
       "wall_s": wall, "frames_per_s": total / wall if wall > 0 else None,
       "model_s": state["model_s"],
       "latency_frames": {
@@ -607,6 +642,7 @@ def run(bundle_path: str, source: str, out: str,
           "p99": float(np.percentile(lat, 99)), "max": float(lat.max())}),
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "fps_source": src.fps,
+      "realtime": bool(options.realtime or src.live),
   }
   schema.write_json_atomic(os.path.join(out, "summary.json"), summary)
   if options.plot and total:
@@ -615,6 +651,30 @@ def run(bundle_path: str, source: str, out: str,
     print(f"score: stream ended after {total} frames: {src.reason}; outputs "
           f"in {out} are complete up to there", file=sys.stderr)
   return summary
+
+
+def batch_shapes(batch_size: int, devices: int) -> list[int]:
+  """The compiled batch sizes: powers of two from the device count up to
+  batch_size (each a multiple of the device count), so a frame with 3
+  objects runs a batch of 4, not of batch_size."""
+  top = -(-batch_size // devices) * devices
+  shapes, n = [], devices
+  while n < top:
+    shapes.append(n)
+    n *= 2
+  return shapes + [top]
+
+
+def _warm_up(scorer, bundle, shapes: list[int]) -> None:
+  """Compiles every batch shape before the first frame is read, so that no
+  frame waits for a compilation."""
+  m = bundle.meta["model"]
+  for n in shapes:
+    scorer.score_arrays({
+        "crops": np.zeros((n, int(m["window"]), int(m["crop_size"]),
+                           int(m["crop_size"]), int(m["channels"])), np.uint8),
+        "teacher_det": np.zeros((n, int(m["num_det"])), np.float32),
+        "teacher_cls": np.zeros((n, int(m["num_cls"])), np.float32)}, n)
 
 
 def _plot(out: str, threshold: float) -> None:
@@ -651,7 +711,7 @@ def main(argv):
       detector_weights=_DET_WEIGHTS.value,
       classifier_weights=_CLS_WEIGHTS.value, fps=_FPS.value,
       stall_timeout_s=_STALL.value, max_frames=_MAX_FRAMES.value,
-      progress=_PROGRESS.value)
+      progress=_PROGRESS.value, realtime=_REALTIME.value)
   summary = cli.run_reporting_user_errors(
       lambda: run(_BUNDLE.value, _INPUT.value, _OUT.value, options))
   lat = summary["latency_ms"] or {}

@@ -586,6 +586,11 @@ class FrameScoreStream:
     self._maps: dict[int, np.ndarray] = {}   # smoothed maps (keep_maps)
     self._next2 = 0                          # next frame of stage 2 (output)
 
+  @property
+  def num_frames(self) -> Optional[int]:
+    """T once closed, else None."""
+    return self._total
+
   def pop_map(self, t: int) -> np.ndarray:
     """keep_maps: the smoothed map float32 [h, w] of final frame t (once)."""
     return self._maps.pop(t)

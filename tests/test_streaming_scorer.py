@@ -253,3 +253,10 @@ def test_memory_does_not_grow_with_the_stream(exported, tmp_path):
   # one float per frame kept would be 5 KiB; what must not grow is frames,
   # maps and objects).
   assert rss[1500] - rss[300] < 30 * 1024, rss
+
+
+def test_batch_shapes_are_powers_of_two_up_to_the_batch():
+  assert score.batch_shapes(64, 1) == [1, 2, 4, 8, 16, 32, 64]
+  assert score.batch_shapes(64, 8) == [8, 16, 32, 64]
+  assert score.batch_shapes(100, 8) == [8, 16, 32, 64, 104]
+  assert score.batch_shapes(3, 8) == [8]
