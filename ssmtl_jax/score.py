@@ -704,6 +704,8 @@ def _plot(out: str, threshold: float) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from ssmtl_jax import runner  # pylint: disable=g-import-not-at-top
+  runner.quiet_library_logs()
   options = Options(
       threshold=_THRESHOLD.value, max_latency_frames=_MAX_LATENCY.value,
       batch_size=_BATCH.value, video=_VIDEO.value, plot=_PLOT.value,
