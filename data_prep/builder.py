@@ -193,6 +193,33 @@ class BuildSettings:
       d["det_cfg_sha256"] = files_lib.sha256_file(self.det_cfg)
     return d
 
+  @classmethod
+  def from_fingerprint(cls, fp: dict, *, det_cfg: str = "",
+                       det_weights: str = "", det_batch: int = 8
+                       ) -> "BuildSettings":
+    """The settings that build objects like a scored split whose
+    ``fingerprint_for`` is ``fp`` (e.g. a model bundle's), one frame at a
+    time (classifier batch 1) and with no paths: the streaming scorer's.
+    The detector's files are given (and checked against ``fp``'s sha256s
+    by the caller)."""
+    return cls(
+        root="", records="", half_window=int(fp["half_window"]),
+        crop_size=int(fp["crop_size"]), channels=int(fp["channels"]),
+        padding=float(fp["padding"]), min_box_size=float(fp["min_box_size"]),
+        square=bool(fp["square"]), num_det=int(fp["num_det"]),
+        detector_kind=fp["detector_kind"], detections_dir="",
+        min_score=float(fp["min_score"]), det_cfg=det_cfg,
+        det_weights=det_weights,
+        det_weights_sha256=fp.get("det_weights_sha256", ""),
+        det_input_size=tuple(int(v) for v in fp["det_input_size"]),
+        det_nms=float(fp["det_nms"]), det_batch=int(det_batch),
+        classifier_kind=fp["classifier_kind"], classifier_weights="",
+        classifier_sha256=fp.get("classifier_sha256", ""),
+        num_cls=int(fp["num_cls"]), classifier_batch=1,
+        classifier_input=int(fp["classifier_input"]),
+        classifier_crop=str(fp.get("classifier_crop", "frame")),
+        train_stride=1, test_context=int(fp["context"]))
+
   def fingerprint_for(self, split: str, train_split: str) -> dict:
     """The fingerprint of one split's records: train_stride and test_context
     only shape one kind of split, so changing one never invalidates the

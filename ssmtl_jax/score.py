@@ -434,24 +434,9 @@ def _components(bundle, options: Options):
     classifier = teachers.load_classifier(
         b["classifier_kind"], weights, batch_size=64,
         input_size=int(b["classifier_input"]))
-  det_input = tuple(int(v) for v in b["det_input_size"])
-  settings = builder.BuildSettings(
-      root="", records="", half_window=int(b["half_window"]),
-      crop_size=int(b["crop_size"]), channels=int(b["channels"]),
-      padding=float(b["padding"]), min_box_size=float(b["min_box_size"]),
-      square=bool(b["square"]), num_det=int(b["num_det"]),
-      detector_kind=b["detector_kind"], detections_dir="",
-      min_score=float(b["min_score"]), det_cfg=det_cfg or "",
-      det_weights=det_weights or "",
-      det_weights_sha256=b.get("det_weights_sha256", ""),
-      det_input_size=det_input, det_nms=float(b["det_nms"]),
-      det_batch=int(bundle.config.build.detector.batch_size),
-      classifier_kind=b["classifier_kind"], classifier_weights="",
-      classifier_sha256=b.get("classifier_sha256", ""),
-      num_cls=int(b["num_cls"]), classifier_batch=1,
-      classifier_input=int(b["classifier_input"]),
-      classifier_crop=str(b.get("classifier_crop", "frame")),
-      train_stride=1, test_context=int(b["context"]))
+  settings = builder.BuildSettings.from_fingerprint(
+      b, det_cfg=det_cfg or "", det_weights=det_weights or "",
+      det_batch=int(bundle.config.build.detector.batch_size))
   return settings, detections, classifier
 
 

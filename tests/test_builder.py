@@ -368,3 +368,16 @@ def test_probe_counts_frames_of_folders_and_video_files(data_root, tmp_path):
   writer.release()
   got = video_io.probe(video_io.VideoSource("clip", "test", path, "file"))
   assert got == video_io.VideoInfo(7, *frames[0].shape[:2])
+
+
+def test_settings_from_a_scored_split_fingerprint_round_trip(data_root,
+                                                             tmp_path):
+  """The streaming scorer rebuilds the builder's settings from a bundle's
+  fingerprint: the same fingerprint comes back out."""
+  settings = builder.BuildSettings.from_config(
+      _config(data_root, str(tmp_path / "r"), padding=0.1, square=True))
+  fp = settings.fingerprint_for("test", "train")
+  again = builder.BuildSettings.from_fingerprint(fp)
+  assert again.fingerprint_for("test", "train") == fp
+  assert again.classifier_batch == 1 and again.context("test", "train") == (
+      settings.test_context)
