@@ -82,7 +82,7 @@ class Bundle:
     """The build fingerprint of the scored split (detector, teacher, crops)."""
     return self.meta["build"]
 
-  @property
+  @functools.cached_property
   def settings(self) -> scoring.Settings:
     s = self.meta["scoring"]
     return scoring.Settings(
@@ -91,7 +91,7 @@ class Bundle:
         sigma=tuple(s["sigma"]), map_scale=float(s["map_scale"]),
         temporal_sigma=float(s["temporal_sigma"]))
 
-  @property
+  @functools.cached_property
   def task_stats(self) -> dict[str, tuple[float, float]]:
     return {k: tuple(v) for k, v in
             self.meta["calibration"]["task_stats"].items()}
@@ -134,11 +134,9 @@ class Bundle:
             "the same weights (see bundle.json 'build' and 'weights')")
 
 
-def _calibration(scorer: inference.Scorer, config, settings: scoring.Settings
-                 ) -> dict:
+def _calibration(scorer: inference.Scorer, config, settings: scoring.Settings,
+                 info: input_pipeline.RecordsInfo) -> dict:
   """Training-object statistics and combined-score distribution."""
-  info = input_pipeline.records_info(config.data.records,
-                                     config.data.train_split)
   objs = scorer.score_split(info, int(config.eval.batch_size),
                             max_objects=int(config.eval.norm_max_objects),
                             desc="calibration")
@@ -163,7 +161,8 @@ def _calibration(scorer: inference.Scorer, config, settings: scoring.Settings
 
 def export(config, workdir: str, out: str, step: Optional[int] = None
            ) -> dict:
-  """Writes the bundle of checkpoint ``step`` (default latest) to ``out``
+  """Writes the bundle of checkpoint ``step`` (default
+  ``config.eval.checkpoint_step``, -1 = latest) to ``out``
   (which must not exist; written to a temporary sibling, then renamed).
 
   Returns:
@@ -172,17 +171,19 @@ def export(config, workdir: str, out: str, step: Optional[int] = None
   out_path = epath.Path(out)
   if out_path.exists():
     raise BundleError(f"{out} exists; choose a new directory for the bundle")
-  scorer = inference.restore_scorer(config, workdir, step)
+  scorer = inference.restore_scorer(config, workdir,
+                                    inference.requested_step(config, step))
   records = config.data.records
   train_meta = schema.read_json(schema.meta_path(records,
                                                  config.data.train_split))
   test_file = schema.meta_path(records, config.data.test_split)
   # Scored objects are built like the test split's (context C, teacher on
   # every object); without test records, like training's with C = seq_half.
-  build = dict(schema.read_json(test_file)["settings"] if epath.Path(
-      test_file).exists() else train_meta["settings"])
-  if not epath.Path(test_file).exists():
-    build["context"], build["stride"] = int(config.tasks.seq_half), 1
+  if epath.Path(test_file).exists():
+    build = dict(schema.read_json(test_file)["settings"])
+  else:
+    build = dict(train_meta["settings"],
+                 context=int(config.tasks.seq_half), stride=1)
   settings = dataclasses.replace(scoring.Settings.from_config(config),
                                  normalize="zscore")
   info = input_pipeline.records_info(records, config.data.train_split)
@@ -208,7 +209,7 @@ def export(config, workdir: str, out: str, step: Optional[int] = None
                   "note": ("eval.normalize is always 'zscore' here (training "
                            "statistics below); the other eval.* settings "
                            "are the config's")},
-      "calibration": _calibration(scorer, config, settings),
+      "calibration": _calibration(scorer, config, settings, info),
   }
   parent = out_path.parent
   parent.mkdir(parents=True, exist_ok=True)

@@ -218,9 +218,7 @@ class Evaluator:
     self.workdir = workdir
     self.split = split or config.data.test_split
     self.eval_dir = eval_dir_path(workdir, config, self.split)
-    if step is None and int(config.eval.checkpoint_step) >= 0:
-      step = int(config.eval.checkpoint_step)
-    self.step = step
+    self.step = inference.requested_step(config, step)
     self.meta_file = schema.meta_path(config.data.records, self.split)
     if not epath.Path(self.meta_file).exists():
       raise input_pipeline.DataError(

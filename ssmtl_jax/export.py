@@ -39,11 +39,9 @@ def main(argv):
   config = flags.FLAGS.config
   cli.run_reporting_user_errors(lambda: config_checks.check(config))
   runner.resolve_paths(config, _WORKDIR.value)
-  step = _CHECKPOINT.value
-  if step is None and int(config.eval.checkpoint_step) >= 0:
-    step = int(config.eval.checkpoint_step)
   meta = cli.run_reporting_user_errors(
-      lambda: bundle.export(config, _WORKDIR.value, _OUT.value, step))
+      lambda: bundle.export(config, _WORKDIR.value, _OUT.value,
+                            _CHECKPOINT.value))
   cal = meta["calibration"]
   print(f"bundle {_OUT.value}: checkpoint step {meta['step']}, calibrated on "
         f"{cal['objects']} training objects; default threshold "

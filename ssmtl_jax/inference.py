@@ -178,6 +178,14 @@ class Scorer:
         seconds=seconds)
 
 
+def requested_step(config, step: Optional[int] = None) -> Optional[int]:
+  """The checkpoint step to restore: ``step`` when given, else
+  ``config.eval.checkpoint_step`` (None = the latest, for -1)."""
+  if step is None and int(config.eval.checkpoint_step) >= 0:
+    step = int(config.eval.checkpoint_step)
+  return step
+
+
 def restore_scorer(config, workdir: str, step: Optional[int] = None) -> Scorer:
   """Restores the weights of checkpoint `step` (default: latest) of workdir
   for scoring: params and batch statistics only (no optimiser state)."""
