@@ -13,6 +13,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from ssmtl_jax import cli
+from ssmtl_jax import files
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                 lock_config=True)
@@ -26,6 +27,8 @@ def main(argv):
   from ssmtl_jax import config_checks  # pylint: disable=g-import-not-at-top
   cli.run_reporting_user_errors(
       lambda: config_checks.check(flags.FLAGS.config))
+  cli.run_reporting_user_errors(lambda: files.check_writable_dir(
+      flags.FLAGS.config.data.records, "config.data.records"))
   metas = cli.run_reporting_user_errors(
       lambda: builder.build(flags.FLAGS.config))
   for split, meta in metas.items():

@@ -122,6 +122,7 @@ from data_prep import detections as detections_lib
 from data_prep import video_io
 from ssmtl_jax import cli
 from ssmtl_jax import errors
+from ssmtl_jax import files
 
 FORMAT_VERSION = 1
 MARKER = "validation.json"
@@ -590,6 +591,9 @@ def _flags() -> flags.FlagValues:
 def main(argv: Optional[Sequence[str]] = None) -> None:
   """python -m data_prep.validation --root ROOT --out OUT --holdout 08,16"""
   args = cli.parse_tool_flags("python -m data_prep.validation", _flags(), argv)
+  if args.out:
+    cli.run_reporting_user_errors(
+        lambda: files.check_writable_dir(args.out, "--out"))
   summary = cli.run_reporting_user_errors(lambda: make_validation_root(
       args.root, args.out, holdout=args.holdout, seed=args.seed,
       segment=args.segment, fast_stride=args.fast_stride,

@@ -192,11 +192,16 @@ class VideoInfo:
   width: int
 
 
-def probe(src: VideoSource) -> VideoInfo:
+def probe(src: VideoSource, *, count: bool = True) -> VideoInfo:
   """Checks that ``src`` can be read: a frame folder is non-empty and its
   first frame decodes; a video file opens, its first frame decodes and its
-  frames are counted (``grab`` only, no pixel conversion: a few seconds per
-  hour of SD video). Later frames of a folder are decoded only when built.
+  frames are decoded and counted (``grab``, which decodes but converts no
+  pixels: a few seconds per hour of SD video), and fewer decodable frames
+  than the container declares names the file as damaged. Later frames of a
+  folder are decoded only when built.
+
+  ``count=False`` (the streaming scorer, which scores what a cut-short file
+  holds) stops after the first frame; the count is then the container's.
 
   Raises:
     VideoInputError naming the file or folder.
@@ -206,12 +211,21 @@ def probe(src: VideoSource) -> VideoInfo:
     h, w = _decode_image(files[0]).shape[:2]
     return VideoInfo(len(files), h, w)
   with _open_capture(src.path) as cap:
+    declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
     ok, img = cap.read()
     if not ok or img is None:
       raise VideoInputError(f"video file has no decodable frame: {src.path}")
+    if not count:
+      return VideoInfo(declared, img.shape[0], img.shape[1])
     n = 1
-    while cap.grab():
+    while cap.grab():  # FFmpeg decodes in grab(): a damaged frame ends it
       n += 1
+  # The container's count can be an estimate (a frame or two off); a file
+  # whose frames stop decoding well before it is damaged.
+  if declared > 0 and n < declared - max(2, declared // 100):
+    raise VideoInputError(
+        f"video file is damaged: only {n} of its {declared} frames decode: "
+        f"{src.path}")
   return VideoInfo(n, img.shape[0], img.shape[1])
 
 

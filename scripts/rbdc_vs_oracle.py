@@ -564,7 +564,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     cli._exit(f"unexpected arguments: {rest[1:]}")  # pylint: disable=protected-access
   if fv.config is None or fv.workdir is None:
     cli._exit("--config and --workdir are required")  # pylint: disable=protected-access
-  runner.quiet_library_logs()
+  cli.quiet_library_logs()
   config = fv.config
   cli.run_reporting_user_errors(lambda: config_checks.check(config))
   runner.resolve_paths(config, fv.workdir)

@@ -18,16 +18,17 @@ def checkpoint_dir(workdir: str) -> epath.Path:
   return epath.Path(workdir) / "checkpoints"
 
 
-def create_manager(workdir: str, *, keep: int = 3,
-                   async_save: bool = True) -> ocp.CheckpointManager:
+def create_manager(workdir: str, *, keep: int = 3, async_save: bool = True,
+                   create: bool = True) -> ocp.CheckpointManager:
   """Keeps the latest `keep` checkpoints; the trainer decides when to save.
+  ``create=False`` (readers: evaluator, export) makes no checkpoint folder.
 
   Saves are atomic: orbax writes to a temporary directory and renames it when
   complete, so a process killed mid-save leaves the previous checkpoints intact.
   """
   options = ocp.CheckpointManagerOptions(
       max_to_keep=int(keep), enable_async_checkpointing=bool(async_save),
-      create=True)
+      create=bool(create))
   return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
 
 

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import logging as logging_std
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
 from absl import flags
+from absl import logging
 
 from ssmtl_jax import errors
 
@@ -57,16 +60,45 @@ def _load_config(path: str):
   return module.get_config(*arg)
 
 
+def config_file_problem(path: str) -> Optional[str]:
+  """Why the config file of ``--config=path[:arg]`` cannot be loaded (missing,
+  a folder, a syntax error, no get_config, get_config raising), or None."""
+  file = path.split(":", 1)[0]
+  if not os.path.exists(file):
+    return f"--config: config file {file} not found"
+  if not os.path.isfile(file):
+    return f"--config: {file} is not a file"
+  try:
+    _load_config(path)
+  except SyntaxError as e:
+    return (f"--config: config file {file} line {e.lineno}: syntax error: "
+            f"{e.msg}")
+  except Exception as e:  # pylint: disable=broad-except
+    where = ""
+    tb = e.__traceback__
+    while tb is not None:  # the innermost frame inside the config file
+      if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(file):
+        where = f" line {tb.tb_lineno}"
+      tb = tb.tb_next
+    return (f"--config: config file {file}{where}: {type(e).__name__}: {e}"
+            if not isinstance(e, AttributeError) or "get_config" not in str(e)
+            else f"--config: config file {file} defines no get_config()")
+  return None
+
+
 def check_overrides(argv: Sequence[str]) -> None:
-  """Exits with one line when a --config.* override names no config key."""
+  """Exits with one line when the config file cannot be loaded or a
+  --config.* override names no config key."""
   keys = _override_keys(argv)
   path = _config_path(argv)
-  if not keys or not path:
+  if not path:
     return
-  try:
-    config = _load_config(path)
-  except Exception:  # pylint: disable=broad-except
-    return  # absl's parse below reports the config file itself
+  problem = config_file_problem(path)
+  if problem:
+    _exit(problem)
+  if not keys:
+    return
+  config = _load_config(path)
   if not hasattr(config, "keys"):
     return
   for key in keys:
@@ -118,3 +150,21 @@ def run_reporting_user_errors(fn: Callable[[], object]) -> object:
     return fn()
   except errors.UserError as e:
     _exit(str(e))
+
+
+class _DropLibraryInfo(logging_std.Filter):
+  """Drops INFO records of chatty libraries (orbax logs every save step by step)."""
+  QUIET = ("/orbax/", "/tensorflow_datasets/")
+
+  def filter(self, record):
+    return record.levelno > logging_std.INFO or not any(
+        q in record.pathname for q in self.QUIET)
+
+
+def quiet_library_logs() -> None:
+  """Every binary's logging: INFO of orbax and TFDS dropped. Here, not in
+  the job modules, so that a binary that only scores (score, evaluate,
+  export) does not import the trainer to set up its logs."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
+    handler.addFilter(_DropLibraryInfo())

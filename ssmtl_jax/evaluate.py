@@ -16,6 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from ssmtl_jax import cli
+from ssmtl_jax import files
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir.")
 _CHECKPOINT = flags.DEFINE_integer(
@@ -31,10 +32,12 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from ssmtl_jax import runner  # pylint: disable=g-import-not-at-top
   from ssmtl_jax import config_checks  # pylint: disable=g-import-not-at-top
-  runner.quiet_library_logs()
+  cli.quiet_library_logs()
   config = flags.FLAGS.config
   cli.run_reporting_user_errors(lambda: config_checks.check(config))
   runner.resolve_paths(config, _WORKDIR.value)
+  cli.run_reporting_user_errors(
+      lambda: files.check_writable_dir(_WORKDIR.value, "--workdir"))
   cli.run_reporting_user_errors(
       lambda: runner.evaluate(config, _WORKDIR.value, _CHECKPOINT.value))
 

@@ -18,6 +18,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from ssmtl_jax import cli
+from ssmtl_jax import files
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir.")
 _OUT = flags.DEFINE_string("out", None, "The bundle directory (must not exist).")
@@ -35,10 +36,12 @@ def main(argv):
   from ssmtl_jax import bundle  # pylint: disable=g-import-not-at-top
   from ssmtl_jax import config_checks  # pylint: disable=g-import-not-at-top
   from ssmtl_jax import runner  # pylint: disable=g-import-not-at-top
-  runner.quiet_library_logs()
+  cli.quiet_library_logs()
   config = flags.FLAGS.config
   cli.run_reporting_user_errors(lambda: config_checks.check(config))
   runner.resolve_paths(config, _WORKDIR.value)
+  cli.run_reporting_user_errors(
+      lambda: files.check_writable_dir(_OUT.value, "--out"))
   meta = cli.run_reporting_user_errors(
       lambda: bundle.export(config, _WORKDIR.value, _OUT.value,
                             _CHECKPOINT.value))

@@ -205,7 +205,8 @@ def restore_scorer(config, workdir: str, step: Optional[int] = None) -> Scorer:
       {"step": jax.ShapeDtypeStruct((), jnp.int32),
        "params": abstract["params"],
        "batch_stats": abstract.get("batch_stats", {})})
-  manager = checkpointing.create_manager(workdir, async_save=False)
+  manager = checkpointing.create_manager(workdir, async_save=False,
+                                        create=False)
   restored = checkpointing.restore_subtree(manager, target, step)
   return Scorer(model=model,
                 variables={"params": restored["params"],

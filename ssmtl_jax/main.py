@@ -27,7 +27,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from ssmtl_jax import config_checks  # pylint: disable=g-import-not-at-top
   from ssmtl_jax import runner  # pylint: disable=g-import-not-at-top
-  runner.quiet_library_logs()
+  cli.quiet_library_logs()
   config = flags.FLAGS.config
   cli.run_reporting_user_errors(lambda: config_checks.check(config))
   cli.run_reporting_user_errors(lambda: runner.run(config, _WORKDIR.value))

@@ -72,6 +72,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssmtl_jax import errors
+
 ENV_VAR = "SSMTL_DNNL_LIB"
 # pip distributions that ship libdnnl.so.3, most preferred first.
 DISTRIBUTIONS = ("onednn-cpu-gomp", "onednn-cpu-iomp", "onednn-cpu-tbb",
@@ -159,8 +161,10 @@ _SIGNATURES = {
 }
 
 
-class OneDnnUnavailableError(RuntimeError):
-  """libdnnl could not be found or loaded."""
+class OneDnnUnavailableError(errors.UserError, RuntimeError):
+  """libdnnl could not be found or loaded (model.conv_impl='onednn' without
+  the [onednn] extra, or SSMTL_DNNL_LIB naming no library): a user error, one
+  line and exit status 2 from every binary."""
 
 
 # --- Loading ------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging as logging_std
 import os
 from typing import Callable, Iterator, Optional
 
@@ -11,23 +10,9 @@ import jax
 import numpy as np
 
 from ssmtl_jax import errors
+from ssmtl_jax import files
 from ssmtl_jax import sharding
 from ssmtl_jax import train
-
-
-class _DropLibraryInfo(logging_std.Filter):
-  """Drops INFO records of chatty libraries (orbax logs every save step by step)."""
-  QUIET = ("/orbax/", "/tensorflow_datasets/")
-
-  def filter(self, record):
-    return record.levelno > logging_std.INFO or not any(
-        q in record.pathname for q in self.QUIET)
-
-
-def quiet_library_logs() -> None:
-  handler = logging.get_absl_handler()
-  if not any(isinstance(f, _DropLibraryInfo) for f in handler.filters):
-    handler.addFilter(_DropLibraryInfo())
 
 
 def initialize_distributed(config) -> None:
@@ -59,6 +44,14 @@ def resolve_paths(config, workdir: str) -> None:
     config.data.root = os.path.join(workdir, "synthetic_data")
   if _builds_records(config) and not config.data.records:
     config.data.records = os.path.join(workdir, "records")
+
+
+def check_outputs(config, workdir: str) -> None:
+  """The workdir (and the records folder when this job builds it) can be
+  written: a ConfigError naming the flag or key before any work."""
+  files.check_writable_dir(workdir, "--workdir")
+  if _builds_records(config):
+    files.check_writable_dir(config.data.records, "config.data.records")
 
 
 def prepare_data(config) -> None:
@@ -114,6 +107,7 @@ def run(config, workdir: str) -> dict:
   # Before anything is written: the global batch must split over the devices.
   sharding.check_batch_size(int(config.input.batch_size), jax.device_count())
   resolve_paths(config, workdir)
+  check_outputs(config, workdir)
   prepare_data(config)
   summary = train.train_and_evaluate(config, workdir)
   result = {"train": summary}

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from etils import epath
 
+from ssmtl_jax import errors
 from ssmtl_jax import records
 
 DATASET_NAME = "ssmtl_objects"
@@ -89,7 +90,15 @@ def write_json_atomic(path: str, obj: Any) -> None:
 
 
 def read_json(path: str) -> Any:
-  return json.loads(epath.Path(path).read_text())
+  """A JSON file we wrote (metadata, bundle, summaries); a truncated or
+  otherwise unparsable one is a DataError naming it, not a traceback."""
+  text = epath.Path(path).read_text()
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise errors.DataError(
+        f"{path}: not valid JSON (truncated or damaged?): {e.msg} at line "
+        f"{e.lineno} column {e.colno}") from None
 
 
 def finalize(records_dir: str, feats: Features,

@@ -51,6 +51,7 @@ import contextlib
 import csv
 import dataclasses
 import json
+import math
 import os
 import queue
 import sys
@@ -67,6 +68,7 @@ import numpy as np
 
 from ssmtl_jax import cli
 from ssmtl_jax import errors
+from ssmtl_jax import files
 
 _BUNDLE = flags.DEFINE_string("bundle", None, "Bundle (python -m ssmtl_jax.export).")
 _INPUT = flags.DEFINE_string(
@@ -129,6 +131,25 @@ class Options:
   progress: bool = True
   realtime: bool = False
 
+  def check(self) -> None:
+    """Refuses values that make no sense before any work (ConfigError
+    naming the flag)."""
+    bad = []
+    if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
+      bad.append(f"--fps={self.fps:g}: must be a positive number of frames/s")
+    if self.threshold is not None and not math.isfinite(self.threshold):
+      bad.append(f"--threshold={self.threshold:g}: must be a finite score")
+    if not (math.isfinite(self.stall_timeout_s) and self.stall_timeout_s > 0):
+      bad.append(f"--stall_timeout_s={self.stall_timeout_s:g}: must be > 0")
+    if self.batch_size < 1:
+      bad.append(f"--batch_size={self.batch_size}: must be >= 1")
+    if self.max_latency_frames < 1:
+      bad.append(f"--max_latency_frames={self.max_latency_frames}: must be >= 1")
+    if self.max_frames < 0:
+      bad.append(f"--max_frames={self.max_frames}: must be >= 0 (0 = all)")
+    if bad:
+      raise errors.ConfigError("; ".join(bad))
+
 
 # --------------------------------------------------------------------------
 # Sources.
@@ -148,12 +169,15 @@ class Source:
   small queue; ``frames()`` yields :class:`Frame` until the source ends,
   fails or stalls (``reason`` says which)."""
 
-  def __init__(self, spec: str, channels: int, *, fps: Optional[float],
+  def __init__(self, spec: str, *, fps: Optional[float],
                stall_timeout_s: float, keep_rgb: bool, max_frames: int = 0,
                realtime: bool = False):
+    """Opens the source and, for a file or folder, decodes frames
+    (video_io.probe) before anything else is loaded; ``start`` begins
+    reading."""
     from data_prep import video_io  # pylint: disable=g-import-not-at-top
     self._video_io = video_io
-    self.spec, self.channels = spec, channels
+    self.spec, self.channels = spec, 1
     self.keep_rgb, self.max_frames = keep_rgb, max_frames
     self.stall_timeout_s = stall_timeout_s
     self.realtime = realtime
@@ -167,13 +191,20 @@ class Source:
       self._cap = cv2.VideoCapture(int(spec) if spec.isdigit() else spec)
       if not self._cap.isOpened():
         raise ScoreInputError(f"cannot open the live source {spec!r}")
-    elif os.path.isdir(spec):
-      self._files = video_io.list_frame_files(spec)
-    elif os.path.isfile(spec):
-      self._cap = cv2.VideoCapture(spec)
-      if not self._cap.isOpened():
-        raise ScoreInputError(f"cannot open video file (corrupt or "
-                              f"unsupported codec): {spec}")
+    elif os.path.isdir(spec) or os.path.isfile(spec):
+      kind = "frames" if os.path.isdir(spec) else "file"
+      try:  # opens it and decodes frames (the builder's preflight)
+        video_io.probe(video_io.VideoSource("input", "score", spec, kind),
+                       count=False)
+      except video_io.VideoInputError as e:
+        raise ScoreInputError(f"--input: {e}") from None
+      if kind == "frames":
+        self._files = video_io.list_frame_files(spec)
+      else:
+        self._cap = cv2.VideoCapture(spec)
+        if not self._cap.isOpened():
+          raise ScoreInputError(f"cannot open video file (corrupt or "
+                                f"unsupported codec): {spec}")
     else:
       raise ScoreInputError(f"--input {spec!r}: no such file or folder (a "
                             "camera index or stream URL also work)")
@@ -185,6 +216,10 @@ class Source:
     self._queue: queue.Queue = queue.Queue(maxsize=8)
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._read, daemon=True)
+
+  def start(self, channels: int) -> None:
+    """Starts reading frames, converted to ``channels`` (1 gray, 3 RGB)."""
+    self.channels = channels
     self._thread.start()
 
   def _images(self) -> Iterator[tuple[Optional[np.ndarray], Optional[float]]]:
@@ -444,6 +479,22 @@ def run(bundle_path: str, source: str, out: str,
         options: Optional[Options] = None) -> dict:
   """Scores ``source`` with the bundle; writes DIR's files; returns the
   summary (also written to ``summary.json``)."""
+  options = options or Options()
+  # Everything the user gave is checked before the bundle loads and the
+  # model compiles (tens of seconds): values, the output folder, the input.
+  options.check()
+  files.check_writable_dir(out, "--out")
+  src = Source(source, fps=options.fps,
+               stall_timeout_s=options.stall_timeout_s,
+               keep_rgb=options.video, max_frames=options.max_frames,
+               realtime=options.realtime)
+  try:
+    return _run(bundle_path, src, out, options)
+  finally:
+    src.close()
+
+
+def _run(bundle_path: str, src: Source, out: str, options: Options) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
   from data_prep import builder  # pylint: disable=g-import-not-at-top
@@ -454,7 +505,6 @@ def run(bundle_path: str, source: str, out: str,
   from ssmtl_jax import scoring  # pylint: disable=g-import-not-at-top
   from ssmtl_jax import schema  # pylint: disable=g-import-not-at-top
 
-  options = options or Options()
   t_load = time.perf_counter()
   bundle = bundle_lib.load(bundle_path)
   settings, detections_path, classifier = _components(bundle, options)
@@ -465,10 +515,7 @@ def run(bundle_path: str, source: str, out: str,
   threshold = (bundle.threshold if options.threshold is None
                else float(options.threshold))
   w, c = settings.half_window, settings.context("test", "train")
-  src = Source(source, settings.channels, fps=options.fps,
-               stall_timeout_s=options.stall_timeout_s,
-               keep_rgb=options.video, max_frames=options.max_frames,
-               realtime=options.realtime)
+  src.start(settings.channels)
   outputs = Outputs(out, threshold, video=options.video, fps=src.fps)
   s = bundle.settings
   stream: Optional[scoring.FrameScoreStream] = None
@@ -569,7 +616,7 @@ def run(bundle_path: str, source: str, out: str,
       complete_through(i - w - 1)
       yield item
 
-  src_desc = video_io.VideoSource("stream", "test", source, "file")
+  src_desc = video_io.VideoSource("stream", "test", src.spec, "file")
   try:
     dets = tracked(builder._detections(settings, src_desc, feed(), 1,  # pylint: disable=protected-access
                                        path=detections_path))
@@ -605,7 +652,7 @@ def run(bundle_path: str, source: str, out: str,
   wall = time.perf_counter() - t_start
   lat = np.asarray(outputs.latencies_ms) if outputs.latencies_ms else None
   summary = {
-      "input": source, "bundle": bundle_path, "frames": total,
+      "input": src.spec, "bundle": bundle_path, "frames": total,
       "declared_frames": src.declared_frames or None,
       "objects": state["objects"], "events": outputs.num_events,
       "threshold": threshold,
@@ -689,8 +736,7 @@ def _plot(out: str, threshold: float) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from ssmtl_jax import runner  # pylint: disable=g-import-not-at-top
-  runner.quiet_library_logs()
+  cli.quiet_library_logs()
   options = Options(
       threshold=_THRESHOLD.value, max_latency_frames=_MAX_LATENCY.value,
       batch_size=_BATCH.value, video=_VIDEO.value, plot=_PLOT.value,
@@ -710,4 +756,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["bundle", "input", "out"])
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

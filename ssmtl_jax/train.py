@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import signal
 import time
@@ -173,22 +174,48 @@ def _fetch(tree):
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
+class FinishedSteps:
+  """Moves a progress bar by finished steps, not dispatched ones: JAX
+  dispatches a step long before the device finishes it, so counting calls
+  overstates progress and speed on a slow machine. Each new step waits for
+  the one before it (the device has the new one queued meanwhile, so it
+  never idles for this); ``wait_all`` waits for every step in flight."""
+
+  def __init__(self, progress, in_flight: int = 1):
+    self.progress, self.in_flight = progress, int(in_flight)
+    self._queue: collections.deque = collections.deque()
+
+  def dispatched(self, outputs) -> None:
+    self._queue.append(outputs)
+    while len(self._queue) > self.in_flight:
+      jax.block_until_ready(self._queue.popleft())
+      self.progress.update(1)
+
+  def wait_all(self) -> None:
+    while self._queue:
+      jax.block_until_ready(self._queue.popleft())
+      self.progress.update(1)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict:
   """Trains per config (resuming from workdir); returns the train summary."""
   workdir_path = epath.Path(workdir)
-  workdir_path.mkdir(parents=True, exist_ok=True)
   pidx, pcount = jax.process_index(), jax.process_count()
   use_pmap = config.parallelism == "pmap"
   if config.parallelism not in ("jit", "pmap"):
     raise errors.ConfigError(f"config.parallelism={config.parallelism!r}: expected "
                      "'jit' or 'pmap'")
 
-  # --- Input.
+  # --- Input, checked before the model is built or anything is written:
+  # the batch must split over the devices and the input pipelines.
   info = input_pipeline.records_info(config.data.records, config.data.train_split)
   global_batch = int(config.input.batch_size)
   sharding.check_batch_size(global_batch, jax.device_count())
+  input_pipeline.pipeline_layout(global_batch, int(config.input.num_pipelines),
+                                 len(info.files), pidx, pcount)
   total_steps = total_train_steps(config, info.num_examples)
+  workdir_path.mkdir(parents=True, exist_ok=True)
 
   # --- Model, optimiser, state.
   mesh = sharding.create_mesh()
@@ -274,6 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   log_every = max(1, int(config.log_every_steps))
   save_every = max(1, int(config.checkpoint.every_steps))
   pending, last_metrics = [], {}
+  finished = FinishedSteps(progress)
   t_log, steps_log = time.perf_counter(), 0
   t_start, first_step_time = None, None
   step = start_step
@@ -285,7 +313,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       step += 1
       pending.append(metrics)
       steps_log += 1
-      progress.update(1)
+      finished.dispatched(metrics)
       if t_start is None:  # exclude compilation from steps/s
         jax.block_until_ready(metrics)
         t_start = t_log = time.perf_counter()
@@ -296,6 +324,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         check_finite(run_state, step)
         last_metrics = {k: float(np.mean(first(v))) for k, v in fetched.items()}
         pending = []
+        finished.wait_all()
         now = time.perf_counter()
         rate = steps_log / max(now - t_log, 1e-9) if steps_log else float("nan")
         t_log, steps_log = now, 0
@@ -314,6 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       if preempted:
         logging.warning("SIGTERM: saved checkpoint at step %d, exiting.", step)
         break
+    finished.wait_all()
   finally:
     progress.close()
     preemption.close()

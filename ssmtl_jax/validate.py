@@ -40,6 +40,7 @@ from ssmtl_jax import cli
 from ssmtl_jax import config_checks
 from ssmtl_jax import errors
 from ssmtl_jax import evaluator as evaluator_lib
+from ssmtl_jax import files
 from ssmtl_jax import metrics
 from ssmtl_jax import schema
 
@@ -166,10 +167,12 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from ssmtl_jax import runner  # pylint: disable=g-import-not-at-top
-  runner.quiet_library_logs()
+  cli.quiet_library_logs()
   config = _CONFIG.value
   cli.run_reporting_user_errors(lambda: config_checks.check(config))
   runner.resolve_paths(config, _WORKDIR.value)
+  cli.run_reporting_user_errors(
+      lambda: files.check_writable_dir(_WORKDIR.value, "--workdir"))
   result = cli.run_reporting_user_errors(
       lambda: select(config, _WORKDIR.value))
   logging.info("Selection: %s", result["chosen"])

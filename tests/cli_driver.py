@@ -2,7 +2,9 @@
 
   python -m tests.cli_driver MODULE 'JSON list of argv lists'
 
-Prints a JSON list of {"code": exit status, "stderr": text}, one per argv.
+Prints a JSON list of {"code": exit status, "stderr": text, "seconds": the
+case's wall time, "jax_imported": whether jax was imported by then}, one
+per argv.
 One process per binary instead of one per case keeps the table test of
 tests/test_config_checks.py fast (JAX/TF imports are paid once).
 """
@@ -12,6 +14,7 @@ import importlib
 import io
 import json
 import sys
+import time
 
 from absl import flags
 
@@ -25,6 +28,7 @@ def main() -> None:
   for argv in cases:
     err = io.StringIO()
     code = 0
+    t0 = time.perf_counter()
     with contextlib.redirect_stderr(err):
       try:
         flags.FLAGS.unparse_flags()
@@ -37,7 +41,9 @@ def main() -> None:
         module.main(cli.parse_flags([prog] + argv))
       except SystemExit as e:
         code = e.code
-    results.append({"code": code, "stderr": err.getvalue()})
+    results.append({"code": code, "stderr": err.getvalue(),
+                    "seconds": time.perf_counter() - t0,
+                    "jax_imported": "jax" in sys.modules})
   print(json.dumps(results))
 
 

@@ -272,18 +272,34 @@ def test_macro_auc_single_class_as_one():
 
 @pytest.fixture(scope="module")
 def val_job(data_root, tmp_path_factory):
-  """The test videos again as a 'val' split (labels, detections) and a
-  model trained for a few steps."""
+  """A 'val' split of other videos than the test split's (the test video
+  of another synthetic set, as 'val_00', with its labels and detections)
+  and a model trained for a few steps."""
   base = tmp_path_factory.mktemp("val")
+  other = str(base / "other")
+  synthetic.generate(other, seed=4, num_train=1, num_test=1, num_frames=FRAMES,
+                     height=60, width=80, channels=1, objects_per_frame=2)
+  (other_id,) = os.listdir(os.path.join(other, "test"))
   root = str(base / "root")
-  os.makedirs(root)
-  for name in ("train", "test", "gt_frame", "gt_pixel"):
+  os.makedirs(os.path.join(root, "val"))
+  for name in ("train", "test"):
     os.symlink(os.path.join(data_root, name), os.path.join(root, name))
-  os.symlink(os.path.join(data_root, "test"), os.path.join(root, "val"))
-  os.makedirs(os.path.join(root, "detections"))
-  for split, src in (("train", "train"), ("test", "test"), ("val", "test")):
-    os.symlink(os.path.join(data_root, "detections", src),
+  os.symlink(os.path.join(other, "test", other_id),
+             os.path.join(root, "val", "val_00"))
+  for name in ("gt_frame", "gt_pixel"):
+    os.makedirs(os.path.join(root, name))
+    for f in os.listdir(os.path.join(data_root, name)):
+      os.symlink(os.path.join(data_root, name, f), os.path.join(root, name, f))
+    for f in os.listdir(os.path.join(other, name)):
+      if f.startswith(other_id + "."):
+        os.symlink(os.path.join(other, name, f), os.path.join(
+            root, name, "val_00" + f[len(other_id):]))
+  os.makedirs(os.path.join(root, "detections", "val"))
+  for split in ("train", "test"):
+    os.symlink(os.path.join(data_root, "detections", split),
                os.path.join(root, "detections", split))
+  os.symlink(os.path.join(other, "detections", "test", other_id + ".csv"),
+             os.path.join(root, "detections", "val", "val_00.csv"))
   config = _config(root, str(base / "records"))
   config.data.val_split = "val"
   config.model.widths = (4,)
@@ -304,10 +320,17 @@ def val_job(data_root, tmp_path_factory):
   return config, workdir
 
 
-def test_validate_chooses_on_the_val_split_only(val_job):
+def test_validate_chooses_on_the_val_split_only(val_job, monkeypatch):
   config, workdir = val_job
   grid = {"normalize": ("zscore", "minmax"), "temporal_sigma": (0.0, 2.0)}
+  read = []  # the splits whose records were opened
+  real_info = input_pipeline.records_info
+  monkeypatch.setattr(input_pipeline, "records_info",
+                      lambda d, split: read.append(split) or real_info(d, split))
   result = validate.select(config, workdir, grid=grid)
+  monkeypatch.undo()
+  assert "test" not in read and "val" in read, read
+  assert result["num_videos"] == 1  # val_00, not the test split's video
   assert len(result["rows"]) == 4 and result["split"] == "val"
   best = max(r["micro_auc"] for r in result["rows"])
   assert result["chosen_micro_auc"] == best

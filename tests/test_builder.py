@@ -336,6 +336,10 @@ def test_unreadable_inputs_fail_before_any_model_loads(data_root, tmp_path,
   shutil.copytree(data_root, root)
   (root / "train" / "zz_text.mp4").write_text("not a video\n")
   (root / "test" / "empty_folder").mkdir()
+  # Opens (a folder of one .png) but does not decode: only a preflight
+  # that decodes the first frame names it.
+  (root / "test" / "undecodable").mkdir()
+  (root / "test" / "undecodable" / "000.png").write_bytes(b"not a png")
 
   def no_model(*args, **kwargs):
     raise AssertionError("a model was loaded before the inputs were checked")
@@ -349,7 +353,8 @@ def test_unreadable_inputs_fail_before_any_model_loads(data_root, tmp_path,
     builder.build(config)
   message = str(info.value)
   assert "zz_text.mp4" in message and "empty_folder" in message
-  assert "and 1 more" in message and "nothing was built" in message
+  assert "undecodable/000.png" in message
+  assert "and 2 more" in message and "nothing was built" in message
   assert not list(records.glob("*.tfrecord*"))
 
 

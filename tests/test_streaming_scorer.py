@@ -5,6 +5,7 @@ path bit for bit, damaged inputs giving valid partial outputs, and memory
 that does not grow with the stream's length (peak RSS of a subprocess)."""
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from ssmtl_jax import bundle as bundle_lib
 from ssmtl_jax import errors
 from ssmtl_jax import evaluator
 from ssmtl_jax import inference
+from ssmtl_jax import input_pipeline
 from ssmtl_jax import runner
 from ssmtl_jax import score
 from ssmtl_jax import scoring
@@ -114,9 +116,12 @@ def test_weights_with_other_hashes_are_refused(exported, tmp_path):
   (edited / "bundle.json").write_text(json.dumps(meta))
   cfg = tmp_path / "net.cfg"
   cfg.write_text("[net]\n")
+  frames = tmp_path / "frames"  # a good input: the input is checked first
+  frames.mkdir()
+  cv2.imwrite(str(frames / "000.png"), np.zeros((24, 32), np.uint8))
   proc = subprocess.run(
       [sys.executable, "-m", "ssmtl_jax.score", f"--bundle={edited}",
-       f"--input={tmp_path}", f"--out={tmp_path / 'o'}",
+       f"--input={frames}", f"--out={tmp_path / 'o'}",
        f"--detector_cfg={cfg}", f"--detector_weights={bad}"],
       cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
       env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
@@ -129,11 +134,23 @@ def test_weights_with_other_hashes_are_refused(exported, tmp_path):
 def test_streaming_equals_the_offline_path(exported, tmp_path):
   config, workdir, out, _ = exported
   root = config.data.root
-  b = bundle_lib.load(out)
   ev = evaluator.Evaluator(config, workdir)
   objs = ev.objects
-  combined = b.object_scores(objs.scores)
-  s = b.settings
+  # The expected scores come from the config and the evaluator's path, not
+  # from the bundle: its stored settings, statistics and background must
+  # agree with them for the test to pass (a scaled task weight or a shifted
+  # background in the bundle fails it).
+  s = dataclasses.replace(scoring.Settings.from_config(config),
+                          normalize="zscore")
+  _, combined = ev.object_scores(s)
+  scorer = inference.restore_scorer(config, workdir)
+  train = scorer.score_split(
+      input_pipeline.records_info(config.data.records, "train"),
+      int(config.eval.batch_size),
+      max_objects=int(config.eval.norm_max_objects))
+  _, train_combined = scoring.object_anomaly_scores(train.scores, s,
+                                                    ev.train_stats())
+  background = float(train_combined.min())  # frames without objects
   for vid, latency in (("test_00", 1), ("test_01", 5)):
     src = video_io.list_videos(root, "test")
     folder = next(v.path for v in src if v.video_id == vid)
@@ -145,7 +162,7 @@ def test_streaming_equals_the_offline_path(exported, tmp_path):
     m = objs.video_id == vid
     want = scoring.video_frame_scores(
         objs.box[m], objs.frame_index[m], combined[m], frames, height, width,
-        sigma=s.sigma, scale=s.map_scale, background=b.background,
+        sigma=s.sigma, scale=s.map_scale, background=background,
         temporal_sigma=s.temporal_sigma, context=ev.context)
     rows = _scores_csv(o)
     got = np.asarray([float(r["score"]) for r in rows], np.float32)
