@@ -17,13 +17,18 @@ from absl import logging
 from ssmtl_jax import errors
 
 
-def _config_path(argv: Sequence[str]) -> Optional[str]:
+def _flag_value(argv: Sequence[str], name: str) -> Optional[str]:
+  """The value of --name=v or --name v in argv, else None."""
   for i, arg in enumerate(argv):
-    if arg.startswith("--config="):
-      return arg[len("--config="):]
-    if arg == "--config" and i + 1 < len(argv):
+    if arg.startswith(f"--{name}="):
+      return arg[len(name) + 3:]
+    if arg == f"--{name}" and i + 1 < len(argv):
       return argv[i + 1]
   return None
+
+
+def _config_path(argv: Sequence[str]) -> Optional[str]:
+  return _flag_value(argv, "config")
 
 
 def _override_keys(argv: Sequence[str]) -> list[str]:
@@ -70,6 +75,8 @@ def config_file_problem(path: str) -> Optional[str]:
     return f"--config: {file} is not a file"
   try:
     _load_config(path)
+  except errors.UserError as e:  # e.g. configs/workdir.py without config.json
+    return f"--config {path}: {e}"
   except SyntaxError as e:
     return (f"--config: config file {file} line {e.lineno}: syntax error: "
             f"{e.msg}")
@@ -116,6 +123,25 @@ def parse_flags(argv: Sequence[str],
   except flags.Error as e:
     _exit(f"{e}")
   raise AssertionError("unreachable")
+
+
+WORKDIR_CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+    "workdir.py")
+
+
+def parse_flags_config_from_workdir(
+    argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS
+) -> list[str]:
+  """parse_flags for the binaries that read a training workdir (evaluate,
+  validate, export): without --config, the config is the run's own
+  (``configs/workdir.py:WORKDIR``, i.e. WORKDIR/config.json), and
+  ``--config.*`` overrides apply on top of it."""
+  argv = list(argv)
+  workdir = _flag_value(argv, "workdir")
+  if _config_path(argv) is None and workdir:
+    argv.insert(1, f"--config={WORKDIR_CONFIG}:{workdir}")
+  return parse_flags(argv, flag_values)
 
 
 def parse_tool_flags(prog: str, flag_values: flags.FlagValues,

@@ -17,6 +17,7 @@ from ml_collections import config_flags
 
 from ssmtl_jax import cli
 from ssmtl_jax import files
+from ssmtl_jax import run_config
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir.")
 _CHECKPOINT = flags.DEFINE_integer(
@@ -26,6 +27,9 @@ config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
 
+
+# Without --config, the training run's own (WORKDIR/config.json).
+PARSE_FLAGS = cli.parse_flags_config_from_workdir
 
 def main(argv):
   if len(argv) > 1:
@@ -37,10 +41,12 @@ def main(argv):
   cli.run_reporting_user_errors(lambda: config_checks.check(config))
   runner.resolve_paths(config, _WORKDIR.value)
   cli.run_reporting_user_errors(
+      lambda: run_config.check_matches(config, _WORKDIR.value))
+  cli.run_reporting_user_errors(
       lambda: files.check_writable_dir(_WORKDIR.value, "--workdir"))
   cli.run_reporting_user_errors(
       lambda: runner.evaluate(config, _WORKDIR.value, _CHECKPOINT.value))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=PARSE_FLAGS)

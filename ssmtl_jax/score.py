@@ -294,7 +294,12 @@ class Source:
     except Exception as e:  # pylint: disable=broad-except
       self.reason = f"read error: {type(e).__name__}: {e}"
     finally:
-      self._queue.put(None)
+      while not self._stop.is_set():  # the end marker, unless closing
+        try:
+          self._queue.put(None, timeout=0.1)
+          break
+        except queue.Full:
+          continue
 
   def frames(self) -> Iterator[Frame]:
     while True:
@@ -307,13 +312,25 @@ class Source:
         return
       yield item
 
-  def close(self):
+  def close(self, timeout_s: float = 5.0):
+    """Stops the reader, then releases the capture. The reader is waited
+    for first: releasing a cv2.VideoCapture while another thread is inside
+    its read() frees FFmpeg's buffers under that thread (heap corruption,
+    a 'double free' abort of the whole process). A reader still stuck in a
+    stalled source after ``timeout_s`` keeps its capture (a daemon thread,
+    gone with the process)."""
     self._stop.set()
-    with contextlib.suppress(queue.Empty):
-      while True:
-        self._queue.get_nowait()
-    if self._cap is not None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+      with contextlib.suppress(queue.Empty):  # unblock a put() on a full queue
+        while True:
+          self._queue.get_nowait()
+      if not self._thread.is_alive() or time.monotonic() > deadline:
+        break
+      self._thread.join(timeout=0.05)
+    if self._cap is not None and not self._thread.is_alive():
       self._cap.release()
+      self._cap = None
 
 
 # --------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from ssmtl_jax import checkpointing
 from ssmtl_jax import errors
 from ssmtl_jax import input_pipeline
 from ssmtl_jax import models
+from ssmtl_jax import run_config
 from ssmtl_jax import schema
 from ssmtl_jax import sharding
 from ssmtl_jax import summaries
@@ -215,7 +216,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   input_pipeline.pipeline_layout(global_batch, int(config.input.num_pipelines),
                                  len(info.files), pidx, pcount)
   total_steps = total_train_steps(config, info.num_examples)
+  # A workdir holds one run: resuming with other model/task/build settings
+  # is refused by name; the resolved config is saved for evaluate/export.
+  run_config.check_matches(config, workdir)
   workdir_path.mkdir(parents=True, exist_ok=True)
+  if pidx == 0:
+    run_config.save(config, workdir)
 
   # --- Model, optimiser, state.
   mesh = sharding.create_mesh()

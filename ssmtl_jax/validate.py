@@ -41,6 +41,7 @@ from ssmtl_jax import config_checks
 from ssmtl_jax import errors
 from ssmtl_jax import evaluator as evaluator_lib
 from ssmtl_jax import files
+from ssmtl_jax import run_config
 from ssmtl_jax import metrics
 from ssmtl_jax import schema
 
@@ -163,6 +164,9 @@ def table(result: dict) -> str:
   return "\n".join(lines)
 
 
+# Without --config, the training run's own (WORKDIR/config.json).
+PARSE_FLAGS = cli.parse_flags_config_from_workdir
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -171,6 +175,8 @@ def main(argv) -> None:
   config = _CONFIG.value
   cli.run_reporting_user_errors(lambda: config_checks.check(config))
   runner.resolve_paths(config, _WORKDIR.value)
+  cli.run_reporting_user_errors(
+      lambda: run_config.check_matches(config, _WORKDIR.value))
   cli.run_reporting_user_errors(
       lambda: files.check_writable_dir(_WORKDIR.value, "--workdir"))
   result = cli.run_reporting_user_errors(
@@ -184,4 +190,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(main, flags_parser=PARSE_FLAGS)

@@ -1,4 +1,5 @@
-"""Runs one binary's main() on several argument lists in one process.
+"""Runs one binary's main() on several argument lists in one process;
+``run(module, cases)`` does it in a subprocess from a test.
 
   python -m tests.cli_driver MODULE 'JSON list of argv lists'
 
@@ -13,12 +14,27 @@ import contextlib
 import importlib
 import io
 import json
+import os
+import subprocess
 import sys
 import time
 
 from absl import flags
 
 from ssmtl_jax import cli
+from tests.paths import REPO
+
+
+def run(module: str, cases: list) -> list:
+  """The results of ``module``'s main() on each argv of ``cases``, in one
+  subprocess with one CPU device, as a user runs it."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)  # one device, as a user has
+  proc = subprocess.run(
+      [sys.executable, "-m", "tests.cli_driver", module, json.dumps(cases)],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -38,7 +54,8 @@ def main() -> None:
           delattr(flags.FLAGS, name)
         # ml_collections reads the --config.* overrides from sys.argv.
         sys.argv = [prog] + argv
-        module.main(cli.parse_flags([prog] + argv))
+        parse = getattr(module, "PARSE_FLAGS", cli.parse_flags)
+        module.main(parse([prog] + argv))
       except SystemExit as e:
         code = e.code
     results.append({"code": code, "stderr": err.getvalue(),

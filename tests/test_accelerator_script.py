@@ -19,6 +19,7 @@ import sys
 import pytest
 
 from tests.paths import PED2, REPO
+from tests import optional
 
 SCRIPT = os.path.join(REPO, "scripts", "accelerator_run.sh")
 
@@ -175,7 +176,7 @@ def test_dry_run_holds_out_08_of_the_subset_and_takes_ssmtl_holdout(tmp_path):
 
 
 def test_detector_benchmark_without_opencv_darknet_importer(monkeypatch):
-  pytest.importorskip("torch")
+  optional.import_or_skip("torch", "torch", module_level=False)
   import cv2  # pylint: disable=g-import-not-at-top
   from benchmarks import compare  # pylint: disable=g-import-not-at-top
   if hasattr(cv2.dnn, "readNetFromDarknet"):

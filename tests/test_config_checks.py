@@ -3,16 +3,14 @@ and every binary reports a bad value or key as one line, exit status 2,
 having written nothing."""
 
 import importlib
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from ssmtl_jax import cli
 from ssmtl_jax import config_checks
 from ssmtl_jax import errors
+from tests import cli_driver
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ("common", "synthetic", "ped2", "ped2_cpu", "avenue",
@@ -135,12 +133,7 @@ def test_unknown_override_is_named_at_any_depth():
 
 
 def _run_binary(module, cases):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
-  proc = subprocess.run(
-      [sys.executable, "-m", "tests.cli_driver", module, json.dumps(cases)],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+  return cli_driver.run(module, cases)
 
 
 # One bad value per key family, and one unknown key, for every binary.

@@ -12,6 +12,7 @@ import pytest
 from ssmtl_jax import errors
 from ssmtl_jax import input_pipeline
 from tests import record_helpers
+from tests import optional
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,8 @@ def _iter(records, **kw):
 
 def _tfds():
   """TFDS, the oracle (test extra; images without TF skip these checks)."""
-  return pytest.importorskip("tensorflow_datasets")
+  return optional.import_or_skip("tensorflow_datasets", "tensorflow-datasets",
+                                 module_level=False)
 
 
 def test_records_info_and_tfds_reads_them(records):

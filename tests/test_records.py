@@ -5,11 +5,13 @@ import os
 
 import numpy as np
 import pytest
+from tests import optional
 
 # The oracle is the test extra's TensorFlow; images without it skip this file.
-tf = pytest.importorskip("tensorflow")
-tfds = pytest.importorskip("tensorflow_datasets")
-example_pb2 = pytest.importorskip("tensorflow.core.example.example_pb2")
+tf = optional.import_or_skip("tensorflow", ("tensorflow", "tensorflow-cpu"))
+tfds = optional.import_or_skip("tensorflow_datasets", "tensorflow-datasets")
+example_pb2 = optional.import_or_skip("tensorflow.core.example.example_pb2",
+                                      ("tensorflow", "tensorflow-cpu"))
 
 from ssmtl_jax import records
 from ssmtl_jax import schema

@@ -8,7 +8,9 @@ and that the ratios are the quotients of the recorded rates.
 
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests import optional  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+torch = optional.import_or_skip("torch", "torch")
 
 from benchmarks import compare  # pylint: disable=g-import-not-at-top
 from benchmarks import matrix  # pylint: disable=g-import-not-at-top

@@ -24,8 +24,9 @@ from data_prep.teachers import efficientnet_lite
 from data_prep.teachers import resnet
 from data_prep.teachers import torch_pickle
 from ssmtl_jax import errors
+from tests import optional
 
-torch = pytest.importorskip("torch")
+torch = optional.import_or_skip("torch", "torch")
 nn = torch.nn
 F = torch.nn.functional
 

@@ -9,10 +9,7 @@ Each binary runs its cases in one subprocess (tests/cli_driver.py) with one
 CPU device, as a user runs it.
 """
 
-import json
 import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -20,19 +17,13 @@ import pytest
 
 from data_prep import validation
 from data_prep import video_io
+from tests import cli_driver
 from tests.paths import REPO
 
 SYNTHETIC = os.path.join(REPO, "configs", "synthetic.py")
 
 
-def _run(module, cases):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)  # one device, as a user has
-  proc = subprocess.run(
-      [sys.executable, "-m", "tests.cli_driver", module, json.dumps(cases)],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return json.loads(proc.stdout.strip().splitlines()[-1])
+_run = cli_driver.run
 
 
 def _one_line(result, *needles):
@@ -250,3 +241,42 @@ def test_the_training_bar_counts_finished_steps():
     assert all(o.is_ready() for o in outs[:bar.n])
   steps.wait_all()
   assert bar.n == 5 and all(o.is_ready() for o in outs)
+
+
+def test_a_workdir_remembers_its_config(tmp_path):
+  """main's trainer writes the resolved config to WORKDIR/config.json;
+  evaluate without --config uses it (overrides apply on top); a --config
+  whose model/task settings differ is refused naming the keys, as is a
+  resume with other settings; speed switches may differ."""
+  from ssmtl_jax import errors  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax import run_config  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax import train  # pylint: disable=g-import-not-at-top
+  from tests import process_helpers  # pylint: disable=g-import-not-at-top
+  from tests import record_helpers  # pylint: disable=g-import-not-at-top
+  records = str(tmp_path / "records")
+  record_helpers.write_records(records)
+  config = record_helpers.tiny_config(records, **{"total_steps": 2})
+  workdir = str(tmp_path / "work")
+  train.train_and_evaluate(config, workdir)
+  saved = run_config.load(workdir)
+  assert saved.to_dict() == config.to_dict()  # tuples come back as tuples
+  other = record_helpers.tiny_config(records, **{"model.widths": (4, 8, 16)})
+  with pytest.raises(errors.ConfigError, match=r"config\.model\.widths"):
+    train.train_and_evaluate(other, workdir)
+  fast = record_helpers.tiny_config(records, **{"model.dtype": "bfloat16"})
+  assert run_config.differences(fast, saved) == []
+  cfg = process_helpers.write_config(tmp_path / "tiny.py", records)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  results = _run("ssmtl_jax.evaluate", [
+      ["--workdir", workdir, "--config.eval.batch_size=0"],
+      ["--config", str(cfg), "--workdir", workdir,
+       "--config.model.variant=wide", "--config.tasks.aot.weight=0.5"],
+      ["--workdir", str(empty)],
+  ])
+  # The run's config was loaded (no --config) and the override applied.
+  line = _one_line(results[0], "config.eval.batch_size")
+  assert "flag" not in line.lower(), line  # a config value, not a bad flag
+  _one_line(results[1], "config.model.variant (run: 'narrow', given: 'wide')",
+            "config.tasks.aot.weight")
+  _one_line(results[2], "config.json not found", "pass --config")
