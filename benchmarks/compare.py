@@ -1075,7 +1075,8 @@ def _matrix_axes(args) -> matrix_lib.Axes:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  args = cli.parse_tool_flags("python -m benchmarks.compare", _flags(), argv)
+  args = cli.parse_tool_flags("python -m benchmarks.compare", _flags(), argv,
+                              output_files=("out", "markdown"))
   settings = Settings.quick_preset() if args.quick else Settings()
   for key in ("batch", "crop", "variant", "depth", "repeats"):
     if args[key].value is not None:

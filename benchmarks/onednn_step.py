@@ -372,7 +372,7 @@ def _flags() -> flags.FlagValues:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = cli.parse_tool_flags("python -m benchmarks.onednn_step", _flags(),
-                              argv)
+                              argv, output_files=("out",))
   settings = compare.Settings(batch=args.batch, crop=args.crop,
                               variant=args.variant, depth=args.depth,
                               repeats=args.repeats)

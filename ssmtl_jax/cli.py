@@ -15,6 +15,7 @@ from absl import flags
 from absl import logging
 
 from ssmtl_jax import errors
+from ssmtl_jax import files
 
 
 def _flag_value(argv: Sequence[str], name: str) -> Optional[str]:
@@ -145,12 +146,15 @@ def parse_flags_config_from_workdir(
 
 
 def parse_tool_flags(prog: str, flag_values: flags.FlagValues,
-                     argv: Optional[Sequence[str]] = None) -> flags.FlagValues:
+                     argv: Optional[Sequence[str]] = None,
+                     output_files: Sequence[str] = ()) -> flags.FlagValues:
   """Parses a tool's own absl flags (argv without the program name; default
   sys.argv[1:]). Tools without a config (recall, weights, synthetic,
   benchmarks) define their flags on their own FlagValues, so that several
   can be imported and called in one process (tests) without clashing.
-  --help prints the flags; a bad flag is one line and exit status 2."""
+  --help prints the flags; a bad flag is one line and exit status 2, as is
+  an ``output_files`` flag naming a file whose folder cannot be written
+  (checked now, not after the tool's work)."""
   argv = list(sys.argv[1:] if argv is None else argv)
   if "--help" in argv or "-h" in argv:
     print(f"usage: {prog} [flags]\n\n{flag_values.get_help()}")
@@ -161,6 +165,11 @@ def parse_tool_flags(prog: str, flag_values: flags.FlagValues,
     _exit(f"{e}")
   if len(rest) > 1:
     _exit(f"unexpected arguments: {rest[1:]}")
+  for name in output_files:  # files written at the end: their folder now
+    value = flag_values[name].value
+    if value:
+      run_reporting_user_errors(lambda v=value, n=name: files.check_writable_dir(
+          os.path.dirname(os.path.abspath(v)), f"--{n}"))
   return flag_values
 
 

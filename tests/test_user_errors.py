@@ -18,6 +18,7 @@ import pytest
 from data_prep import validation
 from data_prep import video_io
 from tests import cli_driver
+from tests import optional
 from tests.paths import REPO
 
 SYNTHETIC = os.path.join(REPO, "configs", "synthetic.py")
@@ -280,3 +281,17 @@ def test_a_workdir_remembers_its_config(tmp_path):
   _one_line(results[1], "config.model.variant (run: 'narrow', given: 'wide')",
             "config.tasks.aot.weight")
   _one_line(results[2], "config.json not found", "pass --config")
+
+
+def test_benchmark_output_files_checked_before_the_work(tmp_path, blocked,
+                                                        capsys):
+  """benchmarks.compare --out/--markdown under a file: one line, exit 2,
+  before any model is built."""
+  optional.import_or_skip("torch", "torch", module_level=False)
+  from benchmarks import compare  # pylint: disable=g-import-not-at-top
+  for flag in ("--out", "--markdown"):
+    with pytest.raises(SystemExit) as e:
+      compare.main(["--quick", f"{flag}={blocked}/r.json"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {flag}"), err
