@@ -66,32 +66,32 @@ def _load_config(path: str):
   return module.get_config(*arg)
 
 
-def config_file_problem(path: str) -> Optional[str]:
-  """Why the config file of ``--config=path[:arg]`` cannot be loaded (missing,
-  a folder, a syntax error, no get_config, get_config raising), or None."""
+def load_config(path: str):
+  """(config, None), or (None, why the config file of ``--config=path[:arg]``
+  cannot be loaded: missing, a folder, a syntax error, no get_config,
+  get_config raising)."""
   file = path.split(":", 1)[0]
   if not os.path.exists(file):
-    return f"--config: config file {file} not found"
+    return None, f"--config: config file {file} not found"
   if not os.path.isfile(file):
-    return f"--config: {file} is not a file"
+    return None, f"--config: {file} is not a file"
   try:
-    _load_config(path)
+    return _load_config(path), None
   except errors.UserError as e:  # e.g. configs/workdir.py without config.json
-    return f"--config {path}: {e}"
+    return None, f"--config {path}: {e}"
   except SyntaxError as e:
-    return (f"--config: config file {file} line {e.lineno}: syntax error: "
-            f"{e.msg}")
+    return None, (f"--config: config file {file} line {e.lineno}: syntax "
+                  f"error: {e.msg}")
   except Exception as e:  # pylint: disable=broad-except
+    if isinstance(e, AttributeError) and "get_config" in str(e):
+      return None, f"--config: config file {file} defines no get_config()"
     where = ""
     tb = e.__traceback__
     while tb is not None:  # the innermost frame inside the config file
       if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(file):
         where = f" line {tb.tb_lineno}"
       tb = tb.tb_next
-    return (f"--config: config file {file}{where}: {type(e).__name__}: {e}"
-            if not isinstance(e, AttributeError) or "get_config" not in str(e)
-            else f"--config: config file {file} defines no get_config()")
-  return None
+    return None, f"--config: config file {file}{where}: {type(e).__name__}: {e}"
 
 
 def check_overrides(argv: Sequence[str]) -> None:
@@ -101,12 +101,11 @@ def check_overrides(argv: Sequence[str]) -> None:
   path = _config_path(argv)
   if not path:
     return
-  problem = config_file_problem(path)
+  config, problem = load_config(path)
   if problem:
     _exit(problem)
   if not keys:
     return
-  config = _load_config(path)
   if not hasattr(config, "keys"):
     return
   for key in keys:
