@@ -60,22 +60,20 @@ def load(workdir: str) -> ml_collections.ConfigDict:
   return config
 
 
-def _flat(node, prefix: str = "") -> dict:
+def _flat(d: dict, prefix: str = "") -> dict:
+  """{'a.b': value} of a nested dict."""
   out = {}
-  for key in node.keys():
-    value = node[key]
-    name = f"{prefix}{key}"
-    if hasattr(value, "keys"):
-      out.update(_flat(value, name + "."))
+  for key, value in d.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
     else:
-      out[name] = _tuples(list(value)) if isinstance(value, (list, tuple)) \
-          else value
+      out[f"{prefix}{key}"] = value
   return out
 
 
 def differences(config, run) -> list[str]:
   """'key (run: a, given: b)' for every compared key that differs."""
-  given, made = _flat(config), _flat(run)
+  given, made = (_flat(_tuples(c.to_dict())) for c in (config, run))
   out = []
   for key in sorted(set(given) | set(made)):
     if key.split(".")[0] not in COMPARED or key in SPEED_KEYS:
