@@ -11,17 +11,17 @@ spread (min, max, quartiles) of the per-repeat rates are reported:
 * train: cubes/s of a full optimisation step on one global batch of object
   records (all four tasks: views built on device, forward, joint loss,
   backward, Adam with a constant schedule). JAX: the real
-  ``ssmtl_jax.train.train_step`` under ``sharding.jit_train_step`` over every
+  ``ssmtl_jax.train.trainer.train_step`` under ``sharding.jit_train_step`` over every
   local device. PyTorch: ``benchmarks.torch_ssmtl.Trainer`` eager and with
   ``torch.compile`` (views + forward + loss compiled, backward through
   AOTAutograd, optimiser eager). A failing ``torch.compile`` is recorded as
   its error string.
-* infer: cubes/s of the scoring forward (``ssmtl_jax.inference``'s
+* infer: cubes/s of the scoring forward (``ssmtl_jax.evaluation.inference``'s
   ``make_score_fn``, as the evaluator runs it: the consecutive view through
   the backbone once for the aot, mi and kd heads, the middle-removed view for
   mbp, then the per-task object scores).
 * detector: frames/s of YOLOv3-tiny at the same input size, Flax
-  (``data_prep.detector.yolo.Detector``) vs OpenCV dnn
+  (``ssmtl_jax.perception.detector.yolo.Detector``) vs OpenCV dnn
   (``cv2.dnn.readNetFromDarknet``) on the same weights. "network": one
   letterboxed blob in, decoded rows out (host to host for both); "end_to_end":
   frames in, final detections out, both with our letterbox pre-processing and
@@ -98,12 +98,12 @@ import torch
 from benchmarks import matrix as matrix_lib
 from benchmarks import torch_ssmtl
 from configs import common
-from ssmtl_jax import cli
-from ssmtl_jax import models
-from ssmtl_jax import inference
-from ssmtl_jax import sharding
-from ssmtl_jax import tasks as tasks_lib
-from ssmtl_jax import train
+from ssmtl_jax.base import cli
+from ssmtl_jax.evaluation import inference
+from ssmtl_jax.model import network
+from ssmtl_jax.model import sharding
+from ssmtl_jax.model import tasks as tasks_lib
+from ssmtl_jax.train import step as step_lib
 
 # Real frames for the detector and end-to-end sections: the first test video
 # of UCSD Ped2 when ../shared/data/ped2 sits beside the repository (--frames
@@ -154,7 +154,7 @@ class Settings:
 
   @property
   def widths(self) -> tuple[int, ...]:
-    return models.VARIANT_WIDTHS[self.variant]
+    return network.VARIANT_WIDTHS[self.variant]
 
   @property
   def kd_outputs(self) -> int:
@@ -296,7 +296,7 @@ def model_flops(settings: Settings) -> dict:
     (backward ~ 2 x forward), "infer": the scoring forward}.
   """
   s = settings
-  widths, convs = s.widths, models.DEPTH_CONVS[s.depth]
+  widths, convs = s.widths, network.DEPTH_CONVS[s.depth]
   hw = s.head_width or widths[-1]
 
   def backbone(t: int) -> float:
@@ -380,7 +380,7 @@ def matmul_flops(n: int, repeats: int = 5) -> dict:
 class Models:
   """The Flax model with its initial variables and the twin holding them,
   and the step settings (all four tasks, weight 1) both are run with."""
-  flax: models.SSMTL
+  flax: network.SSMTL
   variables: dict
   twin: torch_ssmtl.SSMTL
   cfg: tasks_lib.StepConfig
@@ -388,9 +388,9 @@ class Models:
 
 def build_models(settings: Settings, device: torch.device) -> Models:
   config = _config(settings)
-  model = models.create_model(config, kd_outputs=settings.kd_outputs,
+  model = network.create_model(config, kd_outputs=settings.kd_outputs,
                               channels=settings.channels)
-  views = models.init_views(models.TASKS, seq_half=settings.seq_half,
+  views = network.init_views(network.TASKS, seq_half=settings.seq_half,
                             crop_size=settings.crop,
                             channels=settings.channels)
   variables = jax.jit(functools.partial(model.init, train=False))(
@@ -401,7 +401,7 @@ def build_models(settings: Settings, device: torch.device) -> Models:
   torch_ssmtl.load_flax_variables(twin, jax.device_get(variables))
   twin.to(device)
   cfg = tasks_lib.StepConfig(
-      tasks=models.TASKS, weights=tuple((t, 1.0) for t in models.TASKS),
+      tasks=network.TASKS, weights=tuple((t, 1.0) for t in network.TASKS),
       seq_half=settings.seq_half, max_gap=settings.max_gap,
       num_det=settings.num_det, kd_loss="l1")
   return Models(model, variables, twin, cfg)
@@ -412,18 +412,18 @@ def train_section(settings: Settings, m: Models, records: dict,
   """Train throughput; returns (results, XLA cost info)."""
   config = _config(settings)
   cfg = m.cfg
-  tx = train.create_optimizer(config, total_steps=1_000_000)
+  tx = step_lib.create_optimizer(config, total_steps=1_000_000)
   mesh = sharding.create_mesh()
   sharding.check_batch_size(settings.batch, jax.device_count())
   # Fresh copies: the step donates its state.
   params = jax.tree.map(jnp.copy, m.variables["params"])
-  state = train.TrainState(
+  state = step_lib.TrainState(
       step=jnp.zeros((), jnp.int32), params=params,
       batch_stats=jax.tree.map(jnp.copy, m.variables["batch_stats"]),
       opt_state=tx.init(params), bad_step=jnp.full((), -1, jnp.int32))
   state = jax.device_put(state, sharding.replicated(mesh))
   step = sharding.jit_train_step(
-      functools.partial(train.train_step, model=m.flax, tx=tx, cfg=cfg), mesh)
+      functools.partial(step_lib.train_step, model=m.flax, tx=tx, cfg=cfg), mesh)
   batch = sharding.global_batch(records, mesh)
   rng = sharding.to_replicated(jax.random.PRNGKey(0), mesh)
   xla = {"xla_flops_per_step": _xla_flops(step.lower(state, batch, rng))}
@@ -442,11 +442,11 @@ def train_section(settings: Settings, m: Models, records: dict,
       continue
     twin = copy.deepcopy(m.twin)
     opt, sched = torch_ssmtl.create_optimizer(twin, config.optim, 1_000_000)
-    trainer = torch_ssmtl.Trainer(
+    torch_trainer = torch_ssmtl.Trainer(
         twin, tasks=cfg.tasks, weights=dict(cfg.weights),
         seq_half=cfg.seq_half, max_gap=cfg.max_gap, num_det=cfg.num_det,
         kd_loss=cfg.kd_loss, optimizer=opt, scheduler=sched, compiled=compiled)
-    runners.append(Runner(name, functools.partial(trainer.step, crops,
+    runners.append(Runner(name, functools.partial(torch_trainer.step, crops,
                                                   teacher),
                           sync, settings.batch))
   _measure(runners, settings)
@@ -533,8 +533,8 @@ def opencv_darknet(cfg: str, weights_path: str) -> tuple[Any, Optional[str]]:
 
 
 def detector_section(settings: Settings) -> dict:
-  from data_prep.detector import weights  # pylint: disable=g-import-not-at-top
-  from data_prep.detector import yolo  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.perception.detector import weights  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.perception.detector import yolo  # pylint: disable=g-import-not-at-top
   try:
     files = weights.ensure_yolov3_tiny()
   except weights.WeightsError as e:
@@ -627,10 +627,10 @@ def end_to_end_section(settings: Settings, m: Models) -> dict:
   """Frames in, frame scores out, with this package's components and the
   detector, teacher, cube and eval settings of ``configs/ped2_cpu.py`` (crop
   size and input size from ``settings``): the Flax detector streamed over the
-  frames, the builder's frames -> objects loop (``data_prep.objects``: cubes
+  frames, the builder's frames -> objects loop (``ssmtl_jax.perception.objects``: cubes
   of 2W+1 crops around each detection, the classifier teacher on batches of
-  middle crops), the model's four task scores (``ssmtl_jax.inference``,
-  jitted, fixed batch), then ``ssmtl_jax.scoring``'s path to frame scores
+  middle crops), the model's four task scores (``ssmtl_jax.evaluation.inference``,
+  jitted, fixed batch), then ``ssmtl_jax.evaluation.frame_scoring``'s path to frame scores
   (normalisation, KD score, combination, anomaly maps, 3D Gaussian smoothing,
   frame maximum). Reports frames/s of the whole pipeline (median over
   repeats, compilation excluded) and the seconds of each stage in the median
@@ -638,20 +638,20 @@ def end_to_end_section(settings: Settings, m: Models) -> dict:
   their calls, and cubes is the rest of the object stream's time. JAX only:
   the PyTorch twin covers the model, not a detector or teacher (the detector
   section compares the detector with OpenCV's)."""
-  from data_prep import objects as objects_lib  # pylint: disable=g-import-not-at-top
-  from data_prep import teachers  # pylint: disable=g-import-not-at-top
-  from data_prep.detector import weights  # pylint: disable=g-import-not-at-top
-  from data_prep.detector import yolo  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.perception import objects as objects_lib  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.perception import teachers  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.perception.detector import weights  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.perception.detector import yolo  # pylint: disable=g-import-not-at-top
   from configs import ped2_cpu  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax import scoring  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.evaluation import frame_scoring  # pylint: disable=g-import-not-at-top
   config = ped2_cpu.get_config()
   build = config.build
   # Min-max normalisation (ped2_cpu's validated choice): z-scoring needs
   # statistics of scored training objects, which a benchmark does not have;
   # both cost the same.
-  eval_settings = dataclasses.replace(scoring.Settings.from_config(config),
+  eval_settings = dataclasses.replace(frame_scoring.Settings.from_config(config),
                                       normalize="minmax")
-  # Scoring context, as the builder's test split (data_prep.cubes).
+  # Scoring context, as the builder's test split (ssmtl_jax.perception.cubes).
   context = int(build.test_context) or int(config.tasks.seq_half)
   files = weights.ensure_yolov3_tiny()
   det = yolo.Detector(files.cfg, files.weights,
@@ -700,9 +700,9 @@ def end_to_end_section(settings: Settings, m: Models) -> dict:
       raise ValueError(f"no objects detected in {source}")
     t0 = time.perf_counter()
     geometry = {k: np.concatenate(v) for k, v in geometry.items()}
-    _, combined = scoring.object_anomaly_scores(
+    _, combined = frame_scoring.object_anomaly_scores(
         {k: np.concatenate(v) for k, v in parts.items()}, eval_settings)
-    scoring.frame_scores_by_video(
+    frame_scoring.frame_scores_by_video(
         geometry["video_id"], geometry["frame_index"], geometry["box"],
         combined, videos, eval_settings, context=context)
     t["maps"] = time.perf_counter() - t0
@@ -907,7 +907,7 @@ def run(settings: Settings) -> dict:
       "channels": s.channels, "frames": 2 * s.seq_half + 1,
       "half_window": s.half_window, "variant": s.variant, "depth": s.depth,
       "widths": list(s.widths), "head_width": s.head_width,
-      "kd_outputs": s.kd_outputs, "tasks": list(models.TASKS),
+      "kd_outputs": s.kd_outputs, "tasks": list(network.TASKS),
       "optimizer": f"adam lr {s.learning_rate}, constant",
       "repeats": s.repeats, "warmup_calls": s.warmup,
       "min_repeat_s": s.min_repeat_s, "det_input": list(s.det_input),
@@ -995,9 +995,9 @@ def _flags() -> flags.FlagValues:
                        lower_bound=1)
   flags.DEFINE_integer("crop", None, "crop side (px)", flag_values=fv,
                        lower_bound=8)
-  flags.DEFINE_enum("variant", None, sorted(models.VARIANT_WIDTHS),
+  flags.DEFINE_enum("variant", None, sorted(network.VARIANT_WIDTHS),
                     "backbone widths", flag_values=fv)
-  flags.DEFINE_enum("depth", None, sorted(models.DEPTH_CONVS),
+  flags.DEFINE_enum("depth", None, sorted(network.DEPTH_CONVS),
                     "convs per stage", flag_values=fv)
   flags.DEFINE_integer("repeats", None, "timed repeats (median)",
                        flag_values=fv, lower_bound=1)
@@ -1054,10 +1054,10 @@ def _matrix_axes(args) -> matrix_lib.Axes:
   dtypes = check("matrix_dtypes", args.matrix_dtypes,
                  ("float32", "bfloat16"))
   pools = check("matrix_pools", args.matrix_pools,
-                [p for p in models.POOL_IMPLS if p != "auto"])
+                [p for p in network.POOL_IMPLS if p != "auto"])
   fuse = check("matrix_fuse", [v.lower() for v in args.matrix_fuse],
                ("false", "true"))
-  convs = check("matrix_convs", args.matrix_convs, models.CONV_IMPLS)
+  convs = check("matrix_convs", args.matrix_convs, network.CONV_IMPLS)
   try:
     batches = [int(b) for b in args.matrix_batches]
   except ValueError:

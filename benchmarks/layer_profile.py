@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from ssmtl_jax import cli
-from ssmtl_jax import models
+from ssmtl_jax.base import cli
+from ssmtl_jax.model import network
 
 STAGES = ((1, 16, 64), (16, 32, 32), (32, 32, 16), (32, 32, 8))
 
@@ -44,7 +44,7 @@ class _Stage(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    return models.max_pool_hw(models.ConvBNReLU(self.features, (3, 3, 3))(x, True))
+    return network.max_pool_hw(network.ConvBNReLU(self.features, (3, 3, 3))(x, True))
 
 
 def jax_stage(cin: int, cout: int, hw: int, batch: int, frames: int,

@@ -54,10 +54,10 @@ import numpy as np
 import torch
 
 from benchmarks import torch_ssmtl
-from ssmtl_jax import inference
-from ssmtl_jax import models
-from ssmtl_jax import sharding
-from ssmtl_jax import train
+from ssmtl_jax.evaluation import inference
+from ssmtl_jax.model import network
+from ssmtl_jax.model import sharding
+from ssmtl_jax.train import step as step_lib
 
 TORCH_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
 
@@ -126,7 +126,7 @@ def xla_costs(compiled, batch: int) -> dict:
 
 def _train_state(variables, tx):
   params = jax.tree.map(jnp.copy, variables["params"])
-  return train.TrainState(
+  return step_lib.TrainState(
       step=jnp.zeros((), jnp.int32), params=params,
       batch_stats=jax.tree.map(jnp.copy, variables["batch_stats"]),
       opt_state=tx.init(params), bad_step=jnp.full((), -1, jnp.int32))
@@ -135,15 +135,15 @@ def _train_state(variables, tx):
 def jax_train(settings, m, config, records):
   """(call, sync, xla costs) of the real jitted train step for `config`."""
   bench = _bench()
-  model = models.create_model(config, kd_outputs=settings.kd_outputs,
+  model = network.create_model(config, kd_outputs=settings.kd_outputs,
                               channels=settings.channels)
-  tx = train.create_optimizer(config, total_steps=1_000_000)
+  tx = step_lib.create_optimizer(config, total_steps=1_000_000)
   mesh = sharding.create_mesh()
   sharding.check_batch_size(config.input.batch_size, jax.device_count())
   state = jax.device_put(_train_state(m.variables, tx),
                          sharding.replicated(mesh))
   step = sharding.jit_train_step(
-      functools.partial(train.train_step, model=model, tx=tx, cfg=m.cfg),
+      functools.partial(step_lib.train_step, model=model, tx=tx, cfg=m.cfg),
       mesh)
   batch = sharding.global_batch(records, mesh)
   rng = sharding.to_replicated(jax.random.PRNGKey(0), mesh)
@@ -159,7 +159,7 @@ def jax_train(settings, m, config, records):
 
 def jax_infer(settings, m, config, records):
   bench = _bench()
-  model = models.create_model(config, kd_outputs=settings.kd_outputs,
+  model = network.create_model(config, kd_outputs=settings.kd_outputs,
                               channels=settings.channels)
   mesh = sharding.create_mesh()
   fn = inference.jit_score_fn(inference.make_score_fn(model, m.cfg), mesh)
@@ -462,7 +462,7 @@ def default_sections(matrix: dict, batch: int):
   the default configuration (float32, ``model.pool_impl='auto'`` on this
   backend, no fused views, the settings' batch), or None if the matrix did
   not measure it."""
-  pool = models._pool_impl("auto")  # pylint: disable=protected-access
+  pool = network._pool_impl("auto")  # pylint: disable=protected-access
   sections = {}
   xla = None
   for section in ("train", "infer"):

@@ -5,7 +5,7 @@ r"""Does the oneDNN convolution make the CPU train step faster? One run.
 
 Two sections, each after warm-up (compilation and first calls excluded):
 
-* step: seconds per call of the real ``ssmtl_jax.train.train_step`` (all
+* step: seconds per call of the real ``ssmtl_jax.train.trainer.train_step`` (all
   four tasks, Adam, constant schedule) under ``sharding.jit_train_step``, as
   ``benchmarks.compare``'s train section runs it, on one synthetic global
   batch, for each ``model.conv_impl`` in ``--impls`` (default 'fast', the CPU
@@ -68,11 +68,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import compare
-from ssmtl_jax import cli
-from ssmtl_jax import models
-from ssmtl_jax import sharding
-from ssmtl_jax import tasks as tasks_lib
-from ssmtl_jax import train
+from ssmtl_jax.base import cli
+from ssmtl_jax.model import network
+from ssmtl_jax.model import sharding
+from ssmtl_jax.model import tasks as tasks_lib
+from ssmtl_jax.train import step as step_lib
 
 
 def _busy_cpu_s() -> Optional[float]:
@@ -126,22 +126,22 @@ def _step_runner(settings: compare.Settings, impl: str, variables: dict,
   variables: they are the same for every implementation), blocking."""
   config = compare._config(settings)  # pylint: disable=protected-access
   config.model.conv_impl = "onednn" if impl == "onednn_callback" else impl
-  model = models.create_model(config, kd_outputs=settings.kd_outputs,
+  model = network.create_model(config, kd_outputs=settings.kd_outputs,
                               channels=settings.channels)
   cfg = tasks_lib.StepConfig(
-      tasks=models.TASKS, weights=tuple((t, 1.0) for t in models.TASKS),
+      tasks=network.TASKS, weights=tuple((t, 1.0) for t in network.TASKS),
       seq_half=settings.seq_half, max_gap=settings.max_gap,
       num_det=settings.num_det, kd_loss="l1")
-  tx = train.create_optimizer(config, total_steps=1_000_000)
+  tx = step_lib.create_optimizer(config, total_steps=1_000_000)
   mesh = sharding.create_mesh()
   params = jax.tree.map(jnp.copy, variables["params"])
-  state = train.TrainState(
+  state = step_lib.TrainState(
       step=jnp.zeros((), jnp.int32), params=params,
       batch_stats=jax.tree.map(jnp.copy, variables["batch_stats"]),
       opt_state=tx.init(params), bad_step=jnp.full((), -1, jnp.int32))
   state = jax.device_put(state, sharding.replicated(mesh))
   step = sharding.jit_train_step(
-      functools.partial(train.train_step, model=model, tx=tx, cfg=cfg), mesh)
+      functools.partial(step_lib.train_step, model=model, tx=tx, cfg=cfg), mesh)
   batch = sharding.global_batch(records, mesh)
   rng = sharding.to_replicated(jax.random.PRNGKey(0), mesh)
   holder = {"state": state}
@@ -151,7 +151,7 @@ def _step_runner(settings: compare.Settings, impl: str, variables: dict,
     jax.block_until_ready(metrics)
 
   if impl == "onednn_callback":  # trace with conv3d(..., call='callback')
-    from ssmtl_jax import onednn_conv  # pylint: disable=g-import-not-at-top
+    from ssmtl_jax.model import onednn_conv  # pylint: disable=g-import-not-at-top
     with mock.patch.object(onednn_conv, "conv3d", functools.partial(
         onednn_conv.conv3d, call="callback")):
       call()
@@ -164,9 +164,9 @@ def step_section(settings: compare.Settings, impls: Sequence[str],
   """Median seconds per train step for each conv_impl, repeats interleaved."""
   config = compare._config(settings)  # pylint: disable=protected-access
   config.model.conv_impl = "xla"
-  model = models.create_model(config, kd_outputs=settings.kd_outputs,
+  model = network.create_model(config, kd_outputs=settings.kd_outputs,
                               channels=settings.channels)
-  views = models.init_views(models.TASKS, seq_half=settings.seq_half,
+  views = network.init_views(network.TASKS, seq_half=settings.seq_half,
                             crop_size=settings.crop, channels=settings.channels)
   variables = jax.jit(functools.partial(model.init, train=False))(
       jax.random.PRNGKey(0), views)
@@ -219,10 +219,10 @@ def _jax_conv(impl: str) -> Callable:
   """conv(x, k) of a conv_impl; 'onednn_callback' is 'onednn' reached through
   jax.pure_callback instead of the XLA FFI custom call."""
   if impl in ("onednn", "onednn_callback"):
-    from ssmtl_jax import onednn_conv  # pylint: disable=g-import-not-at-top
+    from ssmtl_jax.model import onednn_conv  # pylint: disable=g-import-not-at-top
     call = "callback" if impl == "onednn_callback" else "ffi"
     return lambda x, k: onednn_conv.conv3d(x, k, call=call)
-  return lambda x, k: models.Conv3x3x3(k.shape[-1], impl).apply(
+  return lambda x, k: network.Conv3x3x3(k.shape[-1], impl).apply(
       {"params": {"kernel": k}}, x)
 
 
@@ -257,7 +257,7 @@ def conv_section(shape: ConvShape, repeats: int,
     print(f"  conv {impl}: {rows[impl]['fwd_ms']:.0f} / "
           f"{rows[impl]['fwd_bwd_ms']:.0f} ms", flush=True)
   if "onednn" in impls:
-    from ssmtl_jax import onednn_conv  # pylint: disable=g-import-not-at-top
+    from ssmtl_jax.model import onednn_conv  # pylint: disable=g-import-not-at-top
     lib = onednn_conv.library()
 
     def direct_fwd_bwd():
@@ -303,7 +303,7 @@ def machine() -> dict:
   except OSError:
     pass
   try:
-    from ssmtl_jax import onednn_conv  # pylint: disable=g-import-not-at-top
+    from ssmtl_jax.model import onednn_conv  # pylint: disable=g-import-not-at-top
     lib = onednn_conv.library()
     info["onednn"] = {"version": lib.version, "runtime": lib.runtime,
                       "path": lib.path}

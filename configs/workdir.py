@@ -8,7 +8,7 @@ is
 and --config.* overrides work on top of it as with any config file.
 """
 
-from ssmtl_jax import run_config
+from ssmtl_jax.base import run_config
 
 
 def get_config(workdir):

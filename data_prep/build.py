@@ -12,8 +12,8 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from ml_collections import config_flags
 
-from ssmtl_jax import cli
-from ssmtl_jax import files
+from ssmtl_jax.base import cli
+from ssmtl_jax.base import files
 
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                 lock_config=True)
@@ -23,8 +23,8 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from data_prep import builder  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.data import builder  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.jobs import config_checks  # pylint: disable=g-import-not-at-top
   cli.run_reporting_user_errors(
       lambda: config_checks.check(flags.FLAGS.config))
   cli.run_reporting_user_errors(lambda: files.check_writable_dir(

@@ -21,7 +21,7 @@ reported separately, per video and in total.
 AUC bound ("auc_bound"): the frame-level AUC a *perfect object scorer* would
 reach with these boxes and this border handling. The perfect scorer knows
 which boxes are abnormal: it gives 1 to every object whose box (rounded as
-``scoring.rasterize_boxes``) overlaps the anomaly mask of its frame and 0 to
+``frame_scoring.rasterize_boxes``) overlaps the anomaly mask of its frame and 0 to
 every other object. A frame's score is the max over its objects (0 when it
 has none); border frames take the score of the nearest frame that can hold
 objects (t < c: frame c; t >= T-c: frame T-c-1; when T <= 2c no frame holds
@@ -50,13 +50,13 @@ from etils import epath
 import numpy as np
 from scipy import ndimage
 
-from ssmtl_jax import cli
-from ssmtl_jax import errors
-from ssmtl_jax import ground_truth
-from ssmtl_jax import input_pipeline
-from ssmtl_jax import metrics
-from ssmtl_jax import schema
-from ssmtl_jax import scoring
+from ssmtl_jax.base import cli
+from ssmtl_jax.base import errors
+from ssmtl_jax.base import ground_truth
+from ssmtl_jax.base import schema
+from ssmtl_jax.data import input_pipeline
+from ssmtl_jax.evaluation import frame_scoring
+from ssmtl_jax.evaluation import metrics
 
 
 def _iou(a, b) -> float:
@@ -75,11 +75,11 @@ def context_of(meta: Mapping) -> int:
 
 def border_copy(scores: np.ndarray, context: int) -> np.ndarray:
   """Frames t < c take frame c's score, frames t >= T-c frame T-c-1's, as
-  the evaluator's maps (``scoring.fill_borders``); unchanged when no frame
+  the evaluator's maps (``frame_scoring.fill_borders``); unchanged when no frame
   can hold objects (T <= 2c: every score is 0 then). Returns a new float64
   [T]."""
   scores = np.array(scores, np.float64)
-  return scoring.fill_borders(scores[:, None, None], int(context))[:, 0, 0]
+  return frame_scoring.fill_borders(scores[:, None, None], int(context))[:, 0, 0]
 
 
 def _video(masks: np.ndarray, boxes_at, c: int) -> tuple[dict, np.ndarray]:
@@ -97,7 +97,7 @@ def _video(masks: np.ndarray, boxes_at, c: int) -> tuple[dict, np.ndarray]:
     if not c <= t < t_len - c:
       v["border_abnormal"] += 1
       continue
-    px = scoring.rasterize_boxes(boxes_at(t), height, width).tolist()
+    px = frame_scoring.rasterize_boxes(boxes_at(t), height, width).tolist()
     labels, _ = ndimage.label(masks[t], structure=np.ones((3, 3)))
     frame_hit = False
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):

@@ -39,10 +39,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ssmtl_jax import evaluator as evaluator_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ssmtl_jax import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ssmtl_jax import schema  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ssmtl_jax import scoring  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ssmtl_jax.base import schema  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ssmtl_jax.evaluation import evaluator as evaluator_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ssmtl_jax.evaluation import frame_scoring  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ssmtl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _aucs(frames, labels) -> dict:
@@ -52,7 +52,7 @@ def _aucs(frames, labels) -> dict:
               per_video)}
 
 
-def row(ev: evaluator_lib.Evaluator, settings: scoring.Settings, *,
+def row(ev: evaluator_lib.Evaluator, settings: frame_scoring.Settings, *,
         keep: Optional[np.ndarray] = None, context: Optional[int] = None
         ) -> dict:
   """AUCs of the combined score and of each task alone for one setting.
@@ -76,10 +76,10 @@ def row(ev: evaluator_lib.Evaluator, settings: scoring.Settings, *,
     out["rbdc"], out["tbdc"], _ = evaluator_lib._detection_metrics(  # pylint: disable=protected-access
         picked, combined, ev.gt, extend=bool(ev.config.eval.extend_curves))
   out["per_task"] = {t: _aucs(frames(normed[t]), labels)
-                     for t in scoring.TASKS if t in normed}
+                     for t in frame_scoring.TASKS if t in normed}
   # The KD parts alone, normalised as configured.
-  parts = scoring.normalize_scores(
-      {k: v[keep] for k, v in objs.scores.items() if k in scoring.KD_PARTS},
+  parts = frame_scoring.normalize_scores(
+      {k: v[keep] for k, v in objs.scores.items() if k in frame_scoring.KD_PARTS},
       ev.train_stats() if settings.normalize == "zscore" else None,
       settings.normalize)
   out["kd_parts"] = {k: _aucs(frames(v), labels) for k, v in parts.items()}
@@ -104,7 +104,7 @@ def ablations(config, workdir: str, split: Optional[str] = None) -> dict:
       "test_tuned_before": row(ev, dataclasses.replace(
           base, normalize="minmax", kd_score="balanced", temporal_sigma=5.0)),
   }
-  for mode in scoring.KD_SCORES:
+  for mode in frame_scoring.KD_SCORES:
     try:
       rows[f"kd_score={mode}"] = row(ev, dataclasses.replace(base,
                                                              kd_score=mode))
@@ -132,9 +132,9 @@ def table(result: dict) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax import cli  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax import config_checks  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax import runner  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.base import cli  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.jobs import config_checks  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.jobs import steps  # pylint: disable=g-import-not-at-top
   fv = flags.FlagValues()
   config_flags.DEFINE_config_file("config", None, "Config file.",
                                   lock_config=True, flag_values=fv)
@@ -143,7 +143,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   fv(["ped2_ablations.py"] + argv)
   config, workdir = fv.config, fv.workdir
   cli.run_reporting_user_errors(lambda: config_checks.check(config))
-  runner.resolve_paths(config, workdir)
+  steps.resolve_paths(config, workdir)
   out = {"test": cli.run_reporting_user_errors(
       lambda: ablations(config, workdir))}
   val = str(config.data.get("val_split", "") or "")

@@ -5,9 +5,9 @@ r"""Our RBDC/TBDC vs py-ssvad-metrics on an evaluated workdir's object boxes.
       [--config.key=value ...]
 
 Loads the test objects and their combined scores through
-``ssmtl_jax.evaluator.Evaluator(config, workdir).outputs`` (the per-checkpoint
+``ssmtl_jax.evaluation.evaluator.Evaluator(config, workdir).outputs`` (the per-checkpoint
 score cache makes this cheap after ``ssmtl_jax.evaluate``), computes
-RBDC/TBDC with ``ssmtl_jax.metrics.detection_curves`` and with the
+RBDC/TBDC with ``ssmtl_jax.evaluation.metrics.detection_curves`` and with the
 independent oracle py-ssvad-metrics (``CurrentCriteriaAccumulator``) on the
 same predicted boxes and scores, prints a table and writes
 ``DIR/eval/rbdc_vs_oracle.json``.
@@ -15,7 +15,7 @@ same predicted boxes and scores, prints a table and writes
 Inputs, the same for both sides
 -------------------------------
 * Predicted regions: the scored object boxes, rasterised like
-  ``metrics.detection_curves`` does (``scoring.rasterize_boxes``; boxes with
+  ``metrics.detection_curves`` does (``frame_scoring.rasterize_boxes``; boxes with
   no pixel in the frame dropped), handed to the oracle as integer
   ``anomalous_regions``.
 * Scores: the combined object scores min-max normalised over all test
@@ -59,7 +59,7 @@ split the difference into its causes:
 * ``ours_oracle_grid``: that, on the oracle's threshold grid with float32
   scores, plus its whole-frame operating point (thresholds <= 0 reach the
   painted map's zero background: each frame becomes one frame-sized region;
-  see ssmtl_jax/metrics.py, difference 2). It equals the oracle exactly
+  see ssmtl_jax/evaluation/metrics.py, difference 2). It equals the oracle exactly
   (to float rounding) when no two predicted boxes of a frame overlap or touch
   (8-connectivity); otherwise the oracle merges them into one region (scores
   averaged where they overlap) and ``oracle - ours_oracle_grid`` is the
@@ -101,8 +101,8 @@ if _REPO not in sys.path:  # run as `python scripts/rbdc_vs_oracle.py`
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from ssmtl_jax import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
-from ssmtl_jax import scoring  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ssmtl_jax.evaluation import frame_scoring  # pylint: disable=g-import-not-at-top,wrong-import-position
+from ssmtl_jax.evaluation import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MAPPINGS = ("linked", "video")
 OUTPUT = "rbdc_vs_oracle.json"
@@ -370,7 +370,7 @@ def compare(objs, combined: np.ndarray, gt: Mapping[str, Any], *,
       if fi.size and (fi.min() < 0 or fi.max() >= t_total):
         raise ValueError(f"video {vid!r}: object frame_index outside "
                          f"[0, {t_total})")
-      px = scoring.rasterize_boxes(boxes[idx], h, w)
+      px = frame_scoring.rasterize_boxes(boxes[idx], h, w)
       keep = (px[:, 2] > px[:, 0]) & (px[:, 3] > px[:, 1])
       touching += _frames_with_touching_boxes(fi[keep], px[keep])
       num_frames += t_total
@@ -507,7 +507,7 @@ def run(config, workdir: str, step: Optional[int] = None, *,
         oracle_jit: bool = False) -> dict:
   """Evaluator outputs of workdir -> compare() -> WORKDIR/eval/OUTPUT (the
   evaluator's eval directory); returns the comparison."""
-  from ssmtl_jax import evaluator  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.evaluation import evaluator  # pylint: disable=g-import-not-at-top
   ev = evaluator.Evaluator(config, workdir, step, require_labels=True)
   out = ev.outputs
   missing = [v for v, g in out.gt.items() if g.mask_path is None]
@@ -522,7 +522,7 @@ def run(config, workdir: str, step: Optional[int] = None, *,
       "rbdc": out.metrics.get("rbdc"), "tbdc": out.metrics.get("tbdc"),
       "extend_curves": bool(config.eval.extend_curves)}
   result["output"] = os.path.join(str(ev.eval_dir), OUTPUT)
-  from ssmtl_jax import schema  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.base import schema  # pylint: disable=g-import-not-at-top
   schema.write_json_atomic(result["output"], result)
   return result
 
@@ -532,9 +532,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   returns the comparison written to WORKDIR/eval/rbdc_vs_oracle.json."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax import cli  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax import config_checks  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax import runner  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.base import cli  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.jobs import config_checks  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.jobs import steps  # pylint: disable=g-import-not-at-top
 
   prog = "rbdc_vs_oracle.py"
   # Own FlagValues: main() can run several times in one process (tests).
@@ -567,7 +567,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
   cli.quiet_library_logs()
   config = fv.config
   cli.run_reporting_user_errors(lambda: config_checks.check(config))
-  runner.resolve_paths(config, fv.workdir)
+  steps.resolve_paths(config, fv.workdir)
   result = cli.run_reporting_user_errors(lambda: run(
       config, fv.workdir, fv.checkpoint, mapping=fv.mapping,
       progress=fv.progress, oracle_jit=fv.oracle_jit))

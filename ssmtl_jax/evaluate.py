@@ -15,9 +15,9 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from ml_collections import config_flags
 
-from ssmtl_jax import cli
-from ssmtl_jax import files
-from ssmtl_jax import run_config
+from ssmtl_jax.base import cli
+from ssmtl_jax.base import files
+from ssmtl_jax.base import run_config
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir.")
 _CHECKPOINT = flags.DEFINE_integer(
@@ -34,18 +34,18 @@ PARSE_FLAGS = cli.parse_flags_config_from_workdir
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from ssmtl_jax import runner  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.jobs import steps  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.jobs import config_checks  # pylint: disable=g-import-not-at-top
   cli.quiet_library_logs()
   config = flags.FLAGS.config
   cli.run_reporting_user_errors(lambda: config_checks.check(config))
-  runner.resolve_paths(config, _WORKDIR.value)
+  steps.resolve_paths(config, _WORKDIR.value)
   cli.run_reporting_user_errors(
       lambda: run_config.check_matches(config, _WORKDIR.value))
   cli.run_reporting_user_errors(
       lambda: files.check_writable_dir(_WORKDIR.value, "--workdir"))
   cli.run_reporting_user_errors(
-      lambda: runner.evaluate(config, _WORKDIR.value, _CHECKPOINT.value))
+      lambda: steps.evaluate_with_videos(config, _WORKDIR.value, _CHECKPOINT.value))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from ml_collections import config_flags
 
-from ssmtl_jax import cli
+from ssmtl_jax.base import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and reports.")
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
@@ -25,8 +25,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from ssmtl_jax import config_checks  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax import runner  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.jobs import config_checks  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.jobs import runner  # pylint: disable=g-import-not-at-top
   cli.quiet_library_logs()
   config = flags.FLAGS.config
   cli.run_reporting_user_errors(lambda: config_checks.check(config))

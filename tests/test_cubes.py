@@ -1,10 +1,10 @@
-"""Tests for data_prep.cubes: sliding windows and crop geometry."""
+"""Tests for ssmtl_jax.perception.cubes: sliding windows and crop geometry."""
 
 import cv2
 import numpy as np
 import pytest
 
-from data_prep import cubes
+from ssmtl_jax.perception import cubes
 
 
 def _indexed_frames(n, h=4, w=5, c=1, log=None):

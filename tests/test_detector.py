@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from data_prep.detector import darknet
-from data_prep.detector import weights
-from data_prep.detector import yolo
+from ssmtl_jax.perception.detector import darknet
+from ssmtl_jax.perception.detector import weights
+from ssmtl_jax.perception.detector import yolo
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 YOLOV3_CFG = os.path.join(DATA, "yolov3.cfg")

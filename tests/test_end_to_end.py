@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 
 from configs import synthetic as synthetic_config
-from ssmtl_jax import checkpointing
-from ssmtl_jax import errors
-from ssmtl_jax import evaluator
-from ssmtl_jax import ground_truth
-from ssmtl_jax import runner
+from ssmtl_jax.base import errors
+from ssmtl_jax.base import ground_truth
+from ssmtl_jax.evaluation import evaluator
+from ssmtl_jax.jobs import runner
+from ssmtl_jax.jobs import steps
+from ssmtl_jax.model import checkpointing
 from tests import event_helpers
 from tests.paths import REPO
 
@@ -91,9 +92,9 @@ def test_rerun_does_not_retrain(trained):
 def test_eval_errors(trained, tmp_path):
   config, workdir, _ = trained
   with pytest.raises(checkpointing.CheckpointError, match="no checkpoint"):
-    evaluator.evaluate(config, str(tmp_path / "empty"))
+    evaluator.evaluate_checkpoint(config, str(tmp_path / "empty"))
   with pytest.raises(checkpointing.CheckpointError, match="step 7"):
-    evaluator.evaluate(config, workdir, step=7)
+    evaluator.evaluate_checkpoint(config, workdir, step=7)
   # A data root without frame labels: scored, not measured
   # (tests/test_unlabeled.py), unless labels are required (ssmtl_jax.validate).
   bare = tmp_path / "bare"
@@ -108,15 +109,15 @@ def test_eval_errors(trained, tmp_path):
                   bare / "gt_frame")
   np.save(bare / "gt_frame" / "test_01.npy", np.zeros(10, np.uint8))
   with pytest.raises(ground_truth.GroundTruthError, match="10 labels"):
-    evaluator.evaluate(config, workdir)
+    evaluator.evaluate_checkpoint(config, workdir)
   config = _config()
   config.eval.kd_score = "logits"
   with pytest.raises(errors.ConfigError, match="config.eval.kd_score"):
-    evaluator.evaluate(config, workdir)
+    evaluator.evaluate_checkpoint(config, workdir)
   config = _config()
   config.eval.render_video = True
   with pytest.raises(errors.ConfigError, match="render_video"):
-    evaluator.evaluate(config, workdir)  # no frame reader given
+    evaluator.evaluate_checkpoint(config, workdir)  # no frame reader given
 
 
 def test_render_annotated_videos(trained, tmp_path):
@@ -127,7 +128,7 @@ def test_render_annotated_videos(trained, tmp_path):
   config.data.records = os.path.join(workdir, "records")
   config.eval.render_video = True
   config.eval.plots = False
-  runner.evaluate(config, workdir)  # the binary layer reads the frames
+  steps.evaluate_with_videos(config, workdir)  # the binary layer reads the frames
   path = os.path.join(workdir, "eval", "videos", "test_01.mp4")
   cap = cv2.VideoCapture(path)
   frames = 0

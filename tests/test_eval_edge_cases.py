@@ -15,14 +15,14 @@ import shutil
 import numpy as np
 import pytest
 
-from data_prep import builder
-from data_prep import detections
-from data_prep import synthetic
-from ssmtl_jax import errors
-from ssmtl_jax import evaluator as ev
-from ssmtl_jax import inference
-from ssmtl_jax import metrics
-from ssmtl_jax import train
+from ssmtl_jax.base import errors
+from ssmtl_jax.data import builder
+from ssmtl_jax.data import synthetic
+from ssmtl_jax.evaluation import evaluator as ev
+from ssmtl_jax.evaluation import inference
+from ssmtl_jax.evaluation import metrics
+from ssmtl_jax.perception import detections
+from ssmtl_jax.train import trainer
 from tests import process_helpers
 from tests import record_helpers
 
@@ -92,7 +92,7 @@ def job(tmp_path_factory):
              masks[:SHORT])
   config = _config(root, records)
   metas = builder.build(config)
-  summary = train.train_and_evaluate(config, workdir)
+  summary = trainer.train(config, workdir)
   return config, workdir, metas, summary
 
 
@@ -101,13 +101,13 @@ class _CountScoring:
 
   def __init__(self, monkeypatch):
     self.calls = []
-    original = inference.Scorer.score_split
+    original = inference.ObjectScorer.score_split
 
     def counted(scorer, info, *args, **kwargs):
       self.calls.append(kwargs.get("desc", "score"))
       return original(scorer, info, *args, **kwargs)
 
-    monkeypatch.setattr(inference.Scorer, "score_split", counted)
+    monkeypatch.setattr(inference.ObjectScorer, "score_split", counted)
 
   def take(self):
     calls, self.calls = sorted(self.calls), []

@@ -1,5 +1,5 @@
-"""scoring.FrameScoreStream (the streaming scorer's frame scores) equals
-scoring.video_frame_scores over the whole video bit for bit, whatever the
+"""frame_scoring.FrameScoreStream (the streaming scorer's frame scores) equals
+frame_scoring.video_frame_scores over the whole video bit for bit, whatever the
 smoothing, border context and video length, emits every frame once and in
 order, within its stated latency, and keeps a bounded number of maps."""
 
@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from ssmtl_jax import scoring
+from ssmtl_jax.evaluation import frame_scoring
 
 H, W = 37, 50
 
@@ -25,7 +25,7 @@ def _video(rng, num_frames, context):
 
 
 def _stream(fi, boxes, scores, num_frames, context, **kw):
-  fs = scoring.FrameScoreStream(H, W, context=context, **kw)
+  fs = frame_scoring.FrameScoreStream(H, W, context=context, **kw)
   pushes = num_frames - context if num_frames > 2 * context else (
       num_frames if not context else 0)
   out, lags = [], []
@@ -50,7 +50,7 @@ def test_stream_equals_whole_video_bit_for_bit(num_frames, context, sigma_t,
   fi, boxes, scores = _video(rng, num_frames, context)
   kw = dict(sigma=(sigma_t, 3.0, 2.0), scale=scale, background=-1.25,
             temporal_sigma=temporal_sigma)
-  want = scoring.video_frame_scores(boxes, fi, scores, num_frames, H, W,
+  want = frame_scoring.video_frame_scores(boxes, fi, scores, num_frames, H, W,
                                     context=context, **kw)
   fs, out, lags = _stream(fi, boxes, scores, num_frames, context, **kw)
   assert [t for t, _ in out] == list(range(num_frames))
@@ -64,7 +64,7 @@ def test_stream_equals_whole_video_bit_for_bit(num_frames, context, sigma_t,
 
 def test_memory_is_bounded_on_a_long_video():
   rng = np.random.default_rng(0)
-  fs = scoring.FrameScoreStream(H, W, sigma=(3.0, 3.0, 3.0), scale=0.5,
+  fs = frame_scoring.FrameScoreStream(H, W, sigma=(3.0, 3.0, 3.0), scale=0.5,
                                 background=0.0, temporal_sigma=2.0, context=3)
   most = 0
   for t in range(2000):
@@ -78,9 +78,9 @@ def test_keep_maps_gives_the_smoothed_map_of_each_final_frame():
   fi, boxes, scores = _video(rng, 20, 3)
   kw = dict(sigma=(3.0, 3.0, 3.0), scale=0.5, background=-1.0,
             temporal_sigma=0.0)
-  _, maps = scoring.video_frame_scores(boxes, fi, scores, 20, H, W, context=3,
+  _, maps = frame_scoring.video_frame_scores(boxes, fi, scores, 20, H, W, context=3,
                                        return_maps=True, **kw)
-  fs = scoring.FrameScoreStream(H, W, context=3, keep_maps=True, **kw)
+  fs = frame_scoring.FrameScoreStream(H, W, context=3, keep_maps=True, **kw)
   seen = {}
   for t in range(17):
     m = fi == t
@@ -93,7 +93,7 @@ def test_keep_maps_gives_the_smoothed_map_of_each_final_frame():
 
 
 def test_push_after_close_and_short_close_are_errors():
-  fs = scoring.FrameScoreStream(H, W, sigma=3.0, scale=0.5, background=0.0)
+  fs = frame_scoring.FrameScoreStream(H, W, sigma=3.0, scale=0.5, background=0.0)
   fs.push(np.zeros((0, 4)), np.zeros(0))
   fs.push(np.zeros((0, 4)), np.zeros(0))
   with pytest.raises(ValueError, match="num_frames=1 < 2"):

@@ -1,4 +1,4 @@
-"""Tests for ssmtl_jax.ground_truth: frame labels and pixel masks, and the
+"""Tests for ssmtl_jax.base.ground_truth: frame labels and pixel masks, and the
 messages that name the file."""
 
 import os
@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from ssmtl_jax import errors
-from ssmtl_jax import ground_truth
-from ssmtl_jax.ground_truth import GroundTruthError
+from ssmtl_jax.base import errors
+from ssmtl_jax.base import ground_truth
+from ssmtl_jax.base.ground_truth import GroundTruthError
 
 
 def _write_gt(root, vid, labels=None, mask=None):

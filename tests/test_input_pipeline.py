@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from ssmtl_jax import errors
-from ssmtl_jax import input_pipeline
+from ssmtl_jax.base import errors
+from ssmtl_jax.data import input_pipeline
 from tests import record_helpers
 from tests import optional
 
@@ -54,7 +54,7 @@ def test_records_info_and_tfds_reads_them(records):
 
 
 def test_round_trip_identical_arrays(tmp_path):
-  from ssmtl_jax import schema
+  from ssmtl_jax.base import schema
   feats = schema.features(window=3, crop_size=4, channels=3, num_det=2, num_cls=0)
   rng = np.random.default_rng(1)
   written = [{"video_id": "v", "frame_index": np.int32(i),
@@ -216,7 +216,7 @@ def test_no_tensorflow_needed(records, tmp_path):
 import itertools, sys
 sys.modules["tensorflow"] = None
 sys.modules["tensorflow_datasets"] = None
-from ssmtl_jax import input_pipeline
+from ssmtl_jax.data import input_pipeline
 from tests import record_helpers
 record_helpers.write_records({str(tmp_path / "r")!r}, num_videos=2,
                              objects_per_video=5, half_window=1, crop_size=8)

@@ -1,4 +1,4 @@
-"""Tests for ssmtl_jax.metrics: AUCs vs sklearn, RBDC/TBDC by hand and vs
+"""Tests for ssmtl_jax.evaluation.metrics: AUCs vs sklearn, RBDC/TBDC by hand and vs
 py-ssvad-metrics (on separated boxes, and on the evaluator's overlapping
 object boxes with scores on its threshold grid: where the two agree exactly
 and by how much they differ)."""
@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from ssmtl_jax import metrics
+from ssmtl_jax.evaluation import metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_no_tensorflow_or_jax_import():
-  code = ("import sys; import ssmtl_jax.metrics, ssmtl_jax.scoring; "
+  code = ("import sys; import ssmtl_jax.evaluation.metrics, ssmtl_jax.evaluation.frame_scoring; "
           "bad = [m for m in ('jax', 'tensorflow', 'flax') "
           "if m in sys.modules]; assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from configs import common
-from ssmtl_jax import errors
-from ssmtl_jax import models
+from ssmtl_jax.base import errors
+from ssmtl_jax.model import network
 
 
 def _views(tasks, size=16, channels=1, batch=2):
@@ -25,8 +25,8 @@ def _views(tasks, size=16, channels=1, batch=2):
 def test_output_shapes_every_variant(variant, depth):
   config = common.get_config()
   config.model.variant, config.model.depth = variant, depth
-  model = models.create_model(config, kd_outputs=80 + 1000, channels=1)
-  views = _views(models.TASKS, size=32)
+  model = network.create_model(config, kd_outputs=80 + 1000, channels=1)
+  views = _views(network.TASKS, size=32)
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), views,
                                                 train=False))
   out = jax.eval_shape(lambda v: model.apply(v, views, train=False), variables)
@@ -36,8 +36,8 @@ def test_output_shapes_every_variant(variant, depth):
   assert out["kd"].shape == (2, 1080)
   convs = [p for p in jax.tree_util.tree_leaves_with_path(variables["params"])
            if "backbone" in jax.tree_util.keystr(p[0]) and p[1].ndim == 5]
-  widths = models.VARIANT_WIDTHS[variant]
-  per_stage = models.DEPTH_CONVS[depth]
+  widths = network.VARIANT_WIDTHS[variant]
+  per_stage = network.DEPTH_CONVS[depth]
   assert [k.shape[-1] for _, k in convs] == [w for w in widths
                                              for _ in range(per_stage)]
   assert all(k.shape[:3] == (3, 3, 3) for _, k in convs)
@@ -45,16 +45,16 @@ def test_output_shapes_every_variant(variant, depth):
 
 def test_variant_widths_are_the_papers():
   """README and configs/common.py promise these channel widths."""
-  assert models.VARIANT_WIDTHS == {"narrow": (16, 32, 32),
+  assert network.VARIANT_WIDTHS == {"narrow": (16, 32, 32),
                                    "wide": (32, 64, 64)}
-  assert models.DEPTH_CONVS == {"shallow": 1, "deep": 2}
+  assert network.DEPTH_CONVS == {"shallow": 1, "deep": 2}
 
 
 def test_rgb_and_real_forward_values():
   config = common.get_config()
   config.model.widths = (4, 8, 8)
-  model = models.create_model(config, kd_outputs=5, channels=3)
-  views = _views(models.TASKS, size=16, channels=3)
+  model = network.create_model(config, kd_outputs=5, channels=3)
+  views = _views(network.TASKS, size=16, channels=3)
   variables = model.init(jax.random.PRNGKey(0), views, train=False)
   x = jax.random.uniform(jax.random.PRNGKey(1), (2, 7, 16, 16, 3))
   views = {"aot": x, "mi": x, "kd": x, "mbp": x[:, :6]}
@@ -86,7 +86,7 @@ def test_disabled_task_has_no_head():
   config.model.widths = (4, 8, 8)
   config.tasks.mbp.weight = 0.0
   config.tasks.aot.weight = 0.0
-  model = models.create_model(config, kd_outputs=5, channels=1)
+  model = network.create_model(config, kd_outputs=5, channels=1)
   assert model.tasks == ("mi", "kd")
   variables = model.init(jax.random.PRNGKey(0), _views(model.tasks),
                          train=False)
@@ -97,12 +97,12 @@ def test_bad_config_values_name_the_key():
   config = common.get_config()
   config.model.variant = "huge"
   with pytest.raises(errors.ConfigError, match="config.model.variant"):
-    models.create_model(config, kd_outputs=5, channels=1)
+    network.create_model(config, kd_outputs=5, channels=1)
   config = common.get_config()
-  for t in models.TASKS:
+  for t in network.TASKS:
     config.tasks[t].weight = 0.0
   with pytest.raises(errors.ConfigError, match="config.tasks"):
-    models.create_model(config, kd_outputs=5, channels=1)
+    network.create_model(config, kd_outputs=5, channels=1)
 
 
 @pytest.mark.parametrize("train", [True, False])
@@ -114,12 +114,12 @@ def test_fast_conv_equals_xla_conv3d(channels, train):
   config = common.get_config()
   config.model.widths = (4, 8, 8)
   views = {t: jax.random.uniform(jax.random.PRNGKey(i), (3, 7, 16, 16, channels))
-           for i, t in enumerate(models.TASKS)}
+           for i, t in enumerate(network.TASKS)}
   views["mbp"] = views["mbp"][:, :6]
   outs, grads = {}, {}
   for impl in ("xla", "fast"):
     config.model.conv_impl = impl
-    model = models.create_model(config, kd_outputs=5, channels=channels)
+    model = network.create_model(config, kd_outputs=5, channels=channels)
     variables = model.init(jax.random.PRNGKey(0), views, train=False)
 
     def loss(params, model=model, variables=variables):
@@ -146,7 +146,7 @@ def test_max_pool_hw_equals_flax_max_pool(padding, hw, ties):
     return nn.max_pool(x, (1, 2, 2), strides=(1, 2, 2), padding=padding)
 
   def ours(x):
-    return models.max_pool_hw(x, padding)
+    return network.max_pool_hw(x, padding)
 
   np.testing.assert_array_equal(ours(x), flax_pool(x))
   w = jax.random.normal(jax.random.PRNGKey(2), flax_pool(x).shape)
@@ -160,8 +160,8 @@ def test_upsample_equals_nearest_resize():
   def resize(x):
     return jax.image.resize(x, (2, 6, 10, 4), method="nearest")
 
-  np.testing.assert_array_equal(models.upsample2x_nearest(x), resize(x))
+  np.testing.assert_array_equal(network.upsample2x_nearest(x), resize(x))
   w = jax.random.normal(jax.random.PRNGKey(4), (2, 6, 10, 4))
   grad = lambda f: jax.grad(lambda x: jnp.sum(w * f(x)))(x)
-  np.testing.assert_allclose(grad(models.upsample2x_nearest), grad(resize),
+  np.testing.assert_allclose(grad(network.upsample2x_nearest), grad(resize),
                              rtol=1e-6, atol=1e-6)

@@ -1,7 +1,7 @@
 """Multi-process CPU training: 2 processes x 2 devices == 1 process x 4.
 
 Two local trainer processes join through jax.distributed (coordinator on
-127.0.0.1, gloo CPU collectives, see runner.initialize_distributed) and train
+127.0.0.1, gloo CPU collectives, see steps.initialize_distributed) and train
 in one workdir; a single 4-device process trains the same config in another.
 With the same config.input.num_pipelines the global batches are identical, so
 the final states must agree up to the summation order of the collectives.

@@ -1,4 +1,4 @@
-"""conv_impl='onednn' (ssmtl_jax/onednn_conv.py): the oneDNN convolution
+"""conv_impl='onednn' (ssmtl_jax/model/onednn_conv.py): the oneDNN convolution
 computes what XLA's does, forward and backward, jitted, through both ways of
 calling it (XLA FFI custom call, jax.pure_callback), and a whole train step
 with it matches one with conv_impl='xla'.
@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssmtl_jax import models
-from ssmtl_jax import onednn_conv
+from ssmtl_jax.model import network
+from ssmtl_jax.model import onednn_conv
 from tests import optional
 
 # Skipped where no oneDNN distribution is installed; where one is (CI
@@ -51,7 +51,7 @@ def _close(a, b, **tol):
 @pytest.mark.parametrize("shape", SHAPES)
 def test_forward_matches_xla(shape, conv):
   x, k = _inputs(shape)
-  want = models._conv3d_xla(x, k)  # pylint: disable=protected-access
+  want = network._conv3d_xla(x, k)  # pylint: disable=protected-access
   got = jax.jit(conv)(x, k)
   assert got.shape == want.shape and got.dtype == jnp.float32
   _close(got, want)
@@ -67,7 +67,7 @@ def test_gradients_match_xla(shape, conv):
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, k)
 
   gx, gk = grads(conv)
-  wx, wk = grads(models._conv3d_xla)  # pylint: disable=protected-access
+  wx, wk = grads(network._conv3d_xla)  # pylint: disable=protected-access
   _close(gx, wx)
   _close(gk, wk)
 
@@ -77,10 +77,10 @@ def test_numpy_front_end_matches_xla():
   x, k = _inputs(SHAPES[1])
   lib = onednn_conv.library()
   y = lib.forward(np.asarray(x), np.asarray(k))
-  _close(y, models._conv3d_xla(x, k))  # pylint: disable=protected-access
+  _close(y, network._conv3d_xla(x, k))  # pylint: disable=protected-access
   g = np.ones_like(y)
   dx, dk = lib.backward(np.asarray(x), np.asarray(k), g)
-  _, vjp = jax.vjp(models._conv3d_xla, x, k)  # pylint: disable=protected-access
+  _, vjp = jax.vjp(network._conv3d_xla, x, k)  # pylint: disable=protected-access
   wx, wk = vjp(jnp.asarray(g))
   _close(dx, wx)
   _close(dk, wk)
@@ -91,7 +91,7 @@ def test_bfloat16_is_computed_in_float32():
   xb, kb = x.astype(jnp.bfloat16), k.astype(jnp.bfloat16)
   got = jax.jit(onednn_conv.conv3d)(xb, kb)
   assert got.dtype == jnp.bfloat16
-  want = models._conv3d_xla(xb.astype(jnp.float32), kb.astype(jnp.float32))  # pylint: disable=protected-access
+  want = network._conv3d_xla(xb.astype(jnp.float32), kb.astype(jnp.float32))  # pylint: disable=protected-access
   _close(got, want, rtol=1e-2, atol=1e-2)
 
 
@@ -106,7 +106,7 @@ def test_batch_sharded_over_devices_matches_xla(conv):
   loss = lambda conv: lambda x, k: jnp.sum(jnp.sin(conv(x, k)))
   got = jax.jit(jax.value_and_grad(loss(conv),
                                    argnums=(0, 1)))(x, k)
-  want = jax.jit(jax.value_and_grad(loss(models._conv3d_xla),  # pylint: disable=protected-access
+  want = jax.jit(jax.value_and_grad(loss(network._conv3d_xla),  # pylint: disable=protected-access
                                     argnums=(0, 1)))(x, k)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     _close(a, b)

@@ -5,7 +5,7 @@ checkpoint.keep. The evaluator's edge cases are in test_eval_edge_cases.py.
 The step-level tests build the train step from the config as the trainer
 does (StepConfig.from_config, create_optimizer, create_train_state,
 train_step) on an in-memory batch and compare with independent optax / numpy
-computations. The dtype test runs the real model (models.create_model); the
+computations. The dtype test runs the real model (network.create_model); the
 optimiser and kd-loss tests, which are about what the step does with the
 model's outputs and gradients, run a stand-in model of a few parameters
 (with batch norm, like the real one) so that each optimiser compiles in
@@ -22,11 +22,11 @@ import numpy as np
 import optax
 import pytest
 
-from ssmtl_jax import errors
-from ssmtl_jax import input_pipeline
-from ssmtl_jax import models
-from ssmtl_jax import tasks as tasks_lib
-from ssmtl_jax import train
+from ssmtl_jax.base import errors
+from ssmtl_jax.data import input_pipeline
+from ssmtl_jax.model import network
+from ssmtl_jax.model import tasks as tasks_lib
+from ssmtl_jax.train import step as step_lib
 from tests import record_helpers
 
 HALF_WINDOW, CROP, NUM_DET, NUM_CLS, BATCH = 6, 16, 4, 3, 8
@@ -37,7 +37,7 @@ INFO = input_pipeline.RecordsInfo(
 
 
 def _init_views(cfg):
-  return models.init_views(cfg.tasks, seq_half=cfg.seq_half,
+  return network.init_views(cfg.tasks, seq_half=cfg.seq_half,
                            crop_size=INFO.crop_size, channels=INFO.channels)
 
 
@@ -76,17 +76,17 @@ class _Setup:
   def __init__(self, config, seed=0, model=None, state=None):
     self.config = config
     self.cfg = tasks_lib.StepConfig.from_config(config, INFO)
-    self.model = model or models.create_model(
+    self.model = model or network.create_model(
         config, kd_outputs=INFO.kd_outputs, channels=1)
     self.tx = optax.chain(_capture_grads(),
-                          train.create_optimizer(config, 10))
+                          step_lib.create_optimizer(config, 10))
     self.init = functools.partial(
-        train.create_train_state, model=self.model, tx=self.tx,
+        step_lib.create_train_state, model=self.model, tx=self.tx,
         views=_init_views(self.cfg))
     self.state = state if state is not None else jax.jit(self.init)(
         jax.random.PRNGKey(seed))
     self.step = jax.jit(functools.partial(
-        train.train_step, model=self.model, tx=self.tx, cfg=self.cfg))
+        step_lib.train_step, model=self.model, tx=self.tx, cfg=self.cfg))
     self.rng = jax.random.PRNGKey(1)
 
   def run(self, batch):
@@ -120,7 +120,7 @@ def _stand_in_setup(**overrides):
   """aot + kd on the stand-in model (mbp/mi off: not needed here)."""
   config = _config(**{"tasks.mi.weight": 0.0, "tasks.mbp.weight": 0.0,
                       **overrides})
-  return _Setup(config, model=_StandIn(tuple(models.enabled_tasks(config))))
+  return _Setup(config, model=_StandIn(tuple(network.enabled_tasks(config))))
 
 
 def _leaves(tree):

@@ -11,8 +11,8 @@ import types
 import numpy as np
 import pytest
 
-from ssmtl_jax import metrics
-from ssmtl_jax import runner
+from ssmtl_jax.evaluation import metrics
+from ssmtl_jax.jobs import runner
 from tests.paths import REPO
 
 SCRIPT = os.path.join(REPO, "scripts", "rbdc_vs_oracle.py")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from data_prep import recall
-from ssmtl_jax import ground_truth
-from ssmtl_jax import schema
+from ssmtl_jax.base import ground_truth
+from ssmtl_jax.base import schema
 
 H = W = 16
 MASK = (4, 4, 8, 8)       # x1, y1, x2, y2 of every anomaly (16 px)

@@ -1,4 +1,4 @@
-"""ssmtl_jax.records against the TensorFlow/TFDS path it replaces (the oracle,
+"""ssmtl_jax.base.records against the TensorFlow/TFDS path it replaces (the oracle,
 test-only): byte-identical shards and metadata, same decoded values."""
 
 import os
@@ -13,8 +13,8 @@ tfds = optional.import_or_skip("tensorflow_datasets", "tensorflow-datasets")
 example_pb2 = optional.import_or_skip("tensorflow.core.example.example_pb2",
                                       ("tensorflow", "tensorflow-cpu"))
 
-from ssmtl_jax import records
-from ssmtl_jax import schema
+from ssmtl_jax.base import records
+from ssmtl_jax.base import schema
 from tests import record_helpers
 
 

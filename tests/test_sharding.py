@@ -6,11 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from ssmtl_jax import input_pipeline
-from ssmtl_jax import models
-from ssmtl_jax import sharding
-from ssmtl_jax import tasks as tasks_lib
-from ssmtl_jax import train
+from ssmtl_jax.data import input_pipeline
+from ssmtl_jax.model import network
+from ssmtl_jax.model import sharding
+from ssmtl_jax.model import tasks as tasks_lib
+from ssmtl_jax.train import step as step_lib
 from tests import record_helpers
 
 STEPS, BATCH = 3, 16
@@ -22,15 +22,15 @@ def _setup(tmp_path, bn_axis_name):
       window=13, crop_size=16, channels=1, num_det=4, num_cls=3)
   config = record_helpers.tiny_config(str(tmp_path))
   cfg = tasks_lib.StepConfig.from_config(config, info)
-  model = models.create_model(config, kd_outputs=info.kd_outputs, channels=1,
+  model = network.create_model(config, kd_outputs=info.kd_outputs, channels=1,
                               bn_axis_name=bn_axis_name)
-  tx = train.create_optimizer(config, STEPS)
-  state = train.create_train_state(
+  tx = step_lib.create_optimizer(config, STEPS)
+  state = step_lib.create_train_state(
       jax.random.PRNGKey(0), model=model, tx=tx,
-      views=models.init_views(cfg.tasks, seq_half=cfg.seq_half,
+      views=network.init_views(cfg.tasks, seq_half=cfg.seq_half,
                              crop_size=info.crop_size,
                              channels=info.channels))
-  step_fn = functools.partial(train.train_step, model=model, tx=tx, cfg=cfg)
+  step_fn = functools.partial(step_lib.train_step, model=model, tx=tx, cfg=cfg)
   return state, step_fn
 
 

@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssmtl_jax import errors
-from ssmtl_jax import models
-from ssmtl_jax import sharding
-from ssmtl_jax import train
+from ssmtl_jax.base import errors
+from ssmtl_jax.model import network
+from ssmtl_jax.model import sharding
+from ssmtl_jax.train import step as step_lib
 from tests import test_options
 
 _batch, _config, _Setup = (test_options._batch, test_options._config,  # pylint: disable=protected-access
@@ -44,13 +44,13 @@ def test_pool_impls_same_values_and_gradient_routing(padding, shape):
   # whole gradient to the first maximum of each window.
   x = jnp.asarray(np.random.default_rng(0).integers(0, 3, shape), jnp.float32)
   cot = jnp.asarray(np.random.default_rng(1).normal(
-      size=models.max_pool_hw(x, padding, "argmax").shape), jnp.float32)
+      size=network.max_pool_hw(x, padding, "argmax").shape), jnp.float32)
 
   def loss(impl, x):
-    return jnp.sum(models.max_pool_hw(x, padding, impl) * cot)
+    return jnp.sum(network.max_pool_hw(x, padding, impl) * cot)
 
   for impl in ("argmax", "reduce_window"):
-    y = models.max_pool_hw(x, padding, impl)
+    y = network.max_pool_hw(x, padding, impl)
     ref = nn.max_pool(x.reshape((-1,) + shape[2:]), (2, 2), strides=(2, 2),
                       padding=padding).reshape(y.shape)
     np.testing.assert_array_equal(y, ref)
@@ -87,7 +87,7 @@ class _Grouped(nn.Module):
   @nn.compact
   def __call__(self, views):
     x = jnp.stack(views, axis=1)
-    y = models.GroupedBatchNorm(self.groups, use_running_average=not self.train,
+    y = network.GroupedBatchNorm(self.groups, use_running_average=not self.train,
                                 axis_name=self.axis_name,
                                 name="BatchNorm_0")(
                                     x.reshape((-1,) + x.shape[2:]))
@@ -223,7 +223,7 @@ def test_fused_step_on_the_device_mesh_equals_one_device(reference):
   setup = _Setup(config, state=state0)
   mesh = sharding.create_mesh()
   step = sharding.jit_train_step(
-      functools.partial(train.train_step, model=setup.model, tx=setup.tx,
+      functools.partial(step_lib.train_step, model=setup.model, tx=setup.tx,
                         cfg=setup.cfg), mesh)
   state = sharding.to_replicated(state0, mesh)
   state, metrics = step(state, sharding.global_batch(
@@ -234,5 +234,5 @@ def test_fused_step_on_the_device_mesh_equals_one_device(reference):
 
 def test_bad_pool_impl_is_a_config_error():
   with pytest.raises(errors.ConfigError, match="model.pool_impl"):
-    models.create_model(_config(**{"model.pool_impl": "avg"}), kd_outputs=7,
+    network.create_model(_config(**{"model.pool_impl": "avg"}), kd_outputs=7,
                         channels=1)

@@ -18,16 +18,16 @@ import numpy as np
 import pytest
 
 from configs import synthetic as synthetic_config
-from data_prep import detections as detections_lib
-from data_prep import video_io
-from ssmtl_jax import bundle as bundle_lib
-from ssmtl_jax import errors
-from ssmtl_jax import evaluator
-from ssmtl_jax import inference
-from ssmtl_jax import input_pipeline
-from ssmtl_jax import runner
-from ssmtl_jax import score
-from ssmtl_jax import scoring
+from ssmtl_jax.base import errors
+from ssmtl_jax.data import input_pipeline
+from ssmtl_jax.evaluation import evaluator
+from ssmtl_jax.evaluation import frame_scoring
+from ssmtl_jax.evaluation import inference
+from ssmtl_jax.jobs import runner
+from ssmtl_jax.perception import detections as detections_lib
+from ssmtl_jax.perception import video_io
+from ssmtl_jax.serve import bundle as bundle_lib
+from ssmtl_jax.serve import stream
 from tests.paths import REPO
 
 
@@ -56,7 +56,7 @@ def exported(tmp_path_factory):
 
 
 def _options(**kw):
-  return score.Options(**{"progress": False, "plot": False, **kw})
+  return stream.Options(**{"progress": False, "plot": False, **kw})
 
 
 def _scores_csv(out):
@@ -99,7 +99,7 @@ def test_weights_with_other_hashes_are_refused(exported, tmp_path):
   good, bad = tmp_path / "good.weights", tmp_path / "bad.weights"
   good.write_bytes(b"the detector it was trained with")
   bad.write_bytes(b"another detector")
-  from ssmtl_jax import files  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.base import files  # pylint: disable=g-import-not-at-top
   b.meta["build"]["det_weights_sha256"] = files.sha256_file(good)
   b.check_weights("detector", str(good))
   with pytest.raises(bundle_lib.BundleError, match="bad.weights: sha256"):
@@ -140,7 +140,7 @@ def test_streaming_equals_the_offline_path(exported, tmp_path):
   # from the bundle: its stored settings, statistics and background must
   # agree with them for the test to pass (a scaled task weight or a shifted
   # background in the bundle fails it).
-  s = dataclasses.replace(scoring.Settings.from_config(config),
+  s = dataclasses.replace(frame_scoring.Settings.from_config(config),
                           normalize="zscore")
   _, combined = ev.object_scores(s)
   scorer = inference.restore_scorer(config, workdir)
@@ -148,19 +148,19 @@ def test_streaming_equals_the_offline_path(exported, tmp_path):
       input_pipeline.records_info(config.data.records, "train"),
       int(config.eval.batch_size),
       max_objects=int(config.eval.norm_max_objects))
-  _, train_combined = scoring.object_anomaly_scores(train.scores, s,
+  _, train_combined = frame_scoring.object_anomaly_scores(train.scores, s,
                                                     ev.train_stats())
   background = float(train_combined.min())  # frames without objects
   for vid, latency in (("test_00", 1), ("test_01", 5)):
     src = video_io.list_videos(root, "test")
     folder = next(v.path for v in src if v.video_id == vid)
     o = str(tmp_path / vid)
-    summary = score.run(out, folder, o, _options(
+    summary = stream.run(out, folder, o, _options(
         detections=os.path.join(root, "detections", "test", f"{vid}.csv"),
         max_latency_frames=latency, video=(vid == "test_00"), plot=True))
     frames, height, width = ev.videos[vid]
     m = objs.video_id == vid
-    want = scoring.video_frame_scores(
+    want = frame_scoring.video_frame_scores(
         objs.box[m], objs.frame_index[m], combined[m], frames, height, width,
         sigma=s.sigma, scale=s.map_scale, background=background,
         temporal_sigma=s.temporal_sigma, context=ev.context)
@@ -207,7 +207,7 @@ def test_damaged_inputs_give_valid_partial_outputs(exported, tmp_path):
   data = open(avi, "rb").read()
   open(avi, "wb").write(data[:int(len(data) * 0.6)])
   o = str(tmp_path / "cut")
-  summary = score.run(out, avi, o, _options(detections=dets))
+  summary = stream.run(out, avi, o, _options(detections=dets))
   rows = _scores_csv(o)
   assert 0 < summary["frames"] < len(frames)
   assert len(rows) == summary["frames"]
@@ -219,7 +219,7 @@ def test_damaged_inputs_give_valid_partial_outputs(exported, tmp_path):
   shutil.copytree(src.path, folder)
   victim = sorted(os.listdir(folder))[10]
   (folder / victim).write_bytes(b"not an image")
-  summary = score.run(out, str(folder), str(tmp_path / "corrupt"),
+  summary = stream.run(out, str(folder), str(tmp_path / "corrupt"),
                       _options(detections=dets))
   assert summary["corrupt_frames"] == 1
   assert summary["frames"] == len(frames) == len(_scores_csv(
@@ -228,17 +228,17 @@ def test_damaged_inputs_give_valid_partial_outputs(exported, tmp_path):
   text = tmp_path / "a.mp4"
   text.write_text("not a video")
   with pytest.raises(errors.UserError, match="a.mp4"):
-    score.run(out, str(text), str(tmp_path / "t"), _options(detections=dets))
+    stream.run(out, str(text), str(tmp_path / "t"), _options(detections=dets))
   with pytest.raises(bundle_lib.BundleError, match="not a bundle"):
-    score.run(str(tmp_path), str(folder), str(tmp_path / "u"), _options())
-  with pytest.raises(score.ScoreInputError, match="--detections"):
-    score.run(out, str(folder), str(tmp_path / "v"), _options())
+    stream.run(str(tmp_path), str(folder), str(tmp_path / "u"), _options())
+  with pytest.raises(stream.ScoreInputError, match="--detections"):
+    stream.run(out, str(folder), str(tmp_path / "v"), _options())
 
 
 _RSS_SCRIPT = r"""
 import resource, sys
-from ssmtl_jax import score
-score.run(sys.argv[1], sys.argv[2], sys.argv[3], score.Options(
+from ssmtl_jax.serve import stream
+stream.run(sys.argv[1], sys.argv[2], sys.argv[3], stream.Options(
     progress=False, plot=False, detections=sys.argv[4], max_latency_frames=16))
 print("MAXRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
@@ -273,10 +273,10 @@ def test_memory_does_not_grow_with_the_stream(exported, tmp_path):
 
 
 def test_batch_shapes_are_powers_of_two_up_to_the_batch():
-  assert score.batch_shapes(64, 1) == [1, 2, 4, 8, 16, 32, 64]
-  assert score.batch_shapes(64, 8) == [8, 16, 32, 64]
-  assert score.batch_shapes(100, 8) == [8, 16, 32, 64, 104]
-  assert score.batch_shapes(3, 8) == [8]
+  assert stream.batch_shapes(64, 1) == [1, 2, 4, 8, 16, 32, 64]
+  assert stream.batch_shapes(64, 8) == [8, 16, 32, 64]
+  assert stream.batch_shapes(100, 8) == [8, 16, 32, 64, 104]
+  assert stream.batch_shapes(3, 8) == [8]
 
 
 def test_close_waits_for_the_reader_before_releasing_the_capture(tmp_path):
@@ -290,7 +290,7 @@ def test_close_waits_for_the_reader_before_releasing_the_capture(tmp_path):
   _write_avi(avi, [rng.integers(0, 255, (48, 64), dtype=np.uint8)
                    for _ in range(200)])
   for k in range(20):
-    src = score.Source(avi, fps=None, stall_timeout_s=5.0, keep_rgb=True)
+    src = stream.Source(avi, fps=None, stall_timeout_s=5.0, keep_rgb=True)
     src.start(1)
     for i, _ in enumerate(src.frames()):
       if i == k:
@@ -299,6 +299,6 @@ def test_close_waits_for_the_reader_before_releasing_the_capture(tmp_path):
     assert not src._thread.is_alive()  # pylint: disable=protected-access
     assert src._cap is None  # pylint: disable=protected-access
   # Closing before the reader started, and twice, is fine too.
-  src = score.Source(avi, fps=None, stall_timeout_s=5.0, keep_rgb=False)
+  src = stream.Source(avi, fps=None, stall_timeout_s=5.0, keep_rgb=False)
   src.close()
   src.close()

@@ -1,4 +1,4 @@
-"""ssmtl_jax.summaries: TensorBoard scalars without TensorFlow (issue #11),
+"""ssmtl_jax.base.summaries: TensorBoard scalars without TensorFlow (issue #11),
 read back with TensorBoard's own loader."""
 
 import logging
@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from ssmtl_jax import evaluator
-from ssmtl_jax import summaries
+from ssmtl_jax.base import summaries
+from ssmtl_jax.evaluation import evaluator
 from tests import event_helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -126,4 +126,4 @@ def test_without_tensorflow(tmp_path):
        "  w.write_scalars(4, {'train/loss': 0.5, 'train/kd_loss': 2})\n"
        "got = event_helpers.read_scalars(sys.argv[1])\n"
        "assert got == {'train/loss': {4: 0.5}, 'train/kd_loss': {4: 2.0}}, got\n"
-       "import ssmtl_jax.train, ssmtl_jax.evaluator\n", tmp_path)
+       "import ssmtl_jax.train.trainer, ssmtl_jax.evaluation.evaluator\n", tmp_path)

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data_prep import detections as detections_lib
-from data_prep import synthetic
+from ssmtl_jax.data import synthetic
+from ssmtl_jax.perception import detections as detections_lib
 
 # Small but above the minimums; num_test=3 so all anomaly types appear.
 SMALL = dict(num_train=2, num_test=3, num_frames=32, height=72, width=96,

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssmtl_jax import tasks
+from ssmtl_jax.model import tasks
 
 W, H = 6, 3  # half window of the records, half length of the sequences
 

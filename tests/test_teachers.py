@@ -19,11 +19,11 @@ import jax
 import numpy as np
 import pytest
 
-from data_prep import teachers
-from data_prep.teachers import efficientnet_lite
-from data_prep.teachers import resnet
-from data_prep.teachers import torch_pickle
-from ssmtl_jax import errors
+from ssmtl_jax.base import errors
+from ssmtl_jax.perception import teachers
+from ssmtl_jax.perception.teachers import efficientnet_lite
+from ssmtl_jax.perception.teachers import resnet
+from ssmtl_jax.perception.teachers import torch_pickle
 from tests import optional
 
 torch = optional.import_or_skip("torch", "torch")

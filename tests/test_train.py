@@ -10,11 +10,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from ssmtl_jax import input_pipeline
-from ssmtl_jax import models
-from ssmtl_jax import sharding
-from ssmtl_jax import tasks as tasks_lib
-from ssmtl_jax import train
+from ssmtl_jax.data import input_pipeline
+from ssmtl_jax.model import network
+from ssmtl_jax.model import sharding
+from ssmtl_jax.model import tasks as tasks_lib
+from ssmtl_jax.train import step as step_lib
+from ssmtl_jax.train import trainer
 from tests import record_helpers
 
 
@@ -36,11 +37,11 @@ def test_loss_decreases_on_a_fixed_batch(records):
   config.optim.schedule = "constant"
   info = input_pipeline.records_info(records, "train")
   cfg = tasks_lib.StepConfig.from_config(config, info)
-  model = models.create_model(config, kd_outputs=info.kd_outputs, channels=1)
-  tx = train.create_optimizer(config, 30)
-  state = train.create_train_state(
+  model = network.create_model(config, kd_outputs=info.kd_outputs, channels=1)
+  tx = step_lib.create_optimizer(config, 30)
+  state = step_lib.create_train_state(
       jax.random.PRNGKey(0), model=model, tx=tx,
-      views=models.init_views(cfg.tasks, seq_half=cfg.seq_half,
+      views=network.init_views(cfg.tasks, seq_half=cfg.seq_half,
                              crop_size=info.crop_size,
                              channels=info.channels))
   batch = next(input_pipeline.train_iterator(
@@ -48,7 +49,7 @@ def test_loss_decreases_on_a_fixed_batch(records):
       shuffle_buffer=4))
   mesh = sharding.create_mesh()
   step = sharding.jit_train_step(
-      functools.partial(train.train_step, model=model, tx=tx, cfg=cfg), mesh)
+      functools.partial(step_lib.train_step, model=model, tx=tx, cfg=cfg), mesh)
   batch = sharding.global_batch(batch, mesh)
   state = jax.device_put(state, sharding.replicated(mesh))
   rng = jax.device_put(jax.random.PRNGKey(0), sharding.replicated(mesh))
@@ -65,7 +66,7 @@ def test_loss_decreases_on_a_fixed_batch(records):
 def test_trainer_outputs_contract(records, tmp_path):
   workdir = str(tmp_path / "wd")
   config = record_helpers.tiny_config(records, total_steps=4)
-  summary = train.train_and_evaluate(config, workdir)
+  summary = trainer.train(config, workdir)
   with open(os.path.join(workdir, "train_summary.json")) as f:
     on_disk = json.load(f)
   assert on_disk == json.loads(json.dumps(summary))
@@ -81,7 +82,7 @@ def test_trainer_outputs_contract(records, tmp_path):
 def test_disabled_task_reports_null_loss(records, tmp_path):
   config = record_helpers.tiny_config(records, total_steps=2, **{
       "tasks.aot.weight": 0.0, "tasks.kd.weight": 0.0})
-  summary = train.train_and_evaluate(config, str(tmp_path))
+  summary = trainer.train(config, str(tmp_path))
   assert summary["losses"]["aot"] is None and summary["losses"]["kd"] is None
   assert summary["losses"]["mi"] > 0
   _, restored = _restore(str(tmp_path))
@@ -92,12 +93,12 @@ def test_pmap_resume_continues_exactly(records, tmp_path):
   """(jit: test_train_process.py kills a run with SIGKILL and resumes it.)"""
   kw = {"parallelism": "pmap", "optim.schedule": "constant"}
   straight = str(tmp_path / "straight")
-  train.train_and_evaluate(
+  trainer.train(
       record_helpers.tiny_config(records, total_steps=6, **kw), straight)
   resumed = str(tmp_path / "resumed")
-  train.train_and_evaluate(
+  trainer.train(
       record_helpers.tiny_config(records, total_steps=4, **kw), resumed)
-  summary = train.train_and_evaluate(
+  summary = trainer.train(
       record_helpers.tiny_config(records, total_steps=6, **kw), resumed)
   assert summary["step"] == 6
   _, a = _restore(straight, 6)
@@ -117,13 +118,13 @@ def test_pmap_resume_with_cosine_schedule_continues_exactly(records, tmp_path):
         "checkpoint.keep": 5}
   config = lambda: record_helpers.tiny_config(records, total_steps=6, **kw)
   straight = str(tmp_path / "straight")
-  train.train_and_evaluate(config(), straight)
+  trainer.train(config(), straight)
   resumed = str(tmp_path / "resumed")
   shutil.copytree(straight, resumed)
   shutil.rmtree(os.path.join(resumed, "checkpoints", "6"))
   os.remove(os.path.join(resumed, "train_summary.json"))
   assert _restore(resumed)[0] == 4
-  summary = train.train_and_evaluate(config(), resumed)
+  summary = trainer.train(config(), resumed)
   assert summary["step"] == 6
   _, a = _restore(straight, 6)
   _, b = _restore(resumed, 6)

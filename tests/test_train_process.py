@@ -253,7 +253,7 @@ def test_missing_records_is_a_one_line_error(tmp_path):
 def _first_step_with_inf(records) -> int:
   """The (0-based) step whose global batch holds the corrupted example, per
   the trainer's own input pipeline (one process, one pipeline)."""
-  from ssmtl_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.data import input_pipeline  # pylint: disable=g-import-not-at-top
   info = input_pipeline.records_info(str(records), "train")
   it = input_pipeline.train_iterator(
       info, global_batch=BATCH, num_pipelines=1, seed=0, start_step=0,

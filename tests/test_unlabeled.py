@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk_metrics
 
-from data_prep import synthetic
-from ssmtl_jax import errors
-from ssmtl_jax import evaluator as ev
-from ssmtl_jax import ground_truth
-from ssmtl_jax import runner
 from ssmtl_jax import validate
+from ssmtl_jax.base import errors
+from ssmtl_jax.base import ground_truth
+from ssmtl_jax.data import synthetic
+from ssmtl_jax.evaluation import evaluator as ev
+from ssmtl_jax.jobs import runner
+from ssmtl_jax.jobs import steps
 from tests import event_helpers
 from tests import record_helpers
 
@@ -229,7 +230,7 @@ def test_labels_can_still_be_required(job):
 
 def test_build_missing_needs_a_data_root(tmp_path):
   config = _config("")
-  runner.resolve_paths(config, str(tmp_path))
+  steps.resolve_paths(config, str(tmp_path))
   assert config.data.records == str(tmp_path / "records")
   with pytest.raises(errors.ConfigError, match="needs config.data.root"):
-    runner.prepare_data(config)
+    steps.prepare_data(config)

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data_prep import validation
-from data_prep import video_io
+from ssmtl_jax.data import validation_split
+from ssmtl_jax.perception import video_io
 from tests import cli_driver
 from tests import optional
 from tests.paths import REPO
@@ -110,7 +110,7 @@ def test_validation_out_unwritable(tmp_path, blocked, capsys):
   for split in ("train", "test"):
     (root / split / "01").mkdir(parents=True)
   with pytest.raises(SystemExit) as e:
-    validation.main(["--root", str(root), "--out", f"{blocked}/v",
+    validation_split.main(["--root", str(root), "--out", f"{blocked}/v",
                      "--holdout", "01"])
   assert e.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()
@@ -193,23 +193,23 @@ def test_a_failed_start_leaves_nothing_behind(tmp_path):
   """A batch the input pipelines cannot split is refused before the model is
   built and before the workdir exists; reading a workdir without a
   checkpoint (evaluate, export) makes no empty checkpoints/ folder."""
-  from ssmtl_jax import errors  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax import inference  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax import models  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax import train  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.base import errors  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.model import network  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.train import trainer  # pylint: disable=g-import-not-at-top
   from tests import record_helpers  # pylint: disable=g-import-not-at-top
   records = str(tmp_path / "records")
   record_helpers.write_records(records)
   config = record_helpers.tiny_config(records, **{"input.num_pipelines": 3})
   workdir = tmp_path / "work"
   built = []
-  real = models.create_model
-  models.create_model = lambda *a, **k: built.append(1) or real(*a, **k)
+  real = network.create_model
+  network.create_model = lambda *a, **k: built.append(1) or real(*a, **k)
   try:
     with pytest.raises(errors.ConfigError, match="num_pipelines|pipelines"):
-      train.train_and_evaluate(config, str(workdir))
+      trainer.train(config, str(workdir))
   finally:
-    models.create_model = real
+    network.create_model = real
   assert not built and not workdir.exists()
   empty = tmp_path / "no_checkpoints"
   empty.mkdir()
@@ -219,11 +219,11 @@ def test_a_failed_start_leaves_nothing_behind(tmp_path):
 
 
 def test_the_training_bar_counts_finished_steps():
-  """train.FinishedSteps moves the bar only for steps whose results are
+  """trainer.FinishedSteps moves the bar only for steps whose results are
   ready; the newest step stays in flight; wait_all counts the rest."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax import train  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.train import trainer  # pylint: disable=g-import-not-at-top
 
   class Bar:
     n = 0
@@ -234,7 +234,7 @@ def test_the_training_bar_counts_finished_steps():
   slow = jax.jit(lambda x: jax.lax.fori_loop(
       0, 50, lambda i, a: jnp.tanh(a @ a + 0.01), x))
   bar, outs = Bar(), []
-  steps = train.FinishedSteps(bar)
+  steps = trainer.FinishedSteps(bar)
   for k in range(5):
     outs.append(slow(jnp.full((192, 192), 0.001 * k)))
     steps.dispatched(outs[-1])
@@ -249,21 +249,21 @@ def test_a_workdir_remembers_its_config(tmp_path):
   evaluate without --config uses it (overrides apply on top); a --config
   whose model/task settings differ is refused naming the keys, as is a
   resume with other settings; speed switches may differ."""
-  from ssmtl_jax import errors  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax import run_config  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax import train  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.base import errors  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.base import run_config  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.train import trainer  # pylint: disable=g-import-not-at-top
   from tests import process_helpers  # pylint: disable=g-import-not-at-top
   from tests import record_helpers  # pylint: disable=g-import-not-at-top
   records = str(tmp_path / "records")
   record_helpers.write_records(records)
   config = record_helpers.tiny_config(records, **{"total_steps": 2})
   workdir = str(tmp_path / "work")
-  train.train_and_evaluate(config, workdir)
+  trainer.train(config, workdir)
   saved = run_config.load(workdir)
   assert saved.to_dict() == config.to_dict()  # tuples come back as tuples
   other = record_helpers.tiny_config(records, **{"model.widths": (4, 8, 16)})
   with pytest.raises(errors.ConfigError, match=r"config\.model\.widths"):
-    train.train_and_evaluate(other, workdir)
+    trainer.train(other, workdir)
   fast = record_helpers.tiny_config(records, **{"model.dtype": "bfloat16"})
   assert run_config.differences(fast, saved) == []
   cfg = process_helpers.write_config(tmp_path / "tiny.py", records)

@@ -11,11 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from data_prep import detections as detections_lib
-from data_prep import validation
-from data_prep import video_io
-from ssmtl_jax import errors
-from ssmtl_jax import ground_truth
+from ssmtl_jax.base import errors
+from ssmtl_jax.base import ground_truth
+from ssmtl_jax.data import validation_split
+from ssmtl_jax.perception import detections as detections_lib
+from ssmtl_jax.perception import video_io
 
 H, W = 32, 48
 # Ped2-like ids: train and test both count from 01.
@@ -90,7 +90,7 @@ def made(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("made")
   root = _make_root(tmp)
   out = str(tmp / "val_root")
-  summary = validation.make_validation_root(root, out, holdout=["02"])
+  summary = validation_split.make_validation_root(root, out, holdout=["02"])
   return root, out, summary
 
 
@@ -107,7 +107,7 @@ def test_frames_follow_the_construction(made):
     assert len(frames) == v["frames"] == len(os.listdir(
         os.path.join(out, "val", vid)))
     assert v["source"] == "02" and v["source_frames"] == TRAIN["02"]
-    assert v["abnormal_frames"] == m >= validation.MIN_SEGMENT
+    assert v["abnormal_frames"] == m >= validation_split.MIN_SEGMENT
     assert 8 <= a and end <= v["frames"] - 8  # min_normal each side.
     # PNG round trip is lossless: every frame is exactly a source frame.
     lead_in = frames[:a]
@@ -176,7 +176,7 @@ def test_layout(made):
       ground_truth.load_frame_labels(out, "01", TEST["01"]),
       np.load(os.path.join(root, "gt_frame", "01.npy")))
   # The marker.
-  marker = validation.read_marker(out)
+  marker = validation_split.read_marker(out)
   assert marker == {k: v for k, v in summary.items() if k != "made"}
   assert marker["complete"] and marker["arguments"]["holdout"] == ["02"]
   assert marker["arguments"]["root"] == abs_root
@@ -184,7 +184,7 @@ def test_layout(made):
   assert marker["val"] == ids["val"] and summary["made"] == ids["val"]
   assert {v["source"] for v in marker["videos"].values()} == {"02"}
   assert {v["kind"] for v in marker["videos"].values()} == set(
-      validation.KINDS)
+      validation_split.KINDS)
   assert not [n for n in os.listdir(os.path.join(out, "val"))
               if n.startswith(".")]
 
@@ -192,28 +192,28 @@ def test_layout(made):
 def test_rerun_is_a_noop_and_deterministic(tmp_path):
   root = _make_root(tmp_path, detections=True)
   out = str(tmp_path / "out")
-  first = validation.make_validation_root(root, out, holdout="03,01", seed=5)
+  first = validation_split.make_validation_root(root, out, holdout="03,01", seed=5)
   assert first["arguments"]["holdout"] == ["01", "03"]
   assert first["val"] == ["val01_fast", "val01_reverse", "val03_fast",
                           "val03_reverse"]
   before = _tree(out)
-  again = validation.make_validation_root(root, out, holdout=["01", "03"],
+  again = validation_split.make_validation_root(root, out, holdout=["01", "03"],
                                           seed=5)
   assert again["made"] == [] and _tree(out) == before
   # Same arguments elsewhere: identical files (links aside).
   other = str(tmp_path / "other")
-  validation.make_validation_root(root, other, holdout=["01", "03"], seed=5)
+  validation_split.make_validation_root(root, other, holdout=["01", "03"], seed=5)
   digest = {k: v[0] for k, v in _tree(out).items()}
   assert {k: v[0] for k, v in _tree(other).items()} == digest
   # The seed moves segments; each segment depends on its own video only.
   starts = set()
   for seed in range(4):
-    s = validation.make_validation_root(
+    s = validation_split.make_validation_root(
         root, str(tmp_path / f"s{seed}"), holdout=["01"], seed=seed,
         kinds=["fast"])
     starts.add(s["videos"]["val01_fast"]["segment"][0])
   assert len(starts) > 1
-  alone = validation.make_validation_root(
+  alone = validation_split.make_validation_root(
       root, str(tmp_path / "alone"), holdout=["01"], seed=5)
   assert alone["videos"]["val01_fast"] == first["videos"]["val01_fast"]
 
@@ -221,7 +221,7 @@ def test_rerun_is_a_noop_and_deterministic(tmp_path):
 def test_detections_are_remapped(tmp_path):
   root = _make_root(tmp_path, detections=True)
   out = str(tmp_path / "out")
-  summary = validation.make_validation_root(root, out, holdout=["02"])
+  summary = validation_split.make_validation_root(root, out, holdout=["02"])
   det = os.path.join(out, "detections")
   assert sorted(os.listdir(os.path.join(det, "train"))) == ["01.csv",
                                                              "03.csv"]
@@ -238,18 +238,18 @@ def test_detections_are_remapped(tmp_path):
 def test_resume_after_interruption(tmp_path):
   root = _make_root(tmp_path)
   out = str(tmp_path / "out")
-  validation.make_validation_root(root, out, holdout=["01"])
+  validation_split.make_validation_root(root, out, holdout=["01"])
   before = _tree(out)
   # As if killed while writing val01_reverse: marker incomplete, a stale
   # temporary folder, the video and its labels missing.
-  marker = validation.read_marker(out)
+  marker = validation_split.read_marker(out)
   marker["complete"] = False
-  with open(os.path.join(out, validation.MARKER), "w") as f:
+  with open(os.path.join(out, validation_split.MARKER), "w") as f:
     json.dump(marker, f)
   os.rename(os.path.join(out, "val", "val01_reverse"),
             os.path.join(out, "val", ".tmp-val01_reverse"))
   os.remove(os.path.join(out, "gt_frame", "val01_reverse.npy"))
-  again = validation.make_validation_root(root, out, holdout=["01"])
+  again = validation_split.make_validation_root(root, out, holdout=["01"])
   assert again["made"] == ["val01_reverse"] and again["complete"]
   after = _tree(out)
   assert {k: v[0] for k, v in after.items()} == {
@@ -274,22 +274,22 @@ def test_argument_errors(tmp_path, kwargs, error, message):
   root = _make_root(tmp_path)
   out = str(tmp_path / "out")
   with pytest.raises(error, match=message):
-    validation.make_validation_root(root, out, **kwargs)
+    validation_split.make_validation_root(root, out, **kwargs)
   assert not os.path.exists(out)
 
 
 def test_too_short_source(tmp_path):
   root = _make_root(tmp_path, train={"01": 48, "02": 30})
   out = str(tmp_path / "out")
-  need = validation.min_source_frames("fast")
+  need = validation_split.min_source_frames("fast")
   assert need > 30
   with pytest.raises(errors.DataError,
                      match=f"has 30 frames but its 'fast' validation video "
                      f"needs at least {need}"):
-    validation.make_validation_root(root, out, holdout=["02"])
+    validation_split.make_validation_root(root, out, holdout=["02"])
   assert not os.path.exists(out)
   # Reverse alone fits in 30 frames.
-  s = validation.make_validation_root(root, out, holdout=["02"],
+  s = validation_split.make_validation_root(root, out, holdout=["02"],
                                       kinds=["reverse"])
   assert s["val"] == ["val02_reverse"]
 
@@ -301,29 +301,29 @@ def test_foreign_or_different_out(tmp_path):
   (foreign / "notes.txt").write_text("mine")
   with pytest.raises(errors.ConfigError,
                      match="is not empty and is not a validation root"):
-    validation.make_validation_root(root, str(foreign), holdout=["01"])
+    validation_split.make_validation_root(root, str(foreign), holdout=["01"])
   assert sorted(os.listdir(foreign)) == ["notes.txt"]
   out = str(tmp_path / "out")
-  validation.make_validation_root(root, out, holdout=["01"])
+  validation_split.make_validation_root(root, out, holdout=["01"])
   before = _tree(out)
   with pytest.raises(errors.ConfigError,
                      match=r"other arguments \(seed: 0 there, 1 now\)"):
-    validation.make_validation_root(root, out, holdout=["01"], seed=1)
+    validation_split.make_validation_root(root, out, holdout=["01"], seed=1)
   with pytest.raises(errors.ConfigError, match="holdout: \\['01'\\] there"):
-    validation.make_validation_root(root, out, holdout=["03"])
+    validation_split.make_validation_root(root, out, holdout=["03"])
   assert _tree(out) == before
   (tmp_path / "empty").mkdir()  # An empty folder is fine.
-  validation.make_validation_root(root, str(tmp_path / "empty"),
+  validation_split.make_validation_root(root, str(tmp_path / "empty"),
                                   holdout=["01"])
   with pytest.raises(errors.ConfigError, match="is --root itself"):
-    validation.make_validation_root(root, root, holdout=["01"])
+    validation_split.make_validation_root(root, root, holdout=["01"])
 
 
 def test_prefix_colliding_with_test_ids(tmp_path):
   root = _make_root(tmp_path, test={"01": 30, "v01_fast": 30})
   with pytest.raises(errors.ConfigError,
                      match="validation ids v01_fast are also test video ids"):
-    validation.make_validation_root(root, str(tmp_path / "out"),
+    validation_split.make_validation_root(root, str(tmp_path / "out"),
                                     holdout=["01"], prefix="v")
 
 
@@ -333,11 +333,11 @@ def test_corrupt_source_leaves_no_partial_video(tmp_path):
     f.write(b"not a jpeg")
   out = str(tmp_path / "out")
   with pytest.raises(video_io.VideoInputError, match="025.jpg"):
-    validation.make_validation_root(root, out, holdout=["02"])
+    validation_split.make_validation_root(root, out, holdout=["02"])
   assert os.listdir(os.path.join(out, "val")) == []
   assert not [n for n in os.listdir(os.path.join(out, "gt_frame"))
               if n.startswith("val")]
-  assert not validation.read_marker(out)["complete"]
+  assert not validation_split.read_marker(out)["complete"]
 
 
 def test_video_file_source(tmp_path):
@@ -349,7 +349,7 @@ def test_video_file_source(tmp_path):
     writer.write(cv2.cvtColor(_frame(rng, t), cv2.COLOR_GRAY2BGR))
   writer.release()
   out = str(tmp_path / "out")
-  s = validation.make_validation_root(root, out, holdout=["04"],
+  s = validation_split.make_validation_root(root, out, holdout=["04"],
                                       kinds=["fast"])
   assert os.readlink(os.path.join(out, "train", "01")) == os.path.join(
       os.path.abspath(root), "train", "01")
@@ -361,7 +361,7 @@ def test_video_file_source(tmp_path):
   assert all(np.array_equal(f, source[j]) for f, j in zip(frames, index))
   # Held out 03 instead: the video file is linked with its extension.
   out2 = str(tmp_path / "out2")
-  validation.make_validation_root(root, out2, holdout=["03"], kinds=["fast"])
+  validation_split.make_validation_root(root, out2, holdout=["03"], kinds=["fast"])
   assert os.path.islink(os.path.join(out2, "train", "04.avi"))
   assert [v.video_id for v in video_io.list_videos(out2, "train")] == [
       "01", "02", "04"]
@@ -370,25 +370,25 @@ def test_video_file_source(tmp_path):
 def test_cli(tmp_path, capsys):
   root = _make_root(tmp_path)
   out = str(tmp_path / "out")
-  validation.main(["--root", root, "--out", out, "--holdout", "02",
+  validation_split.main(["--root", root, "--out", out, "--holdout", "02",
                    "--seed", "3", "--fast_stride", "2"])
   lines = capsys.readouterr().out.splitlines()
   assert lines[0].startswith("val02_fast: ") and "fast x2" in lines[0]
   assert lines[1].startswith("val02_reverse: ") and "reversed" in lines[1]
   assert "made val02_fast, val02_reverse" in lines[2]
-  marker = validation.read_marker(out)
+  marker = validation_split.read_marker(out)
   assert marker["arguments"]["seed"] == 3
   assert marker["videos"]["val02_fast"]["stride"] == 2
-  validation.main(["--root", root, "--out", out, "--holdout", "02",
+  validation_split.main(["--root", root, "--out", out, "--holdout", "02",
                    "--seed", "3", "--fast_stride", "2"])
   assert "nothing to do" in capsys.readouterr().out
   with pytest.raises(SystemExit) as e:
-    validation.main(["--root", root, "--out", str(tmp_path / "o2"),
+    validation_split.main(["--root", root, "--out", str(tmp_path / "o2"),
                      "--holdout", "09"])
   assert e.value.code == 2
   err = capsys.readouterr().err
   assert err.startswith("error: --holdout: no training video 09")
   assert len(err.strip().splitlines()) == 1
   with pytest.raises(SystemExit) as e:
-    validation.main(["--root", root, "--out", out])  # --holdout missing.
+    validation_split.main(["--root", root, "--out", out])  # --holdout missing.
   assert e.value.code == 2

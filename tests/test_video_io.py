@@ -1,4 +1,4 @@
-"""Tests for data_prep.video_io: listing, decoding, errors (ground truth:
+"""Tests for ssmtl_jax.perception.video_io: listing, decoding, errors (ground truth:
 tests/test_ground_truth.py)."""
 
 import os
@@ -7,9 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-from data_prep import video_io
-from data_prep.video_io import VideoInputError, VideoSource
-from ssmtl_jax import ground_truth
+from ssmtl_jax.base import ground_truth
+from ssmtl_jax.perception import video_io
+from ssmtl_jax.perception.video_io import VideoInputError
+from ssmtl_jax.perception.video_io import VideoSource
 
 from tests.paths import PED2
 

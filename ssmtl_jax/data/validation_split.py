@@ -1,0 +1,562 @@
+r"""A validation set of pseudo-anomalies of known extent, from training video.
+
+Evaluation settings (score normalisation, smoothing, task weights, ...) must
+not be chosen by looking at the test labels. This module holds out a few
+*training* videos (normal by definition), turns each into validation videos
+that contain a synthetic anomalous segment whose frames are known by
+construction, and lays the result out as a data root the builder reads like
+any other (docs/DESIGN.md §4)::
+
+  python -m data_prep.validation --root ../shared/data/ped2 --out DIR/ped2_val \
+      --holdout 08,16 [--seed 0] [--fast_stride 3] [--segment 0.3333]
+
+Output layout (``OUT``; ``ROOT`` is never modified or copied)::
+
+  OUT/train/<id>            symlink -> ROOT/train/<id> (folder or video file,
+                            absolute) for every training video NOT held out:
+                            the model trains on these
+  OUT/test                  symlink -> ROOT/test (absolute), when ROOT has it
+  OUT/gt_frame/<test_id>.npy  symlinks -> ROOT's ground truth of each test
+  OUT/gt_pixel/<test_id>.npz  video (only the files that exist)
+  OUT/val/<val_id>/0000.png ...  the validation videos: PNG frames (lossless;
+                            grayscale when a frame's three channels are equal,
+                            as for Ped2, else colour), natural-sorted names
+  OUT/gt_frame/<val_id>.npy   uint8 [T] 0/1 labels of each written frame
+                            (no gt_pixel for validation videos)
+  OUT/detections/...        only when ROOT/detections/ exists (pre-computed
+                            detections, ssmtl_jax/perception/detections.py): train/<id>.csv
+                            and test/ are symlinked, and val/<val_id>.csv holds
+                            the source rows re-indexed to the output frames
+  OUT/validation.json       what was made (below); written atomically
+
+Validation ids are ``<prefix><source_id>_<kind>`` (``val08_fast``), so they
+never collide with test ids (Ped2's train and test ids are both 01, 02, ...),
+which share OUT/gt_frame/. To train on OUT/train and choose settings on the
+validation videos, use ``config.data.root=OUT`` with
+``config.data.val_split='val'`` (or ``test_split='val'``); the real test set
+under the same root (``test_split='test'``) is then evaluated by the same
+model, trained without the held-out videos.
+
+Construction. A held-out source video has N frames ``s[0..N-1]``; each kind
+writes one validation video of T frames: a normal lead-in of ``start`` frames,
+the anomalous segment of ``length`` frames, and a normal lead-out. ``src(t)``
+is the source frame written as output frame t:
+
+* ``fast`` (stride k = ``fast_stride``, default 3): inside the segment the
+  source is sampled every k-th frame, so every object moves k times faster
+  (Ped2's anomalies are bicycles, skaters and carts among walkers)::
+
+    src(t) = t                                  t < start
+    src(t) = start - 1 + (t - start + 1) * k     start <= t < start + length
+    src(t) = src(t - 1) + 1                     t >= start + length
+
+  The first segment frame is already k source frames after the last lead-in
+  frame, and the lead-out continues from where the source reached (no
+  frame is repeated, no backwards jump). T is the largest length with
+  ``T + length * (k - 1) <= N``.
+
+* ``reverse``: the video turns around and plays backwards (people walk
+  backwards), then turns around again and plays forwards; every step is
+  exactly one source frame, so the only abnormal thing is the direction of
+  time (no jump, no teleporting object)::
+
+    src(t) = t                                  t < start
+    src(t) = start - 2 - (t - start)            start <= t < start + length
+    src(t) = src(t - 1) + 1                     t >= start + length
+
+  The segment is the source frames ``s[start-1-length .. start-2]`` reversed;
+  the lead-out replays (forwards) frames the lead-in has shown. T = N.
+
+Labels: ``gt_frame[t] = 1`` exactly for the segment frames
+``start <= t < start + length`` and 0 elsewhere; equivalently, frame t is
+abnormal iff the source step into it, ``src(t) - src(t-1)``, is k (fast) or
+-1 (reverse), the normal step being +1. So for ``fast`` the jump at the
+segment start (last lead-in frame -> first segment frame, k source frames)
+is part of the anomaly and labelled 1, while the first lead-out frame
+(a step of +1) is normal; for ``reverse`` the turning-point frame
+``start - 1`` and the first lead-out frame ``start + length`` are normal.
+Frames whose temporal window merely overlaps the segment are labelled by
+their own step, as in real ground truth.
+
+Segment length and position: ``length = round(segment * T)`` (``segment``
+default 1/3, at least :data:`MIN_SEGMENT` frames); ``start`` is drawn
+uniformly from ``[lo, T - length - min_normal]`` with ``lo = min_normal``
+(fast) or ``max(min_normal, length + 1)`` (reverse, which needs ``length``
+frames of history to play back), by a generator seeded with ``seed`` and a
+CRC of ``"<source_id>:<kind>"``: the same arguments give the same videos,
+and one video's segment does not depend on which other videos are held out.
+A source too short for a kind is an error that says how many frames it needs.
+
+``validation.json``: ``format_version``, ``complete`` (false while a run is
+under way), ``arguments`` (absolute root, holdout ids, seed, segment,
+fast_stride, min_normal, kinds, prefix: a rerun with the same arguments is a
+no-op, other arguments on a non-empty OUT are an error), ``train``/``test``/
+``val`` id lists, and per validation video: ``source``, ``source_frames``,
+``kind``, ``stride`` (source step inside the segment: k, or -1 for reverse),
+``segment`` [start, end) in output frames, ``frames``, ``abnormal_frames``,
+``seed`` and ``source_runs`` (``[start, stop, step]`` Python ranges whose
+concatenation is ``src(0), src(1), ...``).
+
+Each validation video is written into ``OUT/val/.tmp-<val_id>/`` (hidden, so
+``video_io.list_videos`` skips it) and renamed into place after its labels;
+an interrupted run resumes (same arguments) and never leaves a partial
+``OUT/val/<val_id>``. Paths are local (``os``): symlinks need a file system.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import zlib
+from typing import Any, Optional, Sequence
+
+import cv2
+import numpy as np
+import tqdm
+
+from ssmtl_jax.base import errors
+from ssmtl_jax.perception import detections as detections_lib
+from ssmtl_jax.perception import video_io
+
+FORMAT_VERSION = 1
+MARKER = "validation.json"
+KINDS = ("fast", "reverse")
+MIN_SEGMENT = 4  # Fewer abnormal frames than this make no useful segment.
+_MAX_FRAMES = 1 << 20  # Search bound for the minimum source length.
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """How one validation video is made from its source.
+
+  Attributes:
+    val_id: the validation video's id.
+    source: the held-out training video.
+    source_frames: number of frames of the source.
+    kind: "fast" or "reverse".
+    stride: source step inside the segment (k for fast, -1 for reverse).
+    frames: number of frames written (T).
+    start: first frame of the anomalous segment.
+    length: number of frames of the segment.
+    runs: (start, stop, step) ranges whose concatenation is src(0..T-1).
+    seed: the ``seed`` argument it was drawn with.
+  """
+  val_id: str
+  source: video_io.VideoSource
+  source_frames: int
+  kind: str
+  stride: int
+  frames: int
+  start: int
+  length: int
+  runs: tuple[tuple[int, int, int], ...]
+  seed: int
+
+  def source_index(self) -> np.ndarray:
+    """int64 [T]: the source frame of each output frame."""
+    return np.concatenate([np.arange(*r, dtype=np.int64) for r in self.runs])
+
+  def labels(self) -> np.ndarray:
+    """uint8 [T]: 1 on the segment [start, start + length), else 0."""
+    labels = np.zeros(self.frames, np.uint8)
+    labels[self.start:self.start + self.length] = 1
+    return labels
+
+  def summary(self) -> dict[str, Any]:
+    return {"source": self.source.video_id,
+            "source_frames": self.source_frames, "kind": self.kind,
+            "stride": self.stride,
+            "segment": [self.start, self.start + self.length],
+            "frames": self.frames, "abnormal_frames": self.length,
+            "seed": self.seed, "source_runs": [list(r) for r in self.runs]}
+
+
+def _round(x: float) -> int:
+  return int(math.floor(x + 0.5))
+
+
+def _geometry(kind: str, n: int, segment: float, stride: int,
+              min_normal: int) -> Optional[tuple[int, int, int, int]]:
+  """(frames T, segment length, lowest start, highest start) for a source of
+  n frames, or None when the construction does not fit."""
+  if kind == "fast":
+    frames = int(n / (1 + segment * (stride - 1))) + 2
+    while frames > 0 and frames + _round(segment * frames) * (stride - 1) > n:
+      frames -= 1
+  else:
+    frames = n
+  length = _round(segment * frames)
+  lo = max(min_normal, length + 1 if kind == "reverse" else 1)
+  hi = frames - length - min_normal
+  if length < MIN_SEGMENT or hi < lo:
+    return None
+  return frames, length, lo, hi
+
+
+def min_source_frames(kind: str, *, segment: float = 1 / 3,
+                      fast_stride: int = 3, min_normal: int = 8) -> int:
+  """The fewest source frames the construction of ``kind`` needs.
+
+  Raises:
+    ConfigError: no source length fits (e.g. segment >= 1/2 for reverse).
+  """
+  if _geometry(kind, _MAX_FRAMES, segment, fast_stride, min_normal) is None:
+    hint = (" (reverse also needs as many lead-in frames as it plays back: "
+            "use --segment < 0.5)" if kind == "reverse" else "")
+    raise errors.ConfigError(
+        f"--segment={segment} leaves no room for {min_normal} normal frames "
+        f"before and after the {kind!r} segment{hint}")
+  n = 1
+  while _geometry(kind, n, segment, fast_stride, min_normal) is None:
+    n += 1
+  return n
+
+
+def plan_video(source: video_io.VideoSource, source_frames: int, kind: str, *,
+               val_id: str, seed: int = 0, segment: float = 1 / 3,
+               fast_stride: int = 3, min_normal: int = 8) -> Plan:
+  """The deterministic construction of one validation video (module doc).
+
+  Raises:
+    DataError: the source is too short; names it and the frames needed.
+  """
+  geometry = _geometry(kind, source_frames, segment, fast_stride, min_normal)
+  if geometry is None:
+    need = min_source_frames(kind, segment=segment, fast_stride=fast_stride,
+                             min_normal=min_normal)
+    raise errors.DataError(
+        f"--holdout: training video {source.path} has {source_frames} frames "
+        f"but its {kind!r} validation video needs at least {need} "
+        f"(--segment={segment:g}, --fast_stride={fast_stride}, "
+        f"min_normal={min_normal}); hold out a longer video")
+  frames, length, lo, hi = geometry
+  key = zlib.crc32(f"{source.video_id}:{kind}".encode())
+  rng = np.random.default_rng([seed, key])
+  a = lo + int(rng.integers(hi - lo + 1))
+  rest = frames - a - length
+  if kind == "fast":
+    k = fast_stride
+    end = a + length * k  # First source frame after the segment.
+    runs = ((0, a, 1), (a - 1 + k, end, k), (end, end + rest, 1))
+    stride = k
+  else:
+    back = a - 1 - length  # Oldest frame played back.
+    runs = ((0, a, 1), (a - 2, back - 1, -1), (back + 1, back + 1 + rest, 1))
+    stride = -1
+  return Plan(val_id=val_id, source=source, source_frames=source_frames,
+              kind=kind, stride=stride, frames=frames, start=a, length=length,
+              runs=runs, seed=seed)
+
+
+# ----------------------------------------------------------------------------
+# Arguments, the marker and the state of OUT.
+# ----------------------------------------------------------------------------
+
+
+def _arguments(root: str, holdout: Sequence[str] | str, seed: int,
+               segment: float, fast_stride: int, min_normal: int,
+               kinds: Sequence[str], prefix: str) -> dict[str, Any]:
+  """Validated, normalised arguments (what validation.json compares)."""
+  if "://" in root:
+    raise errors.ConfigError(f"--root={root}: only local paths are supported")
+  if isinstance(holdout, str):
+    holdout = holdout.split(",")
+  ids = sorted({str(h).strip() for h in holdout if str(h).strip()},
+               key=video_io.natural_key)
+  if not ids:
+    raise errors.ConfigError(
+        "--holdout is empty: name the training videos to hold out, e.g. "
+        "--holdout=08,16")
+  if fast_stride < 2:
+    raise errors.ConfigError(f"--fast_stride={fast_stride}: must be >= 2")
+  if not 0 < segment < 1:
+    raise errors.ConfigError(f"--segment={segment}: must be in (0, 1)")
+  if min_normal < 1:
+    raise errors.ConfigError(f"--min_normal={min_normal}: must be >= 1")
+  kinds = list(kinds)
+  bad = [k for k in kinds if k not in KINDS]
+  if bad or not kinds or len(set(kinds)) != len(kinds):
+    raise errors.ConfigError(
+        f"--kinds={','.join(kinds)}: give distinct kinds among "
+        f"{', '.join(KINDS)}")
+  if not prefix or os.sep in prefix or prefix.startswith("."):
+    raise errors.ConfigError(
+        f"--prefix={prefix!r}: must be a non-empty file name part not "
+        "starting with '.'")
+  for kind in kinds:  # Raises when no source could ever be long enough.
+    min_source_frames(kind, segment=segment, fast_stride=fast_stride,
+                      min_normal=min_normal)
+  return {"root": os.path.abspath(root), "holdout": ids, "seed": int(seed),
+          "segment": float(segment), "fast_stride": int(fast_stride),
+          "min_normal": int(min_normal), "kinds": kinds, "prefix": prefix}
+
+
+def read_marker(out: str) -> Optional[dict[str, Any]]:
+  """OUT/validation.json, or None when missing or unreadable."""
+  try:
+    with open(os.path.join(out, MARKER)) as f:
+      marker = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return marker if isinstance(marker, dict) else None
+
+
+def _write_json_atomic(path: str, obj: Any) -> None:
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def _check_out(out: str, args: dict[str, Any]) -> Optional[dict[str, Any]]:
+  """The marker of a previous run with the same arguments (None for a new or
+  empty OUT); raises ConfigError for any other non-empty OUT."""
+  if not os.path.lexists(out):
+    return None
+  if not os.path.isdir(out):
+    raise errors.ConfigError(f"--out={out} exists and is not a folder")
+  if not os.listdir(out):
+    return None
+  marker = read_marker(out)
+  if marker is None or "arguments" not in marker:
+    raise errors.ConfigError(
+        f"--out={out} exists, is not empty and is not a validation root (no "
+        f"readable {MARKER}); give a new or empty folder")
+  old = marker["arguments"]
+  if marker.get("format_version") != FORMAT_VERSION or old != args:
+    diff = ", ".join(f"{k}: {old.get(k)!r} there, {v!r} now"
+                     for k, v in args.items() if old.get(k) != v)
+    raise errors.ConfigError(
+        f"--out={out} is a validation root made with other arguments "
+        f"({diff or 'format version ' + repr(marker.get('format_version'))})"
+        "; give another --out or delete it")
+  return marker
+
+
+def _val_done(out: str, val_id: str) -> bool:
+  return (os.path.isdir(os.path.join(out, "val", val_id)) and
+          os.path.isfile(os.path.join(out, "gt_frame", f"{val_id}.npy")))
+
+
+# ----------------------------------------------------------------------------
+# Writing.
+# ----------------------------------------------------------------------------
+
+
+def _link(target: str, link: str) -> None:
+  """Symlink link -> target; an existing correct link is kept."""
+  if os.path.islink(link):
+    if os.readlink(link) == target:
+      return
+    os.remove(link)
+  elif os.path.lexists(link):
+    raise errors.DataError(
+        f"{link} exists and is not a symlink; cannot link it to {target}")
+  os.makedirs(os.path.dirname(link), exist_ok=True)
+  os.symlink(target, link)
+
+
+def _encode_png(frame: np.ndarray) -> bytes:
+  """RGB uint8 [H, W, 3] -> PNG bytes (gray when the channels are equal)."""
+  if (np.array_equal(frame[..., 0], frame[..., 1]) and
+      np.array_equal(frame[..., 1], frame[..., 2])):
+    img = frame[..., 0]
+  else:
+    img = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+  ok, buf = cv2.imencode(".png", img)
+  if not ok:
+    raise errors.DataError(f"cannot encode a {frame.shape} frame as PNG")
+  return buf.tobytes()
+
+
+def _write_frames(plan: Plan, folder: str, bar: tqdm.tqdm) -> None:
+  """Streams the source once, writing each frame to every output position
+  that shows it (the output order never needs the source in memory)."""
+  index = plan.source_index()
+  positions: dict[int, list[int]] = {}
+  for t, j in enumerate(index.tolist()):
+    positions.setdefault(j, []).append(t)
+  last = int(index.max())
+  width = max(4, len(str(plan.frames - 1)))
+  written = 0
+  frames = video_io.iter_frames(plan.source, 3)
+  try:
+    for j, frame in enumerate(frames):
+      for t in positions.get(j, ()):
+        if t == positions[j][0]:
+          data = _encode_png(frame)
+        with open(os.path.join(folder, f"{t:0{width}d}.png"), "wb") as f:
+          f.write(data)
+        written += 1
+        bar.update(1)
+      if j >= last:
+        break
+  finally:
+    frames.close()
+  if written != plan.frames:
+    raise video_io.VideoInputError(
+        f"{plan.source.path}: ended before frame {last} while writing "
+        f"{plan.val_id} (it was counted as {plan.source_frames} frames)")
+
+
+def _write_val_video(plan: Plan, root: str, out: str, bar: tqdm.tqdm) -> None:
+  """Writes OUT/val/<val_id>, its labels and (if any) its detections; on any
+  error removes what it wrote, so no partial video is left."""
+  val_dir = os.path.join(out, "val", plan.val_id)
+  tmp = os.path.join(out, "val", f".tmp-{plan.val_id}")
+  labels_path = os.path.join(out, "gt_frame", f"{plan.val_id}.npy")
+  dets_src = os.path.join(root, "detections", "train",
+                          f"{plan.source.video_id}.csv")
+  dets_out = os.path.join(out, "detections", "val", f"{plan.val_id}.csv")
+  for path in (tmp, val_dir):  # Stale or labels lost: redo from scratch.
+    if os.path.lexists(path):
+      shutil.rmtree(path)
+  os.makedirs(tmp)
+  try:
+    _write_frames(plan, tmp, bar)
+    labels_tmp = os.path.join(out, "gt_frame",
+                              f".{plan.val_id}.npy.tmp{os.getpid()}")
+    with open(labels_tmp, "wb") as f:
+      np.save(f, plan.labels(), allow_pickle=False)
+    os.replace(labels_tmp, labels_path)
+    if os.path.isfile(dets_src):
+      per_frame = detections_lib.read_detections(dets_src)
+      rows = [(t, *row) for t, j in enumerate(plan.source_index().tolist())
+              for row in per_frame.get(j, ())]
+      detections_lib.write_detections(dets_out, rows)
+    os.rename(tmp, val_dir)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    for path in (labels_path, dets_out):
+      if os.path.lexists(path):
+        os.remove(path)
+    raise
+
+
+def _link_inputs(root: str, out: str, train: Sequence[video_io.VideoSource],
+                 test: Sequence[video_io.VideoSource]) -> None:
+  for src in train:
+    name = os.path.basename(src.path)
+    _link(os.path.abspath(src.path), os.path.join(out, "train", name))
+    det = os.path.join(root, "detections", "train", f"{src.video_id}.csv")
+    if os.path.isfile(det):
+      _link(det, os.path.join(out, "detections", "train",
+                              f"{src.video_id}.csv"))
+  if test:
+    _link(os.path.join(root, "test"), os.path.join(out, "test"))
+    if os.path.isdir(os.path.join(root, "detections", "test")):
+      _link(os.path.join(root, "detections", "test"),
+            os.path.join(out, "detections", "test"))
+  for src in test:
+    for folder, ext in (("gt_frame", "npy"), ("gt_pixel", "npz")):
+      gt = os.path.join(root, folder, f"{src.video_id}.{ext}")
+      if os.path.isfile(gt):
+        _link(gt, os.path.join(out, folder, f"{src.video_id}.{ext}"))
+
+
+def make_validation_root(root: str, out: str, *,
+                         holdout: Sequence[str] | str, seed: int = 0,
+                         segment: float = 1 / 3, fast_stride: int = 3,
+                         min_normal: int = 8,
+                         kinds: Sequence[str] = KINDS, prefix: str = "val",
+                         progress: bool = False) -> dict[str, Any]:
+  """Makes (or finishes, or finds done) the validation root OUT (module doc).
+
+  Args:
+    root: the data set (ROOT/train, ROOT/test, ROOT/gt_frame, ...); local.
+    out: the validation root to make; new, empty, or made earlier with the
+      same arguments (then nothing is rewritten).
+    holdout: training video ids to hold out (a list or "08,16").
+    seed: seeds where each segment starts.
+    segment: fraction of each validation video that is anomalous.
+    fast_stride: source step k inside a "fast" segment (>= 2).
+    min_normal: fewest normal frames before and after each segment.
+    kinds: which pseudo-anomalies to make, among :data:`KINDS`.
+    prefix: validation ids are ``<prefix><source_id>_<kind>``.
+    progress: show a tqdm bar over the frames written.
+  Returns:
+    The contents of OUT/validation.json, plus "made": the validation ids
+    written by this call (empty for a rerun that found everything done).
+  Raises:
+    ConfigError: bad arguments, an unknown holdout id, every training video
+      held out, an id collision, or a non-empty OUT that is not a validation
+      root made with the same arguments.
+    DataError: unreadable input, or a held-out video too short.
+  """
+  args = _arguments(root, holdout, seed, segment, fast_stride, min_normal,
+                    kinds, prefix)
+  if "://" in out:
+    raise errors.ConfigError(f"--out={out}: only local paths are supported")
+  root, out = args["root"], os.path.abspath(out)
+  if out == root:
+    raise errors.ConfigError(f"--out={out} is --root itself")
+  marker = _check_out(out, args)
+  val_ids = [f"{prefix}{h}_{kind}" for h in args["holdout"]
+             for kind in args["kinds"]]
+  if (marker is not None and marker.get("complete") and
+      all(_val_done(out, v) for v in val_ids)):
+    return {**marker, "made": []}
+
+  train = video_io.list_videos(root, "train")
+  by_id = {src.video_id: src for src in train}
+  unknown = [h for h in args["holdout"] if h not in by_id]
+  if unknown:
+    raise errors.ConfigError(
+        f"--holdout: no training video {', '.join(unknown)} in "
+        f"{os.path.join(root, 'train')} (available: {', '.join(by_id)})")
+  keep = [src for src in train if src.video_id not in args["holdout"]]
+  if not keep:
+    raise errors.ConfigError(
+        f"--holdout={','.join(args['holdout'])} holds out every training "
+        f"video of {os.path.join(root, 'train')}: nothing is left to train "
+        "on; keep at least one")
+  test = (video_io.list_videos(root, "test")
+          if os.path.isdir(os.path.join(root, "test")) else [])
+  clash = sorted(set(val_ids) & {src.video_id for src in test})
+  if clash:
+    raise errors.ConfigError(
+        f"--prefix={prefix!r}: validation ids {', '.join(clash)} are also "
+        "test video ids (they share gt_frame/); choose another prefix")
+
+  plans = []
+  for h in args["holdout"]:
+    src = by_id[h]
+    n = video_io.count_frames(src)
+    for kind in args["kinds"]:
+      plans.append(plan_video(
+          src, n, kind, val_id=f"{prefix}{h}_{kind}", seed=args["seed"],
+          segment=args["segment"], fast_stride=args["fast_stride"],
+          min_normal=args["min_normal"]))
+
+  summary = {"format_version": FORMAT_VERSION, "complete": False,
+             "arguments": args, "train": [src.video_id for src in keep],
+             "test": [src.video_id for src in test],
+             "val": [p.val_id for p in plans],
+             "videos": {p.val_id: p.summary() for p in plans}}
+  for folder in ("train", "val", "gt_frame"):
+    os.makedirs(os.path.join(out, folder), exist_ok=True)
+  _write_json_atomic(os.path.join(out, MARKER), summary)
+  _link_inputs(root, out, keep, test)
+  todo = [p for p in plans if not _val_done(out, p.val_id)]
+  with tqdm.tqdm(total=sum(p.frames for p in todo), unit="frame",
+                 desc="validation", disable=not progress,
+                 dynamic_ncols=True) as bar:
+    for plan in todo:
+      _write_val_video(plan, root, out, bar)
+  summary["complete"] = True
+  _write_json_atomic(os.path.join(out, MARKER), summary)
+  return {**summary, "made": [p.val_id for p in todo]}
+
+
+def describe(val_id: str, video: dict[str, Any]) -> str:
+  """One line about one validation video of validation.json."""
+  start, end = video["segment"]
+  how = (f"fast x{video['stride']}" if video["kind"] == "fast"
+         else "reversed")
+  return (f"{val_id}: {video['frames']} frames from train/{video['source']} "
+          f"({video['source_frames']}), {how} frames [{start}, {end}) = "
+          f"{video['abnormal_frames']} abnormal")
