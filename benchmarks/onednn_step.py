@@ -257,8 +257,8 @@ def conv_section(shape: ConvShape, repeats: int,
     print(f"  conv {impl}: {rows[impl]['fwd_ms']:.0f} / "
           f"{rows[impl]['fwd_bwd_ms']:.0f} ms", flush=True)
   if "onednn" in impls:
-    from ssmtl_jax.model import onednn_conv  # pylint: disable=g-import-not-at-top
-    lib = onednn_conv.library()
+    from ssmtl_jax.model import onednn  # pylint: disable=g-import-not-at-top
+    lib = onednn.library()
 
     def direct_fwd_bwd():
       lib.backward(xn, kn, lib.forward(xn, kn))
@@ -303,8 +303,8 @@ def machine() -> dict:
   except OSError:
     pass
   try:
-    from ssmtl_jax.model import onednn_conv  # pylint: disable=g-import-not-at-top
-    lib = onednn_conv.library()
+    from ssmtl_jax.model import onednn  # pylint: disable=g-import-not-at-top
+    lib = onednn.library()
     info["onednn"] = {"version": lib.version, "runtime": lib.runtime,
                       "path": lib.path}
   except Exception as e:  # pylint: disable=broad-except

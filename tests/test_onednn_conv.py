@@ -1,12 +1,18 @@
-"""conv_impl='onednn' (ssmtl_jax/model/onednn_conv.py): the oneDNN convolution
-computes what XLA's does, forward and backward, jitted, through both ways of
-calling it (XLA FFI custom call, jax.pure_callback), and a whole train step
-with it matches one with conv_impl='xla'.
+"""conv_impl='onednn' (ssmtl_jax/model/onednn_conv.py, on model/onednn.py and
+model/xla_ffi.py): the oneDNN convolution computes what XLA's does, forward
+and backward, jitted, through both ways of calling it (XLA FFI custom call,
+jax.pure_callback), and a whole train step with it matches one with
+conv_impl='xla'. The hand-copied XLA FFI structs match the installed jaxlib's
+header, and a jaxlib that speaks another FFI API version is an error, not a
+crash.
 
 Skipped as a module where no oneDNN distribution is installed (install
 ``onednn-cpu-gomp``, or set SSMTL_DNNL_LIB); fails where one is and libdnnl
 does not load.
 """
+
+import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -14,13 +20,15 @@ import numpy as np
 import pytest
 
 from ssmtl_jax.model import network
+from ssmtl_jax.model import onednn
 from ssmtl_jax.model import onednn_conv
+from ssmtl_jax.model import xla_ffi
 from tests import optional
 
 # Skipped where no oneDNN distribution is installed; where one is (CI
 # installs the [onednn] extra) a library that does not load fails.
-optional.require(onednn_conv.library, onednn_conv.OneDnnUnavailableError,
-                 onednn_conv.DISTRIBUTIONS)
+optional.require(onednn.library, onednn.OneDnnUnavailableError,
+                 onednn.DISTRIBUTIONS)
 
 # (B, T, H, W, C, O): thin first layer (C = 1), odd and unequal H / W, the
 # narrow model's 16 -> 32.
@@ -75,7 +83,7 @@ def test_gradients_match_xla(shape, conv):
 def test_numpy_front_end_matches_xla():
   """The library called directly (no JAX in between)."""
   x, k = _inputs(SHAPES[1])
-  lib = onednn_conv.library()
+  lib = onednn.library()
   y = lib.forward(np.asarray(x), np.asarray(k))
   _close(y, network._conv3d_xla(x, k))  # pylint: disable=protected-access
   g = np.ones_like(y)
@@ -143,13 +151,60 @@ def test_bad_arguments_are_rejected():
 
 
 def test_missing_library_is_one_clear_error(monkeypatch):
-  monkeypatch.delenv(onednn_conv.ENV_VAR, raising=False)
-  monkeypatch.setattr(onednn_conv, "DISTRIBUTIONS", ())
-  with pytest.raises(onednn_conv.OneDnnUnavailableError) as e:
-    onednn_conv.find_library()
+  monkeypatch.delenv(onednn.ENV_VAR, raising=False)
+  monkeypatch.setattr(onednn, "DISTRIBUTIONS", ())
+  with pytest.raises(onednn.OneDnnUnavailableError) as e:
+    onednn.find_library()
   message = str(e.value)
   assert "\n" not in message
-  assert "onednn" in message and onednn_conv.ENV_VAR in message
-  with pytest.raises(onednn_conv.OneDnnUnavailableError,
-                     match=onednn_conv.ENV_VAR):
-    onednn_conv._OneDnn("/nonexistent/libdnnl.so.3")  # pylint: disable=protected-access
+  assert "onednn" in message and onednn.ENV_VAR in message
+  with pytest.raises(onednn.OneDnnUnavailableError, match=onednn.ENV_VAR):
+    onednn._OneDnn("/nonexistent/libdnnl.so.3")  # pylint: disable=protected-access
+
+
+def _c_api_header() -> str:
+  """The installed jaxlib's xla/ffi/api/c_api.h, comments removed."""
+  path = os.path.join(jax.ffi.include_dir(), "xla", "ffi", "api", "c_api.h")
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  return re.sub(r"//[^\n]*|/\*.*?\*/", "", text, flags=re.S)
+
+
+def test_ffi_structs_match_the_jaxlib_header():
+  """The structs and enum values xla_ffi copied by hand are those of the
+  installed jaxlib (a field renamed, moved or removed fails here, before any
+  handler reads a wrong offset), and its FFI API major version is ours."""
+  text = _c_api_header()
+  version = tuple(int(re.search(rf"#define XLA_FFI_API_{part} (\d+)",
+                                text).group(1))
+                  for part in ("MAJOR", "MINOR"))
+  assert version[0] == xla_ffi.API_VERSION[0]
+  assert version >= xla_ffi.API_VERSION
+  for c_name, struct in xla_ffi.C_STRUCTS.items():
+    body = re.search(rf"struct {c_name} {{(.*?)}}", text, re.S)
+    assert body, c_name
+    # The last identifier of each declaration (`int64_t* dims`,
+    # `_XLA_FFI_API_STRUCT_FIELD(XLA_FFI_Error_Create)`) is the field.
+    fields = [re.findall(r"\w+", decl)[-1]
+              for decl in body.group(1).split(";") if decl.strip()]
+    ours = [field[0] for field in struct._fields_]  # pylint: disable=protected-access
+    assert fields[:len(ours)] == ours, c_name
+  for c_name, value in xla_ffi.C_ENUMS.items():
+    assert re.search(rf"\b{c_name} = {value}\b", text), c_name
+
+
+def test_ffi_version_mismatch_is_an_error_not_a_call(monkeypatch):
+  """A handler that speaks another FFI API version than XLA is refused when
+  it is registered: the project's FfiAbiError (one line), and the handler's
+  body never runs, not even when the target is called anyway."""
+  calls = []
+  fn = xla_ffi.handler(lambda args, rets: calls.append(args), "test")
+  monkeypatch.setattr(xla_ffi, "API_VERSION",
+                      (xla_ffi.API_VERSION[0] + 1, 0))
+  with pytest.raises(xla_ffi.FfiAbiError, match="API version") as e:
+    xla_ffi.register("ssmtl_test_ffi_version_mismatch", fn)
+  assert "\n" not in str(e.value)
+  with pytest.raises(Exception, match="ssmtl_test_ffi_version_mismatch"):
+    jax.ffi.ffi_call("ssmtl_test_ffi_version_mismatch",
+                     jax.ShapeDtypeStruct((2,), jnp.float32))(jnp.ones(2))
+  assert not calls

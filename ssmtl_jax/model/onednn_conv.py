@@ -1,19 +1,21 @@
 """The 3x3x3 SAME convolution on oneDNN (CPU), callable from JAX.
 
-``conv3d(x, kernel)`` computes what ``models._conv3d_xla`` computes (x
+``conv3d(x, kernel)`` computes what ``network._conv3d_xla`` computes (x
 ``[B, T, H, W, C]`` NDHWC, kernel ``[3, 3, 3, C, O]`` DHWIO, stride 1,
 padding 1 on each side of T, H and W, no bias) with oneDNN's convolution
 primitives, and is differentiable: a ``jax.custom_vjp`` whose backward pass
 runs oneDNN's backward-data and backward-weights primitives. It is
-``model.conv_impl='onednn'`` (``models.Conv3x3x3``).
+``model.conv_impl='onednn'`` (``network.Conv3x3x3``).
 
-Design: no compiled code of ours, so installing needs no compiler.
+Design: no compiled code of ours, so installing needs no compiler. Two
+foreign interfaces, each its own module, and this one joins them:
 
-* oneDNN through ctypes on its C API (``dnnl.h``): one CPU engine and stream
-  per process, the primitives of each problem size made once and cached.
-* XLA reaches it through ``jax.ffi.ffi_call``, a custom call whose handler is
-  a ctypes callback (the XLA FFI C API, ``xla/ffi/api/c_api.h``, is a plain
-  C ABI, so a handler need not be compiled C++). The handler gets XLA's own
+* ``onednn``: oneDNN through ctypes on its C API (``dnnl.h``), one CPU engine
+  and stream per process, the primitives of each problem size made once and
+  cached; the library's lookup, threads and memory layouts are described
+  there.
+* ``xla_ffi``: XLA's FFI C structs, so that the handler of an XLA custom call
+  (``jax.ffi.ffi_call``) is a ctypes callback. The handler gets XLA's own
   buffers: oneDNN reads the inputs and writes the outputs in place, no copy
   either way; the cost per call is a Python call (microseconds) under the
   GIL. ``call='callback'`` uses ``jax.pure_callback`` instead (the portable
@@ -25,26 +27,8 @@ Design: no compiled code of ours, so installing needs no compiler.
   XLA's and oneDNN's headers, would save the microseconds but need g++ (and
   the headers) on every install.
 
-Memory layout: oneDNN's logical dims are (N, C, D, H, W) for data and
-(O, I, D, H, W) for weights; the format tags ``ndhwc`` and ``dhwio`` describe
-exactly the row-major buffers XLA hands over, so activations and their
-gradients are used in place, without reorders. The weights (and their
-gradient) take the blocked layout that oneDNN's fastest kernel asks for
-(``format_tag_any``): a reorder of the small ``27 C O`` tensor from / to
-DHWIO around each call (oneDNN 3.2 and 3.13 pick 'brgconv' / 'brg_conv_*'
-kernels for AVX-512 this way).
-
-Threads: the library's own (OpenMP for ``onednn-cpu-gomp``: every core,
-``OMP_NUM_THREADS`` to change; idle threads sleep, see ``_OneDnn``). XLA's
-threads wait meanwhile: the custom call is one op of the compiled program.
-Calls are serialised with a lock.
-
-Library: ``libdnnl.so.3`` from the installed distribution
-``onednn-cpu-gomp`` (oneDNN 3.2, GNU OpenMP, CPU only, a 39 MB wheel, no
-dependencies; needs the system's ``libgomp.so.1``), ``onednn-cpu-iomp``,
-``onednn-cpu-tbb`` or ``onednn`` (oneDNN 3.13, a SYCL build: it pulls in about
-2 GB of Intel runtimes and runs CPU work on the OpenCL CPU device, see
-``_OneDnn``), in that order, or the file named by ``SSMTL_DNNL_LIB``.
+XLA's threads wait while oneDNN runs: the custom call is one op of the
+compiled program.
 
 bfloat16 inputs are computed in float32 and the result cast back (the
 gradients likewise).
@@ -59,589 +43,47 @@ in that module's docstring.
 
 from __future__ import annotations
 
-import ctypes
-import dataclasses
 import functools
-import importlib.metadata
-import os
-import re
 import threading
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from ssmtl_jax.base import errors
+from ssmtl_jax.model import onednn
+from ssmtl_jax.model import xla_ffi
 
-ENV_VAR = "SSMTL_DNNL_LIB"
-# pip distributions that ship libdnnl.so.3, most preferred first.
-DISTRIBUTIONS = ("onednn-cpu-gomp", "onednn-cpu-iomp", "onednn-cpu-tbb",
-                 "onednn")
-
-# --- C API constants ----------------------------------------------------------
-# Values of the enums and macros of oneDNN 3.x's dnnl_types.h and
-# dnnl_common_types.h, read off the headers of onednn-devel 2026.1.0 (oneDNN
-# 3.13) and onednn-devel-cpu-gomp 2023.2.0 (oneDNN 3.2) by compiling a program
-# that prints them: identical in both.
-_SUCCESS = 0                  # dnnl_success
-_STATUS = {1: "out_of_memory", 2: "invalid_arguments", 3: "unimplemented",
-           4: "last_impl_reached", 5: "runtime_error", 6: "not_required"}
-_ENGINE_CPU = 1               # dnnl_cpu
-_STREAM_DEFAULT_FLAGS = 1     # dnnl_stream_default_flags
-_F32 = 3                      # dnnl_f32
-_TAG_ANY = 1                  # dnnl_format_tag_any
-_TAG_NDHWC = 33               # dnnl_ndhwc (= dnnl_acdeb)
-_TAG_DHWIO = 38               # dnnl_dhwio (= dnnl_cdeba)
-_FORWARD_TRAINING = 64        # dnnl_forward_training
-_CONVOLUTION_DIRECT = 1       # dnnl_convolution_direct
-_QUERY_IMPL_INFO_STR = 8      # dnnl_query_impl_info_str
-_QUERY_WEIGHTS_MD = 131       # dnnl_query_weights_md
-_QUERY_DIFF_WEIGHTS_MD = 132  # dnnl_query_diff_weights_md
-_ARG_SRC = 1                  # DNNL_ARG_SRC (= DNNL_ARG_FROM)
-_ARG_DST = 17                 # DNNL_ARG_DST (= DNNL_ARG_TO)
-_ARG_WEIGHTS = 33             # DNNL_ARG_WEIGHTS
-_ARG_DIFF_SRC = 129           # DNNL_ARG_DIFF_SRC
-_ARG_DIFF_DST = 145           # DNNL_ARG_DIFF_DST
-_ARG_DIFF_WEIGHTS = 161       # DNNL_ARG_DIFF_WEIGHTS
-_ALLOCATE = -1                # DNNL_MEMORY_ALLOCATE: ((void *)-1)
-_MAX_NDIMS = 12               # DNNL_MAX_NDIMS: dnnl_dims_t is int64_t[12]
-_RUNTIMES = {1: "sequential", 2: "OpenMP", 4: "TBB", 8: "threadpool",
-             512: "SYCL"}     # DNNL_RUNTIME_*
-
-_Dims = ctypes.c_int64 * _MAX_NDIMS
-
-
-class _Version(ctypes.Structure):
-  _fields_ = [("major", ctypes.c_int), ("minor", ctypes.c_int),
-              ("patch", ctypes.c_int), ("hash", ctypes.c_char_p),
-              ("cpu_runtime", ctypes.c_uint), ("gpu_runtime", ctypes.c_uint)]
-
-
-class _ExecArg(ctypes.Structure):
-  _fields_ = [("arg", ctypes.c_int), ("memory", ctypes.c_void_p)]
-
-
-# Signatures of the functions used (dnnl.h, dnnl_common.h). Every handle is a
-# pointer: declaring them keeps ctypes from truncating one to a C int.
-_P = ctypes.c_void_p
-_PP = ctypes.POINTER(ctypes.c_void_p)
-_I = ctypes.c_int
-_SIGNATURES = {
-    "dnnl_version": (ctypes.POINTER(_Version), []),
-    "dnnl_engine_get_count": (ctypes.c_size_t, [_I]),
-    "dnnl_engine_create": (_I, [_PP, _I, ctypes.c_size_t]),
-    "dnnl_stream_create": (_I, [_PP, _P, ctypes.c_uint]),
-    "dnnl_stream_wait": (_I, [_P]),
-    "dnnl_memory_desc_create_with_tag": (_I, [_PP, _I, _Dims, _I, _I]),
-    "dnnl_memory_desc_destroy": (_I, [_P]),
-    "dnnl_memory_desc_equal": (_I, [_P, _P]),
-    "dnnl_memory_create": (_I, [_PP, _P, _P, _P]),
-    "dnnl_memory_destroy": (_I, [_P]),
-    # (pd*, engine, prop_kind, alg_kind, src, weights, bias, dst, strides,
-    #  dilates, padding_l, padding_r, attr)
-    "dnnl_convolution_forward_primitive_desc_create": (
-        _I, [_PP, _P, _I, _I, _P, _P, _P, _P, _Dims, _Dims, _Dims, _Dims,
-             _P]),
-    # (pd*, engine, alg_kind, diff_src, weights, diff_dst, strides, dilates,
-    #  padding_l, padding_r, hint_fwd_pd, attr)
-    "dnnl_convolution_backward_data_primitive_desc_create": (
-        _I, [_PP, _P, _I, _P, _P, _P, _Dims, _Dims, _Dims, _Dims, _P, _P]),
-    # (pd*, engine, alg_kind, src, diff_weights, diff_bias, diff_dst, strides,
-    #  dilates, padding_l, padding_r, hint_fwd_pd, attr)
-    "dnnl_convolution_backward_weights_primitive_desc_create": (
-        _I, [_PP, _P, _I, _P, _P, _P, _P, _Dims, _Dims, _Dims, _Dims, _P,
-             _P]),
-    # (pd*, src_md, src_engine, dst_md, dst_engine, attr)
-    "dnnl_reorder_primitive_desc_create": (_I, [_PP, _P, _P, _P, _P, _P]),
-    "dnnl_primitive_desc_query": (_I, [_P, _I, _I, _P]),
-    "dnnl_primitive_desc_query_md": (_P, [_P, _I, _I]),
-    "dnnl_primitive_create": (_I, [_PP, _P]),
-    "dnnl_primitive_execute": (_I, [_P, _P, _I, ctypes.POINTER(_ExecArg)]),
-}
-
-
-class OneDnnUnavailableError(errors.UserError, RuntimeError):
-  """libdnnl could not be found or loaded (model.conv_impl='onednn' without
-  the [onednn] extra, or SSMTL_DNNL_LIB naming no library): a user error, one
-  line and exit status 2 from every binary."""
-
-
-# --- Loading ------------------------------------------------------------------
-
-
-def find_library() -> str:
-  """Path of libdnnl.so.3: $SSMTL_DNNL_LIB, else the first installed
-  distribution of ``DISTRIBUTIONS`` that ships it."""
-  path = os.environ.get(ENV_VAR)
-  if path:
-    return path
-  for dist in DISTRIBUTIONS:
-    try:
-      files = importlib.metadata.distribution(dist).files or ()
-    except importlib.metadata.PackageNotFoundError:
-      continue
-    for f in files:
-      if re.fullmatch(r"libdnnl\.so\.3", f.name):
-        located = os.path.realpath(f.locate())
-        if os.path.exists(located):
-          return located
-  raise OneDnnUnavailableError(
-      "oneDNN not found: conv_impl='onednn' needs `pip install "
-      f"onednn-cpu-gomp` (or `onednn`), or {ENV_VAR}=/path/to/libdnnl.so.3")
-
-
-def _cdll(path: str) -> ctypes.CDLL:
-  """Loads ``path``; a missing dependency that sits in the same folder (the
-  Intel runtimes of the ``onednn`` wheel land beside it in <venv>/lib, which
-  is not on the loader's search path) is loaded first, recursively."""
-  folder = os.path.dirname(path)
-  for _ in range(64):
-    try:
-      return ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-    except OSError as e:
-      m = re.search(r"([\w.+-]+\.so[\w.]*): cannot open shared object", str(e))
-      dep = m and os.path.join(folder, m.group(1))
-      if not dep or dep == path or not os.path.exists(dep):
-        raise
-      _cdll(dep)
-  raise OSError(f"{path}: too many missing dependencies")
-
-
-def _check(status: int, what: str) -> None:
-  if status != _SUCCESS:
-    raise RuntimeError(f"oneDNN {what} failed: dnnl_"
-                       f"{_STATUS.get(status, status)}")
-
-
-def _dims(*values: int) -> _Dims:
-  return _Dims(*values)
-
-
-@dataclasses.dataclass
-class _Primitive:
-  """A primitive, its descriptor and oneDNN's name for the implementation
-  it chose (e.g. 'brgconv:avx512_core')."""
-  pd: ctypes.c_void_p
-  prim: ctypes.c_void_p
-  impl: str
-
-
-@dataclasses.dataclass
-class _ConvPlan:
-  """The primitives for one (N, C, D, H, W, O) problem."""
-  fwd: _Primitive
-  bwd_data: _Primitive
-  bwd_weights: _Primitive
-  user_w: ctypes.c_void_p            # DHWIO memory desc
-  fwd_w: ctypes.c_void_p             # weights md the forward wants (pd-owned)
-  bwd_data_w: ctypes.c_void_p        # ... the backward-data wants
-  bwd_w_dw: ctypes.c_void_p          # diff-weights md backward-weights writes
-  reorder_fwd_w: Optional[_Primitive]      # DHWIO -> fwd_w (None: same)
-  reorder_bwd_data_w: Optional[_Primitive]  # DHWIO -> bwd_data_w
-  reorder_dw: Optional[_Primitive]         # bwd_w_dw -> DHWIO
-  src: ctypes.c_void_p               # NDHWC memory descs
-  dst: ctypes.c_void_p
-
-
-class _OneDnn:
-  """The loaded library, one CPU engine and stream, and the plans by shape."""
-
-  def __init__(self, path: str):
-    # Idle OpenMP threads sleep instead of spinning: XLA's threads run the
-    # rest of the step on the same cores between two convolutions, and with
-    # spinning (libgomp's default) the step was ~1.5x slower on 2 cores. Read
-    # by the OpenMP runtime when it loads; an explicit setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    try:
-      lib = _cdll(path)
-    except OSError as e:
-      raise OneDnnUnavailableError(
-          f"oneDNN library {path} could not be loaded ({e}); install "
-          f"`onednn-cpu-gomp` or point {ENV_VAR} at libdnnl.so.3") from e
-    self.lib, self.path = lib, path
-    for name, (restype, argtypes) in _SIGNATURES.items():
-      fn = getattr(lib, name)
-      fn.restype, fn.argtypes = restype, argtypes
-    v = lib.dnnl_version().contents
-    self.version = f"{v.major}.{v.minor}.{v.patch}"
-    self.runtime = _RUNTIMES.get(v.cpu_runtime, str(v.cpu_runtime))
-    if v.major != 3:
-      raise OneDnnUnavailableError(
-          f"{path} is oneDNN {self.version}; this binding needs oneDNN 3.x")
-    if self.runtime == "SYCL":
-      # The `onednn` wheel's CPU engine is a SYCL device served by Intel's
-      # OpenCL CPU runtime, which the OpenCL loader only finds when told.
-      icd = os.path.join(os.path.dirname(path), "libintelocl.so")
-      if os.path.exists(icd):
-        os.environ.setdefault("OCL_ICD_FILENAMES", icd)
-    if lib.dnnl_engine_get_count(_ENGINE_CPU) < 1:
-      raise OneDnnUnavailableError(f"{path} (oneDNN {self.version}, "
-                                   f"{self.runtime}) sees no CPU engine")
-    self.engine = ctypes.c_void_p()
-    _check(lib.dnnl_engine_create(ctypes.byref(self.engine), _ENGINE_CPU,
-                                  ctypes.c_size_t(0)), "engine_create")
-    self.stream = ctypes.c_void_p()
-    _check(lib.dnnl_stream_create(ctypes.byref(self.stream), self.engine,
-                                  _STREAM_DEFAULT_FLAGS), "stream_create")
-    self.plans: dict[tuple[int, ...], _ConvPlan] = {}
-    self.lock = threading.Lock()
-
-  # --- descriptors and primitives ---------------------------------------------
-
-  def _md(self, dims: tuple[int, ...], tag: int) -> ctypes.c_void_p:
-    md = ctypes.c_void_p()
-    _check(self.lib.dnnl_memory_desc_create_with_tag(
-        ctypes.byref(md), len(dims), _dims(*dims), _F32, tag),
-           "memory_desc_create_with_tag")
-    return md
-
-  def _primitive(self, pd: ctypes.c_void_p) -> _Primitive:
-    prim = ctypes.c_void_p()
-    _check(self.lib.dnnl_primitive_create(ctypes.byref(prim), pd),
-           "primitive_create")
-    info = ctypes.c_char_p()
-    self.lib.dnnl_primitive_desc_query(pd, _QUERY_IMPL_INFO_STR, 0,
-                                       ctypes.byref(info))
-    return _Primitive(pd, prim, (info.value or b"?").decode())
-
-  def _reorder(self, src_md, dst_md) -> Optional[_Primitive]:
-    """A reorder primitive src_md -> dst_md, or None when they are equal."""
-    if self.lib.dnnl_memory_desc_equal(src_md, dst_md):
-      return None
-    pd = ctypes.c_void_p()
-    _check(self.lib.dnnl_reorder_primitive_desc_create(
-        ctypes.byref(pd), src_md, self.engine, dst_md, self.engine, None),
-           "reorder_primitive_desc_create")
-    return self._primitive(pd)
-
-  def plan(self, n: int, d: int, h: int, w: int, c: int, o: int) -> _ConvPlan:
-    """The primitives of one problem size, made on first use (a few ms:
-    oneDNN generates its kernels) and cached for the process."""
-    key = (n, d, h, w, c, o)
-    if key in self.plans:
-      return self.plans[key]
-    lib = self.lib
-    src = self._md((n, c, d, h, w), _TAG_NDHWC)
-    dst = self._md((n, o, d, h, w), _TAG_NDHWC)
-    user_w = self._md((o, c, 3, 3, 3), _TAG_DHWIO)
-    any_w = self._md((o, c, 3, 3, 3), _TAG_ANY)
-    ones, zeros = _dims(1, 1, 1), _dims(0, 0, 0)
-
-    pd = ctypes.c_void_p()
-    _check(lib.dnnl_convolution_forward_primitive_desc_create(
-        ctypes.byref(pd), self.engine, _FORWARD_TRAINING,
-        _CONVOLUTION_DIRECT, src, any_w, None, dst, ones, zeros, ones, ones,
-        None), "convolution_forward_primitive_desc_create")
-    fwd = self._primitive(pd)
-    pd = ctypes.c_void_p()
-    _check(lib.dnnl_convolution_backward_data_primitive_desc_create(
-        ctypes.byref(pd), self.engine, _CONVOLUTION_DIRECT, src, any_w, dst,
-        ones, zeros, ones, ones, fwd.pd, None),
-           "convolution_backward_data_primitive_desc_create")
-    bwd_data = self._primitive(pd)
-    pd = ctypes.c_void_p()
-    _check(lib.dnnl_convolution_backward_weights_primitive_desc_create(
-        ctypes.byref(pd), self.engine, _CONVOLUTION_DIRECT, src, any_w, None,
-        dst, ones, zeros, ones, ones, fwd.pd, None),
-           "convolution_backward_weights_primitive_desc_create")
-    bwd_weights = self._primitive(pd)
-    lib.dnnl_memory_desc_destroy(any_w)
-
-    fwd_w = lib.dnnl_primitive_desc_query_md(fwd.pd, _QUERY_WEIGHTS_MD, 0)
-    bwd_data_w = lib.dnnl_primitive_desc_query_md(bwd_data.pd,
-                                                  _QUERY_WEIGHTS_MD, 0)
-    dw = lib.dnnl_primitive_desc_query_md(bwd_weights.pd,
-                                          _QUERY_DIFF_WEIGHTS_MD, 0)
-    plan = _ConvPlan(
-        fwd=fwd, bwd_data=bwd_data, bwd_weights=bwd_weights, user_w=user_w,
-        fwd_w=fwd_w, bwd_data_w=bwd_data_w, bwd_w_dw=dw,
-        reorder_fwd_w=self._reorder(user_w, fwd_w),
-        reorder_bwd_data_w=self._reorder(user_w, bwd_data_w),
-        reorder_dw=self._reorder(dw, user_w), src=src, dst=dst)
-    self.plans[key] = plan
-    return plan
-
-  # --- execution -----------------------------------------------------------------
-
-  def _memory(self, md, handle: int) -> ctypes.c_void_p:
-    """A memory object over the buffer at address ``handle`` (no copy);
-    ``_ALLOCATE``: one that owns a buffer of its own."""
-    mem = ctypes.c_void_p()
-    _check(self.lib.dnnl_memory_create(ctypes.byref(mem), md, self.engine,
-                                       ctypes.c_void_p(handle)),
-           "memory_create")
-    return mem
-
-  def _execute(self, prim: _Primitive, args: dict[int, ctypes.c_void_p]):
-    arr = (_ExecArg * len(args))(*[_ExecArg(k, v) for k, v in args.items()])
-    _check(self.lib.dnnl_primitive_execute(prim.prim, self.stream, len(args),
-                                           arr), f"execute ({prim.impl})")
-
-  def _run(self, dims: tuple[int, ...],
-           steps: Callable[[_ConvPlan, list], None]) -> None:
-    """Runs ``steps(plan, owned)`` (which queues primitives and appends the
-    memory objects it makes to ``owned``) under the lock, waits for the
-    stream, frees those objects. One convolution at a time: each primitive
-    already runs on every core, and the plans and the stream are shared."""
-    owned: list = []
-    with self.lock:
-      try:
-        steps(self.plan(*dims), owned)
-        _check(self.lib.dnnl_stream_wait(self.stream), "stream_wait")
-      finally:
-        for mem in owned:
-          self.lib.dnnl_memory_destroy(mem)
-
-  def conv_forward(self, dims: tuple[int, ...], x: int, k: int,
-                   y: int) -> None:
-    """y = conv(x, k) for dims (N, D, H, W, C, O); x, k, y: addresses of
-    float32 NDHWC / DHWIO / NDHWC buffers."""
-
-    def steps(plan, owned):
-      mx, mk, my = (self._memory(plan.src, x), self._memory(plan.user_w, k),
-                    self._memory(plan.dst, y))
-      owned.extend((mx, mk, my))
-      if plan.reorder_fwd_w is not None:  # DHWIO -> the kernel's layout
-        mw = self._memory(plan.fwd_w, _ALLOCATE)
-        owned.append(mw)
-        self._execute(plan.reorder_fwd_w, {_ARG_SRC: mk, _ARG_DST: mw})
-        mk = mw
-      self._execute(plan.fwd, {_ARG_SRC: mx, _ARG_WEIGHTS: mk, _ARG_DST: my})
-
-    self._run(dims, steps)
-
-  def conv_backward(self, dims: tuple[int, ...], x: int, k: int, g: int,
-                    dx: int, dk: int) -> None:
-    """dx, dk = the gradients of sum(g * conv(x, k)); addresses as in
-    ``conv_forward`` (g like y, dx like x, dk like k)."""
-
-    def steps(plan, owned):
-      mx, mk, mg, mdx, mdk = (
-          self._memory(plan.src, x), self._memory(plan.user_w, k),
-          self._memory(plan.dst, g), self._memory(plan.src, dx),
-          self._memory(plan.user_w, dk))
-      owned.extend((mx, mk, mg, mdx, mdk))
-      if plan.reorder_bwd_data_w is not None:
-        mw = self._memory(plan.bwd_data_w, _ALLOCATE)
-        owned.append(mw)
-        self._execute(plan.reorder_bwd_data_w, {_ARG_SRC: mk, _ARG_DST: mw})
-        mk = mw
-      self._execute(plan.bwd_data, {_ARG_DIFF_DST: mg, _ARG_WEIGHTS: mk,
-                                    _ARG_DIFF_SRC: mdx})
-      mdw = mdk
-      if plan.reorder_dw is not None:  # the kernel's layout -> DHWIO
-        mdw = self._memory(plan.bwd_w_dw, _ALLOCATE)
-        owned.append(mdw)
-      self._execute(plan.bwd_weights, {_ARG_SRC: mx, _ARG_DIFF_DST: mg,
-                                       _ARG_DIFF_WEIGHTS: mdw})
-      if plan.reorder_dw is not None:
-        self._execute(plan.reorder_dw, {_ARG_SRC: mdw, _ARG_DST: mdk})
-
-    self._run(dims, steps)
-
-  # --- numpy front end (tests, benchmarks, the pure_callback path) ------------
-
-  def forward(self, x: np.ndarray, k: np.ndarray) -> np.ndarray:
-    x, k = _f32(x), _f32(k)
-    y = np.empty(x.shape[:-1] + k.shape[-1:], np.float32)
-    self.conv_forward(_dims_of(x.shape, k.shape), x.ctypes.data,
-                      k.ctypes.data, y.ctypes.data)
-    return y
-
-  def backward(self, x: np.ndarray, k: np.ndarray,
-               g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    x, k, g = _f32(x), _f32(k), _f32(g)
-    dx, dk = np.empty_like(x), np.empty_like(k)
-    self.conv_backward(_dims_of(x.shape, k.shape), x.ctypes.data,
-                       k.ctypes.data, g.ctypes.data, dx.ctypes.data,
-                       dk.ctypes.data)
-    return dx, dk
-
-
-def _f32(a) -> np.ndarray:
-  return np.ascontiguousarray(a, np.float32)
-
-
-def _dims_of(x_shape, k_shape) -> tuple[int, ...]:
-  return tuple(int(v) for v in x_shape) + (int(k_shape[-1]),)
-
-
-_LIB: Optional[_OneDnn] = None
-_LIB_LOCK = threading.Lock()
-
-
-def library() -> _OneDnn:
-  """The process-wide binding (loaded on first use; raises
-  ``OneDnnUnavailableError`` with an install hint when absent)."""
-  global _LIB
-  with _LIB_LOCK:
-    if _LIB is None:
-      _LIB = _OneDnn(find_library())
-    return _LIB
-
-
-def available() -> bool:
-  try:
-    library()
-    return True
-  except OneDnnUnavailableError:
-    return False
-
-
-# --- XLA FFI handlers, written with ctypes -------------------------------------
-# The structs of XLA's FFI C API (jaxlib/include/xla/ffi/api/c_api.h, API
-# version 0.x), as far as the handlers read or write them. XLA calls a handler
-# with a call frame: once with a metadata extension (the handler reports the
-# API version it speaks), then per execution stage; only EXECUTE does work.
-# Arguments and results are XLA's own buffers, so oneDNN reads the inputs and
-# writes the outputs in place: no copy in either direction.
-
-_FFI_EXTENSION_METADATA = 1   # XLA_FFI_Extension_Metadata
-_FFI_STAGE_EXECUTE = 3        # XLA_FFI_ExecutionStage_EXECUTE
-_FFI_F32 = 11                 # XLA_FFI_DataType_F32
-_FFI_ERROR_INTERNAL = 13      # XLA_FFI_Error_Code_INTERNAL
-_FFI_API_VERSION = (0, 1)     # the handlers use nothing newer
-
-
-class _FfiExtensionBase(ctypes.Structure):
-  _fields_ = [("struct_size", ctypes.c_size_t), ("type", ctypes.c_int),
-              ("next", ctypes.c_void_p)]
-
-
-class _FfiApiVersion(ctypes.Structure):
-  _fields_ = [("struct_size", ctypes.c_size_t),
-              ("extension_start", ctypes.c_void_p),
-              ("major_version", ctypes.c_int), ("minor_version", ctypes.c_int)]
-
-
-class _FfiMetadata(ctypes.Structure):
-  _fields_ = [("struct_size", ctypes.c_size_t),
-              ("api_version", _FfiApiVersion), ("traits", ctypes.c_uint32),
-              ("state_type_id", ctypes.c_int64)]
-
-
-class _FfiMetadataExtension(ctypes.Structure):
-  _fields_ = [("extension_base", _FfiExtensionBase),
-              ("metadata", ctypes.POINTER(_FfiMetadata))]
-
-
-class _FfiBuffers(ctypes.Structure):  # XLA_FFI_Args and XLA_FFI_Rets
-  _fields_ = [("struct_size", ctypes.c_size_t),
-              ("extension_start", ctypes.c_void_p), ("size", ctypes.c_int64),
-              ("types", ctypes.c_void_p),
-              ("buffers", ctypes.POINTER(ctypes.c_void_p))]
-
-
-class _FfiAttrs(ctypes.Structure):
-  _fields_ = [("struct_size", ctypes.c_size_t),
-              ("extension_start", ctypes.c_void_p), ("size", ctypes.c_int64),
-              ("types", ctypes.c_void_p), ("names", ctypes.c_void_p),
-              ("attrs", ctypes.c_void_p)]
-
-
-class _FfiCallFrame(ctypes.Structure):
-  _fields_ = [("struct_size", ctypes.c_size_t),
-              ("extension_start", ctypes.POINTER(_FfiExtensionBase)),
-              ("api", ctypes.c_void_p), ("ctx", ctypes.c_void_p),
-              ("stage", ctypes.c_int), ("args", _FfiBuffers),
-              ("rets", _FfiBuffers), ("attrs", _FfiAttrs),
-              ("future", ctypes.c_void_p)]
-
-
-class _FfiBuffer(ctypes.Structure):
-  _fields_ = [("struct_size", ctypes.c_size_t),
-              ("extension_start", ctypes.c_void_p), ("dtype", ctypes.c_int),
-              ("data", ctypes.c_void_p), ("rank", ctypes.c_int64),
-              ("dims", ctypes.POINTER(ctypes.c_int64))]
-
-
-class _FfiErrorCreateArgs(ctypes.Structure):
-  _fields_ = [("struct_size", ctypes.c_size_t),
-              ("extension_start", ctypes.c_void_p),
-              ("message", ctypes.c_char_p), ("errc", ctypes.c_int)]
-
-
-_FfiErrorCreate = ctypes.CFUNCTYPE(ctypes.c_void_p,
-                                   ctypes.POINTER(_FfiErrorCreateArgs))
-
-
-class _FfiApiHead(ctypes.Structure):  # XLA_FFI_Api up to XLA_FFI_Error_Create
-  _fields_ = [("struct_size", ctypes.c_size_t),
-              ("extension_start", ctypes.c_void_p),
-              ("api_version", _FfiApiVersion),
-              ("internal_api", ctypes.c_void_p),
-              ("error_create", _FfiErrorCreate)]
-
-
-_FfiHandler = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.POINTER(_FfiCallFrame))
-
-
-def _ffi_buffers(bufs: _FfiBuffers) -> list[tuple[int, tuple[int, ...]]]:
-  """[(data address, dims)] of the buffers of an argument / result list."""
-  out = []
-  for i in range(bufs.size):
-    b = ctypes.cast(bufs.buffers[i], ctypes.POINTER(_FfiBuffer)).contents
-    if b.dtype != _FFI_F32:
-      raise TypeError(f"buffer {i} has XLA dtype {b.dtype}, not F32")
-    out.append((b.data, tuple(b.dims[j] for j in range(b.rank))))
-  return out
-
-
-def _ffi_handler(body: Callable[[list, list], None]) -> _FfiHandler:
-  """An XLA FFI handler that calls ``body(args, rets)`` (lists of (address,
-  dims)) at the EXECUTE stage; an exception becomes an XLA error."""
-
-  def handler(frame_p):
-    frame = frame_p.contents
-    ext = frame.extension_start
-    if ext and ext.contents.type == _FFI_EXTENSION_METADATA:
-      meta = ctypes.cast(ext, ctypes.POINTER(
-          _FfiMetadataExtension)).contents.metadata.contents
-      meta.api_version.major_version = _FFI_API_VERSION[0]
-      meta.api_version.minor_version = _FFI_API_VERSION[1]
-      meta.traits = 0
-      return None
-    if frame.stage != _FFI_STAGE_EXECUTE:
-      return None
-    try:
-      body(_ffi_buffers(frame.args), _ffi_buffers(frame.rets))
-      return None
-    except Exception as e:  # pylint: disable=broad-except
-      api = ctypes.cast(frame.api, ctypes.POINTER(_FfiApiHead)).contents
-      args = _FfiErrorCreateArgs(
-          ctypes.sizeof(_FfiErrorCreateArgs), None,
-          f"onednn_conv: {type(e).__name__}: {e}".encode(),
-          _FFI_ERROR_INTERNAL)
-      return api.error_create(ctypes.byref(args))
-
-  return _FfiHandler(handler)
+# --- XLA FFI custom calls ---------------------------------------------------
 
 
 def _ffi_forward(args, rets) -> None:
   (x, x_dims), (k, k_dims) = args
   (y, _), = rets
-  library().conv_forward(_dims_of(x_dims, k_dims), x, k, y)
+  onednn.library().conv_forward(onednn.conv_dims(x_dims, k_dims), x, k, y)
 
 
 def _ffi_backward(args, rets) -> None:
   (x, x_dims), (k, k_dims), (g, _) = args
   (dx, _), (dk, _) = rets
-  library().conv_backward(_dims_of(x_dims, k_dims), x, k, g, dx, dk)
+  onednn.library().conv_backward(onednn.conv_dims(x_dims, k_dims), x, k, g,
+                                 dx, dk)
 
 
 _FFI_TARGETS = {"ssmtl_onednn_conv3d_fwd": _ffi_forward,
                 "ssmtl_onednn_conv3d_bwd": _ffi_backward}
-_FFI_HANDLERS: dict[str, _FfiHandler] = {}  # kept alive: XLA holds pointers
+_FFI_HANDLERS: dict[str, xla_ffi.Handler] = {}  # kept alive: XLA holds pointers
+_FFI_LOCK = threading.Lock()
 
 
 def _register_ffi_targets() -> None:
-  with _LIB_LOCK:
+  """Registers the custom-call targets once per process (raises
+  ``xla_ffi.FfiAbiError`` where XLA refuses them)."""
+  with _FFI_LOCK:
     for name, body in _FFI_TARGETS.items():
       if name not in _FFI_HANDLERS:
-        _FFI_HANDLERS[name] = _ffi_handler(body)
-        jax.ffi.register_ffi_target(
-            name, jax.ffi.pycapsule(_FFI_HANDLERS[name]), platform="cpu")
+        fn = xla_ffi.handler(body, "onednn_conv")
+        xla_ffi.register(name, fn)
+        _FFI_HANDLERS[name] = fn
 
 
 # --- JAX side -----------------------------------------------------------------
@@ -664,7 +106,8 @@ def _invoke(call: str, target: str, host_fn: Callable, out_shapes, *args):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv3d_f32(x, kernel, call):
   return _invoke(
-      call, "ssmtl_onednn_conv3d_fwd", lambda x, k: library().forward(x, k),
+      call, "ssmtl_onednn_conv3d_fwd",
+      lambda x, k: onednn.library().forward(x, k),
       jax.ShapeDtypeStruct(x.shape[:-1] + kernel.shape[-1:], jnp.float32),
       x, kernel)
 
@@ -677,7 +120,7 @@ def _conv3d_bwd(call, res, g):
   x, kernel = res
   return tuple(_invoke(
       call, "ssmtl_onednn_conv3d_bwd",
-      lambda x, k, g: library().backward(x, k, g),
+      lambda x, k, g: onednn.library().backward(x, k, g),
       (jax.ShapeDtypeStruct(x.shape, jnp.float32),
        jax.ShapeDtypeStruct(kernel.shape, jnp.float32)),
       x, kernel, g.astype(jnp.float32)))
@@ -699,7 +142,10 @@ def conv3d(x: jax.Array, kernel: jax.Array, *, call: str = "ffi") -> jax.Array:
     dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'))`` up to float summation
     order, differentiable in both arguments.
   Raises:
-    OneDnnUnavailableError: at trace time, when libdnnl cannot be loaded.
+    onednn.OneDnnUnavailableError: at trace time, when libdnnl cannot be
+      loaded.
+    xla_ffi.FfiAbiError: at trace time (call='ffi'), when the installed
+      jaxlib refuses the custom call's handlers.
   """
   if (x.ndim != 5 or kernel.ndim != 5 or kernel.shape[:3] != (3, 3, 3) or
       kernel.shape[3] != x.shape[-1]):
@@ -707,7 +153,7 @@ def conv3d(x: jax.Array, kernel: jax.Array, *, call: str = "ffi") -> jax.Array:
                      f"kernel {kernel.shape} [3, 3, 3, C, O]")
   if call not in CALLS:
     raise ValueError(f"conv3d: call={call!r}, expected one of {CALLS}")
-  library()
+  onednn.library()
   dtype = jnp.result_type(x, kernel)
   y = _conv3d_f32(x.astype(jnp.float32), kernel.astype(jnp.float32), call)
   return y.astype(dtype)
