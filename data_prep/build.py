@@ -26,7 +26,7 @@ def main(argv):
   from ssmtl_jax.data import builder  # pylint: disable=g-import-not-at-top
   from ssmtl_jax.jobs import config_checks  # pylint: disable=g-import-not-at-top
   cli.run_reporting_user_errors(
-      lambda: config_checks.check(flags.FLAGS.config))
+      lambda: config_checks.check_build(flags.FLAGS.config))
   cli.run_reporting_user_errors(lambda: files.check_writable_dir(
       flags.FLAGS.config.data.records, "config.data.records"))
   metas = cli.run_reporting_user_errors(

@@ -12,8 +12,10 @@ from ssmtl_jax.base import errors
 from ssmtl_jax.data import builder
 from ssmtl_jax.data import input_pipeline
 from ssmtl_jax.data import synthetic
+from ssmtl_jax.jobs import config_checks
 from ssmtl_jax.perception import cubes
 from ssmtl_jax.perception import detections
+from ssmtl_jax.perception import pipeline
 from ssmtl_jax.perception import video_io
 from tests import record_helpers
 from tests import optional
@@ -107,7 +109,8 @@ def test_rerun_redoes_only_unfinished_videos(data_root, tmp_path):
 
 def test_bad_inputs_name_the_file(data_root, tmp_path):
   with pytest.raises(errors.ConfigError, match="config.data.root"):
-    builder.build(_config(str(tmp_path / "nope"), str(tmp_path / "r")))
+    config_checks.check_build(_config(str(tmp_path / "nope"),
+                                      str(tmp_path / "r")))
   dets = tmp_path / "dets"
   for split, vid in (("train", "train_00"), ("train", "train_01"),
                      ("test", "test_00")):
@@ -321,14 +324,19 @@ def test_train_stride_keeps_every_kth_frame_of_training_only(
 
 
 def test_build_config_errors_name_the_key(data_root, tmp_path):
+  """The builder's values are checked in config_checks, the one place
+  (data_prep.build and a run that builds its records call check_build)."""
   records = str(tmp_path / "records")
   with pytest.raises(errors.ConfigError, match="config.build.train_stride"):
-    builder.build(_config(data_root, records, train_stride=0))
+    config_checks.check_build(_config(data_root, records, train_stride=0))
   config = _config(data_root, records)
   config.build.classifier.input_size = 8
   with pytest.raises(errors.ConfigError,
                      match="config.build.classifier.input_size"):
-    builder.build(config)
+    config_checks.check_build(config)
+  config = _config(data_root, "")
+  with pytest.raises(errors.ConfigError, match="config.data.records is empty"):
+    config_checks.check_build(config)
 
 
 def test_unreadable_inputs_fail_before_any_model_loads(data_root, tmp_path,
@@ -348,8 +356,8 @@ def test_unreadable_inputs_fail_before_any_model_loads(data_root, tmp_path,
   def no_model(*args, **kwargs):
     raise AssertionError("a model was loaded before the inputs were checked")
 
-  monkeypatch.setattr(builder, "_detector", no_model)
-  monkeypatch.setattr(builder, "_classifier", no_model)
+  monkeypatch.setattr(pipeline, "detector", no_model)
+  monkeypatch.setattr(pipeline, "classifier", no_model)
   records = tmp_path / "records"
   config = _config(str(root), str(records))
   config.build.detector.kind = "yolov3"

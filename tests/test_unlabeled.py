@@ -232,5 +232,5 @@ def test_build_missing_needs_a_data_root(tmp_path):
   config = _config("")
   steps.resolve_paths(config, str(tmp_path))
   assert config.data.records == str(tmp_path / "records")
-  with pytest.raises(errors.ConfigError, match="needs config.data.root"):
+  with pytest.raises(errors.ConfigError, match="config.data.root is empty"):
     steps.prepare_data(config)

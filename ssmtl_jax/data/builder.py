@@ -35,14 +35,12 @@ teacher targets that ``tasks.kd.balance='target_std'`` divides by.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import dataclasses
-import functools
 import multiprocessing
 import os
 import time
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 from absl import logging
 from etils import epath
@@ -53,8 +51,7 @@ from ssmtl_jax.base import errors
 from ssmtl_jax.base import files as files_lib
 from ssmtl_jax.base import ground_truth
 from ssmtl_jax.base import schema
-from ssmtl_jax.perception import detections as detections_lib
-from ssmtl_jax.perception import objects
+from ssmtl_jax.perception import pipeline
 from ssmtl_jax.perception import video_io
 
 
@@ -91,77 +88,23 @@ class BuildSettings:
 
   @classmethod
   def from_config(cls, config) -> "BuildSettings":
+    """The settings of ``config`` (its values checked by
+    ``ssmtl_jax.jobs.config_checks.check_build``), with the detector's and
+    the classifier's weight files resolved (and hashed)."""
     b = config.build
-    seq_half = int(config.tasks.seq_half)
-    test_context = int(b.get("test_context", 0)) or seq_half
-    if not seq_half <= test_context <= int(b.half_window):
-      raise errors.ConfigError(
-          f"config.build.test_context={b.test_context}: must lie in "
-          f"[tasks.seq_half, build.half_window] = [{seq_half}, "
-          f"{b.half_window}] (0 = tasks.seq_half)")
-    if b.classifier.get("crop", "frame") not in ("frame", "cube"):
-      raise errors.ConfigError(
-          f"config.build.classifier.crop={b.classifier.crop!r}: expected "
-          "'frame' or 'cube'")
-    if int(b.train_stride) < 1:
-      raise errors.ConfigError(
-          f"config.build.train_stride={b.train_stride}: must be >= 1")
-    if not 32 <= int(b.classifier.input_size) <= 1024:
-      raise errors.ConfigError(
-          f"config.build.classifier.input_size={b.classifier.input_size}: "
-          "expected a square side in [32, 1024] px (224 = ImageNet)")
-    if not config.data.root:
-      raise errors.ConfigError("config.data.root is empty: point it at the "
-                               "videos (ROOT/{train,test}/<video_id>/)")
-    if not epath.Path(config.data.root).is_dir():
-      raise errors.ConfigError(
-          f"config.data.root={config.data.root!r} is not a directory")
-    if not config.data.records:
-      raise errors.ConfigError("config.data.records is empty: where should "
-                               "the records be written?")
-    if b.half_window < 1 or b.crop_size < 8 or b.channels not in (1, 3):
-      raise errors.ConfigError(
-          "config.build: need half_window >= 1, crop_size >= 8, channels 1 or "
-          f"3 (got {b.half_window}, {b.crop_size}, {b.channels})")
+    test_context = int(b.get("test_context", 0)) or int(config.tasks.seq_half)
     det = b.detector
     det_cfg = det_weights = det_sha = ""
     if det.kind == "yolov3":
-      det_cfg, det_weights = det.cfg, det.weights
-      if bool(det_cfg) != bool(det_weights):
-        raise errors.ConfigError(
-            "config.build.detector.cfg and .weights go together: set both "
-            "(your darknet model) or neither (the YOLOv3-tiny default)")
-      if not det_cfg:
-        from ssmtl_jax.perception.detector import weights as yolo_weights  # pylint: disable=g-import-not-at-top
-        files = yolo_weights.ensure_yolov3_tiny()
-        det_cfg, det_weights = files.cfg, files.weights
-      for key, path in (("cfg", det_cfg), ("weights", det_weights)):
-        if not epath.Path(path).is_file():
-          raise errors.ConfigError(
-              f"config.build.detector.{key}={path!r}: file not found")
+      det_cfg, det_weights = pipeline.detector_files(
+          det.cfg, det.weights, cfg_name="config.build.detector.cfg",
+          weights_name="config.build.detector.weights")
       det_sha = files_lib.sha256_file(det_weights)
-    elif det.kind != "file":
-      raise errors.ConfigError(
-          f"config.build.detector.kind={det.kind!r}: expected 'yolov3' or "
-          "'file'")
     clf = b.classifier
-    clf_weights, clf_sha, num_cls = "", "", 0
-    if clf.kind != "none":
-      from ssmtl_jax.perception import teachers  # pylint: disable=g-import-not-at-top
-      if clf.kind not in teachers.KINDS:
-        raise errors.ConfigError(
-            f"config.build.classifier.kind={clf.kind!r}: expected 'none' or "
-            f"one of {teachers.KINDS}")
-      clf_weights = clf.weights or (teachers.default_lite0_weights()
-                                    if clf.kind == "efficientnet_lite0" else "")
-      if not clf_weights:
-        raise errors.ConfigError(
-            f"config.build.classifier.weights is empty: the {clf.kind} "
-            "teacher needs a torchvision state dict path")
-      if not epath.Path(clf_weights).is_file():
-        raise errors.ConfigError(
-            f"config.build.classifier.weights={clf_weights!r}: file not found")
-      clf_sha, num_cls = files_lib.sha256_file(clf_weights), 1000
+    clf_weights = pipeline.classifier_weights(
+        clf.kind, clf.weights, name="config.build.classifier.weights")
+    clf_sha = files_lib.sha256_file(clf_weights) if clf_weights else ""
+    num_cls = 1000 if clf_weights else 0
     input_size = tuple(int(v) for v in det.input_size)
     return cls(root=config.data.root, records=config.data.records,
                half_window=int(b.half_window), crop_size=int(b.crop_size),
@@ -249,31 +192,6 @@ class BuildSettings:
                            num_det=self.num_det, num_cls=self.num_cls)
 
 
-@functools.lru_cache(maxsize=2)
-def _detector(settings: BuildSettings):
-  """One jitted detector per process (compiling it is the expensive part)."""
-  from ssmtl_jax.perception.detector import yolo  # pylint: disable=g-import-not-at-top
-  detector = yolo.Detector(settings.det_cfg, settings.det_weights,
-                           input_size=settings.det_input_size,
-                           conf_threshold=settings.min_score,
-                           nms_threshold=settings.det_nms,
-                           batch_size=settings.det_batch)
-  if detector.num_classes != settings.num_det:
-    raise errors.ConfigError(
-        f"config.build.num_det_classes={settings.num_det} but the detector "
-        f"{settings.det_cfg} has {detector.num_classes} classes")
-  return detector
-
-
-@functools.lru_cache(maxsize=2)
-def _classifier(settings: BuildSettings):
-  from ssmtl_jax.perception import teachers  # pylint: disable=g-import-not-at-top
-  return teachers.load_classifier(settings.classifier_kind,
-                                  settings.classifier_weights,
-                                  batch_size=settings.classifier_batch,
-                                  input_size=settings.classifier_input)
-
-
 def _video_done_path(records: str, split: str, video_id: str) -> str:
   return str(epath.Path(records) / "meta" / split / f"{video_id}.json")
 
@@ -292,64 +210,13 @@ def _is_done(settings: BuildSettings, split: str, video_id: str,
   return True
 
 
-def _detections(settings: BuildSettings, src: video_io.VideoSource,
-                frames: Iterator[np.ndarray], stride: int = 1,
-                path: Optional[str] = None
-                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """(frame, detections float32 [N, 6 + num_det]) per frame, streamed.
-
-  Rows: x1, y1, x2, y2 (frame px), score, class, then the class vector that
-  becomes teacher_det. Only rows with score >= min_score are kept. With
-  stride > 1 only frames t % stride == 0 get detections (the others, which
-  are still needed as cube context, get none, and the detector skips them).
-  Detector kind 'file': the detections file is ``path`` (default
-  DETECTIONS_DIR/<split>/<video_id>.csv).
-  """
-  empty = np.zeros((0, 6 + settings.num_det), np.float32)
-  if settings.detector_kind == "yolov3":
-    detector = _detector(settings)
-    # Frames read but not yet yielded, with whether the detector sees them.
-    pending: collections.deque = collections.deque()
-
-    def selected(stream):
-      for t, frame in enumerate(stream):
-        pending.append((frame, t % stride == 0))
-        if t % stride == 0:
-          yield frame
-
-    # detect_stream runs a batch ahead; `pending` holds those frames.
-    for dets in detector.detect_stream(selected(frames)):
-      while not pending[0][1]:
-        yield pending.popleft()[0], empty
-      yield pending.popleft()[0], dets[dets[:, 4] >= settings.min_score]
-    while pending:
-      yield pending.popleft()[0], empty
-    return
-
-  path = path or str(epath.Path(settings.detections_dir) / src.split /
-                     f"{src.video_id}.csv")
-  per_frame = detections_lib.read_detections(path)
-  num_frames = 0
-  for t, frame in enumerate(frames):
-    num_frames = t + 1
-    rows = per_frame.get(t)
-    if rows is None or t % stride:
-      yield frame, empty
-      continue
-    rows = rows[rows[:, 4] >= settings.min_score]
-    cls = rows[:, 5].astype(int)
-    if np.any((cls < 0) | (cls >= settings.num_det)):
-      raise detections_lib.DetectionFileError(
-          f"{path}: class {int(cls.max())} outside [0, {settings.num_det}) "
-          "(config.build.num_det_classes)")
-    probs = np.zeros((len(rows), settings.num_det), np.float32)
-    probs[np.arange(len(rows)), cls] = rows[:, 4]
-    yield frame, np.concatenate([rows, probs], axis=1)
-  late = [t for t in per_frame if t >= num_frames]
-  if late:
-    raise detections_lib.DetectionFileError(
-        f"{path}: detections for frame {max(late)} but the video "
-        f"{src.path} has {num_frames} frames")
+def detections_file(settings: BuildSettings,
+                    src: video_io.VideoSource) -> Optional[str]:
+  """Detector kind 'file': DETECTIONS_DIR/<split>/<video_id>.csv."""
+  if settings.detector_kind != "file":
+    return None
+  return str(epath.Path(settings.detections_dir) / src.split /
+             f"{src.video_id}.csv")
 
 
 def teacher_std(moments: list[dict]) -> dict[str, float]:
@@ -390,34 +257,26 @@ def build_video(settings: BuildSettings, src: video_io.VideoSource,
   """
   t0 = time.perf_counter()
   feats = settings.features()
-  classifier = (_classifier(settings).logits
-                if settings.classifier_kind != "none" else None)
   height = width = None
   num_frames = 0
 
-  def counted():
+  def counted(t: int, frame: np.ndarray) -> None:
     nonlocal num_frames, height, width
-    for frame, dets in _detections(
-        settings, src, video_io.iter_frames(src, settings.channels), stride):
-      if height is None:
-        height, width = frame.shape[:2]
-      num_frames += 1
-      if on_frame is not None:
-        on_frame()
-      yield frame, dets
+    if height is None:
+      height, width = frame.shape[:2]
+    num_frames = t + 1
+    if on_frame is not None:
+      on_frame()
 
   serialized = []
   # Per teacher part: [count, per-output sums, sums of squares] (float64),
   # for teacher_std.
   moments: dict[str, list] = {}
-  for obj in objects.iter_objects(
-      counted(), video_id=src.video_id, half_window=settings.half_window,
-      crop_size=settings.crop_size, padding=settings.padding,
-      min_box_size=settings.min_box_size, square=settings.square,
-      context=context, classifier=classifier,
-      classifier_batch=settings.classifier_batch,
-      classifier_crop=(settings.classifier_input
-                       if settings.classifier_crop == "frame" else None)):
+  for obj in pipeline.frames_to_objects(
+      settings, video_io.iter_frames(src, settings.channels),
+      video_id=src.video_id, context=context, stride=stride,
+      detections_file=detections_file(settings, src), video_name=src.path,
+      on_frame=counted):
     serialized.append(schema.serialize(feats, obj))
     for part in ("det", "cls"):
       y = np.asarray(obj[f"teacher_{part}"], np.float64)

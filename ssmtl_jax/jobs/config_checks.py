@@ -1,7 +1,7 @@
 """Every config value checked before any data is read or model compiled.
 
-Each binary (``ssmtl_jax.main``, ``ssmtl_jax.evaluate``, ``data_prep.build``)
-calls :func:`check` first; a bad value ends the run with one line that names
+Each entry point (``ssmtl_jax.main``, ``evaluate``, ``validate``, ``export``,
+``data_prep.build``) calls :func:`check` (the builder :func:`check_build`) first; a bad value ends the run with one line that names
 the key, the value and what is allowed (``errors.ConfigError``, exit status
 2), and nothing is written. The checks are a table, one row per key, so a new
 key gets its rule next to its neighbours; the table covers every key of
@@ -11,16 +11,22 @@ rule). Checks that need the machine (batch size vs device count:
 checks that need the records (the records' half window) where the records'
 metadata is read; both still before anything is written.
 
-The allowed values come from the modules that use them (``models``,
-``scoring``, ``tasks``...), so this table cannot drift from the code.
+The allowed values come from the modules that use them (``network``,
+``frame_scoring``, ``tasks``...), so this table cannot drift from the code.
+This is the one place that checks config values: the library below (the
+builder, the trainer) trusts a checked config; a few library constructors
+keep a guard on the key they dispatch on (``network.create_model``...), with
+the allowed values taken from the same constants.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable, Optional, Sequence
 
 from ssmtl_jax.base import errors
+from ssmtl_jax.base import schema
 from ssmtl_jax.evaluation import frame_scoring
 
 # A rule returns None when the value is fine, else what is expected.
@@ -155,7 +161,7 @@ def _rules() -> dict[str, Rule]:
       "model.fuse_views": boolean,
       "tasks.seq_half": integer(1),
       "tasks.max_gap": integer(2),
-      **{f"tasks.{t}.weight": number(0) for t in frame_scoring.TASKS},
+      **{f"tasks.{t}.weight": number(0) for t in schema.TASKS},
       "tasks.kd.loss": one_of("l1", "l2"),
       "tasks.kd.balance": one_of(*tasks_lib.KD_BALANCES),
       "optim.name": one_of("adam", "adamw", "sgd"),
@@ -184,7 +190,7 @@ def _rules() -> dict[str, Rule]:
       "eval.normalize": one_of(*frame_scoring.NORMALIZATIONS),
       "eval.norm_max_objects": integer(1),
       "eval.kd_score": one_of(*frame_scoring.KD_SCORES),
-      **{f"eval.task_weights.{t}": number(0) for t in frame_scoring.TASKS},
+      **{f"eval.task_weights.{t}": number(0) for t in schema.TASKS},
       "eval.sigma": numbers(3),
       "eval.map_scale": number(0, 1, lo_open=True),
       "eval.temporal_sigma": number(0),
@@ -238,6 +244,22 @@ def check(config) -> None:
   _check_combinations(config)
 
 
+def check_build(config) -> None:
+  """:func:`check`, plus what building records needs: the videos' folder
+  and the records' folder named (``data_prep.build`` and a run that builds
+  its missing records call it before the builder)."""
+  check(config)
+  if not config.data.root:
+    raise errors.ConfigError("config.data.root is empty: point it at the "
+                             "videos (ROOT/{train,test}/<video_id>/)")
+  if not os.path.isdir(config.data.root):
+    raise errors.ConfigError(
+        f"config.data.root={config.data.root!r} is not a directory")
+  if not config.data.records:
+    raise errors.ConfigError("config.data.records is empty: where should "
+                             "the records be written?")
+
+
 def _show(value) -> str:
   if hasattr(value, "to_dict"):
     value = value.to_dict()
@@ -266,12 +288,12 @@ def _check_combinations(config) -> None:
     raise errors.ConfigError(
         f"config.data.train_split / test_split / val_split = {splits}: the "
         "splits must differ")
-  if not any(float(config.tasks[t].weight) > 0 for t in frame_scoring.TASKS):
+  if not any(float(config.tasks[t].weight) > 0 for t in schema.TASKS):
     raise errors.ConfigError(
         "config.tasks.{aot,mi,mbp,kd}.weight are all 0: enable at least one "
         "task")
   weights = dict(config.eval.task_weights)
-  if not any(float(weights.get(t, 0)) > 0 for t in frame_scoring.TASKS
+  if not any(float(weights.get(t, 0)) > 0 for t in schema.TASKS
              if float(config.tasks[t].weight) > 0):
     raise errors.ConfigError(
         f"config.eval.task_weights={weights} gives weight 0 to every trained "

@@ -13,8 +13,8 @@ from absl import logging
 import jax
 import numpy as np
 
-from ssmtl_jax.base import errors
 from ssmtl_jax.base import files
+from ssmtl_jax.jobs import config_checks
 
 
 def initialize_distributed(config) -> None:
@@ -61,10 +61,6 @@ def prepare_data(config) -> None:
   data.build_missing: build the records if incomplete."""
   if not _builds_records(config):
     return
-  if not config.data.root:
-    raise errors.ConfigError(
-        "config.data.build_missing=True needs config.data.root: the folder "
-        "of videos to build the records from")
   from ssmtl_jax.data import builder  # pylint: disable=g-import-not-at-top
   splits = builder.default_splits(config)
   if jax.process_index() == 0:
@@ -76,6 +72,7 @@ def prepare_data(config) -> None:
                      config.data.root)
         synthetic.generate(config.data.root, **params)
     if not builder.records_complete(config.data.records, splits):
+      config_checks.check_build(config)  # now that the videos exist
       builder.build(config, splits)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top

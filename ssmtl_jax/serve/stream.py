@@ -416,19 +416,15 @@ class Outputs:
 def _components(bundle, options: Options):
   """(BuildSettings, detections path or None, classifier or None)."""
   from ssmtl_jax.data import builder  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.perception import pipeline  # pylint: disable=g-import-not-at-top
   from ssmtl_jax.perception import teachers  # pylint: disable=g-import-not-at-top
   b = bundle.build
   det_cfg = det_weights = ""
   detections = None
   if b["detector_kind"] == "yolov3":
-    det_cfg, det_weights = options.detector_cfg, options.detector_weights
-    if bool(det_cfg) != bool(det_weights):
-      raise ScoreInputError("--detector_cfg and --detector_weights go "
-                            "together (or neither: YOLOv3-tiny)")
-    if not det_cfg:
-      from ssmtl_jax.perception.detector import weights as yolo_weights  # pylint: disable=g-import-not-at-top
-      files = yolo_weights.ensure_yolov3_tiny()
-      det_cfg, det_weights = files.cfg, files.weights
+    det_cfg, det_weights = pipeline.detector_files(
+        options.detector_cfg, options.detector_weights,
+        cfg_name="--detector_cfg", weights_name="--detector_weights")
     bundle.check_weights("detector", det_weights, det_cfg)
   else:
     if not options.detections:
@@ -439,12 +435,9 @@ def _components(bundle, options: Options):
     detections = options.detections
   classifier = None
   if b["classifier_kind"] != "none":
-    weights = options.classifier_weights or (
-        teachers.default_lite0_weights()
-        if b["classifier_kind"] == "efficientnet_lite0" else "")
-    if not weights:
-      raise ScoreInputError(f"the {b['classifier_kind']} teacher needs "
-                            "--classifier_weights")
+    weights = pipeline.classifier_weights(
+        b["classifier_kind"], options.classifier_weights,
+        name="--classifier_weights")
     bundle.check_weights("classifier", weights)
     classifier = teachers.load_classifier(
         b["classifier_kind"], weights, batch_size=64,
@@ -477,9 +470,7 @@ def run(bundle_path: str, source: str, out: str,
 def _run(bundle_path: str, src: Source, out: str, options: Options) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax.data import builder  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax.perception import objects as objects_lib  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax.perception import video_io  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.perception import pipeline  # pylint: disable=g-import-not-at-top
   from ssmtl_jax.serve import bundle as bundle_lib  # pylint: disable=g-import-not-at-top
   from ssmtl_jax.evaluation import inference  # pylint: disable=g-import-not-at-top
   from ssmtl_jax.evaluation import frame_scoring  # pylint: disable=g-import-not-at-top
@@ -588,26 +579,18 @@ def _run(bundle_path: str, src: Source, out: str, options: Options) -> dict:
       state["read"] = fr.index + 1
       yield fr.image
 
-  def tracked(stream_of_dets):
-    for i, item in enumerate(stream_of_dets):
-      # iter_objects asks for frame i once every centre up to i - W - 1 has
-      # been cut, classified (classifier_batch 1) and yielded to us. (The
-      # detector reads a batch ahead of this point, not behind it.)
-      complete_through(i - w - 1)
-      yield item
+  def on_frame(t: int, frame) -> None:
+    # Frame t enters the cube window once every centre up to t - W - 1 has
+    # been cut, classified (classifier_batch 1) and yielded to us. (The
+    # detector reads a batch ahead of this point, not behind it.)
+    del frame
+    complete_through(t - w - 1)
 
-  src_desc = video_io.VideoSource("stream", "test", src.spec, "file")
   try:
-    dets = tracked(builder._detections(settings, src_desc, feed(), 1,  # pylint: disable=protected-access
-                                       path=detections_path))
-    for obj in objects_lib.iter_objects(
-        dets, video_id="stream", half_window=w, crop_size=settings.crop_size,
-        padding=settings.padding, min_box_size=settings.min_box_size,
-        square=settings.square, context=c,
-        classifier=classifier.logits if classifier is not None else None,
-        classifier_batch=1,
-        classifier_crop=(settings.classifier_input
-                         if settings.classifier_crop == "frame" else None)):
+    for obj in pipeline.frames_to_objects(
+        settings, feed(), video_id="stream", context=c,
+        detections_file=detections_path, video_name=src.spec,
+        teacher=classifier, classifier_batch=1, on_frame=on_frame):
       objs_by_frame[obj["frame_index"]].append(obj)
       state["objects"] += 1
   except KeyboardInterrupt:
