@@ -7,7 +7,8 @@ r"""Trains SSMTL (and evaluates, when config.eval.after_training).
 
 import os
 
-# TensorFlow is only the input pipeline; keep it quiet and off accelerators.
+# Nothing here imports TensorFlow; a library that imports it where it happens
+# to be installed (tensorboard, orbax) is kept quiet.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top

@@ -8,8 +8,8 @@ Layout (docs/DESIGN.md §4), both optional per video::
 The one reader of these files: the builder checks them against the videos,
 the evaluator scores against them (a video without labels is scored, not
 measured) and ``data_prep.recall`` measures detector recall on them. numpy +
-etils.epath only (no TensorFlow, no ``data_prep``), so both layers can import
-it, and ``gs://`` roots work.
+etils.epath only (no TensorFlow, no JAX): a base module every floor can
+import, and ``gs://`` roots work.
 
 Every problem raises :class:`GroundTruthError` (an ``errors.DataError``)
 whose message names the file.

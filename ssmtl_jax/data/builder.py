@@ -382,7 +382,8 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
         done(build_video(settings_, src, shard, with_gt,
                          on_frame=lambda: bar.update(1), **kwargs), True)
     else:
-      # spawn: TensorFlow (used to serialise) is not fork-safe.
+      # spawn, not fork: the parent has JAX (and its threads) loaded, which
+      # a forked child must not inherit.
       ctx = multiprocessing.get_context("spawn")
       with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
         for _, summary in ex.map(_build_video_job, jobs):
