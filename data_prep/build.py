@@ -25,12 +25,13 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from ssmtl_jax.data import builder  # pylint: disable=g-import-not-at-top
   from ssmtl_jax.jobs import config_checks  # pylint: disable=g-import-not-at-top
-  cli.run_reporting_user_errors(
-      lambda: config_checks.check_build(flags.FLAGS.config))
+  config = flags.FLAGS.config
+  cli.run_reporting_user_errors(lambda: config_checks.check(config))
   cli.run_reporting_user_errors(lambda: files.check_writable_dir(
-      flags.FLAGS.config.data.records, "config.data.records"))
+      config.data.records, "config.data.records"))
+  cli.run_reporting_user_errors(lambda: config_checks.check_build(config))
   metas = cli.run_reporting_user_errors(
-      lambda: builder.build(flags.FLAGS.config))
+      lambda: builder.build(config))
   for split, meta in metas.items():
     print(f"{split}: {meta['num_videos']} videos, {meta['num_frames']} frames, "
           f"{meta['num_objects']} objects")

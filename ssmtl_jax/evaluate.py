@@ -16,8 +16,6 @@ from absl import flags
 from ml_collections import config_flags
 
 from ssmtl_jax.base import cli
-from ssmtl_jax.base import files
-from ssmtl_jax.base import run_config
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The training workdir.")
 _CHECKPOINT = flags.DEFINE_integer(
@@ -31,19 +29,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 # Without --config, the training run's own (WORKDIR/config.json).
 PARSE_FLAGS = cli.parse_flags_config_from_workdir
 
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from ssmtl_jax.jobs import steps  # pylint: disable=g-import-not-at-top
-  from ssmtl_jax.jobs import config_checks  # pylint: disable=g-import-not-at-top
   cli.quiet_library_logs()
   config = flags.FLAGS.config
-  cli.run_reporting_user_errors(lambda: config_checks.check(config))
-  steps.resolve_paths(config, _WORKDIR.value)
-  cli.run_reporting_user_errors(
-      lambda: run_config.check_matches(config, _WORKDIR.value))
-  cli.run_reporting_user_errors(
-      lambda: files.check_writable_dir(_WORKDIR.value, "--workdir"))
+  cli.run_reporting_user_errors(lambda: steps.check_reader(
+      config, _WORKDIR.value, _WORKDIR.value, "--workdir"))
   cli.run_reporting_user_errors(
       lambda: steps.evaluate_with_videos(config, _WORKDIR.value, _CHECKPOINT.value))
 

@@ -38,12 +38,9 @@ import tqdm
 
 from ssmtl_jax.base import cli
 from ssmtl_jax.base import errors
-from ssmtl_jax.base import files
-from ssmtl_jax.base import run_config
 from ssmtl_jax.base import schema
 from ssmtl_jax.evaluation import evaluator as evaluator_lib
 from ssmtl_jax.evaluation import metrics
-from ssmtl_jax.jobs import config_checks
 
 # The combinations tried, in order (ties go to the earlier one).
 GRID = {
@@ -167,18 +164,15 @@ def table(result: dict) -> str:
 # Without --config, the training run's own (WORKDIR/config.json).
 PARSE_FLAGS = cli.parse_flags_config_from_workdir
 
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from ssmtl_jax.jobs import steps  # pylint: disable=g-import-not-at-top
   cli.quiet_library_logs()
   config = _CONFIG.value
-  cli.run_reporting_user_errors(lambda: config_checks.check(config))
-  steps.resolve_paths(config, _WORKDIR.value)
-  cli.run_reporting_user_errors(
-      lambda: run_config.check_matches(config, _WORKDIR.value))
-  cli.run_reporting_user_errors(
-      lambda: files.check_writable_dir(_WORKDIR.value, "--workdir"))
+  cli.run_reporting_user_errors(lambda: steps.check_reader(
+      config, _WORKDIR.value, _WORKDIR.value, "--workdir"))
   result = cli.run_reporting_user_errors(
       lambda: select(config, _WORKDIR.value))
   logging.info("Selection: %s", result["chosen"])

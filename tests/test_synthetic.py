@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from data_prep import synthetic as synthetic_command
 from ssmtl_jax.data import synthetic
 from ssmtl_jax.perception import detections as detections_lib
 
@@ -231,7 +232,7 @@ def test_rgb_and_validation(tmp_path):
 
 def test_cli(tmp_path):
   root = str(tmp_path / "cli")
-  synthetic.main(["--root", root, "--num_train", "1", "--num_test", "1",
+  synthetic_command.main(["--root", root, "--num_train", "1", "--num_test", "1",
                   "--num_frames", "16", "--height", "48", "--width", "64"])
   assert synthetic.is_complete(root, num_train=1, num_test=1, num_frames=16,
                                height=48, width=64)

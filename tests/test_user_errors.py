@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ssmtl_jax.data import validation_split
+from data_prep import validation as validation_command
 from ssmtl_jax.perception import video_io
 from tests import cli_driver
 from tests import optional
@@ -110,7 +110,7 @@ def test_validation_out_unwritable(tmp_path, blocked, capsys):
   for split in ("train", "test"):
     (root / split / "01").mkdir(parents=True)
   with pytest.raises(SystemExit) as e:
-    validation_split.main(["--root", str(root), "--out", f"{blocked}/v",
+    validation_command.main(["--root", str(root), "--out", f"{blocked}/v",
                      "--holdout", "01"])
   assert e.value.code == 2
   err = capsys.readouterr().err.strip().splitlines()

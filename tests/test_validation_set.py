@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from data_prep import validation as validation_command
 from ssmtl_jax.base import errors
 from ssmtl_jax.base import ground_truth
 from ssmtl_jax.data import validation_split
@@ -370,7 +371,7 @@ def test_video_file_source(tmp_path):
 def test_cli(tmp_path, capsys):
   root = _make_root(tmp_path)
   out = str(tmp_path / "out")
-  validation_split.main(["--root", root, "--out", out, "--holdout", "02",
+  validation_command.main(["--root", root, "--out", out, "--holdout", "02",
                    "--seed", "3", "--fast_stride", "2"])
   lines = capsys.readouterr().out.splitlines()
   assert lines[0].startswith("val02_fast: ") and "fast x2" in lines[0]
@@ -379,16 +380,16 @@ def test_cli(tmp_path, capsys):
   marker = validation_split.read_marker(out)
   assert marker["arguments"]["seed"] == 3
   assert marker["videos"]["val02_fast"]["stride"] == 2
-  validation_split.main(["--root", root, "--out", out, "--holdout", "02",
+  validation_command.main(["--root", root, "--out", out, "--holdout", "02",
                    "--seed", "3", "--fast_stride", "2"])
   assert "nothing to do" in capsys.readouterr().out
   with pytest.raises(SystemExit) as e:
-    validation_split.main(["--root", root, "--out", str(tmp_path / "o2"),
+    validation_command.main(["--root", root, "--out", str(tmp_path / "o2"),
                      "--holdout", "09"])
   assert e.value.code == 2
   err = capsys.readouterr().err
   assert err.startswith("error: --holdout: no training video 09")
   assert len(err.strip().splitlines()) == 1
   with pytest.raises(SystemExit) as e:
-    validation_split.main(["--root", root, "--out", out])  # --holdout missing.
+    validation_command.main(["--root", root, "--out", out])  # --holdout missing.
   assert e.value.code == 2

@@ -125,9 +125,10 @@ def parse_flags(argv: Sequence[str],
   raise AssertionError("unreachable")
 
 
+# configs/ is a top-level package beside ssmtl_jax/ (setup.cfg installs both).
 WORKDIR_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-    "workdir.py")
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__)))), "configs", "workdir.py")
 
 
 def parse_flags_config_from_workdir(

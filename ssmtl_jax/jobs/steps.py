@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from ssmtl_jax.base import files
+from ssmtl_jax.base import run_config
 from ssmtl_jax.jobs import config_checks
 
 
@@ -54,6 +55,17 @@ def check_outputs(config, workdir: str) -> None:
   files.check_writable_dir(workdir, "--workdir")
   if _builds_records(config):
     files.check_writable_dir(config.data.records, "config.data.records")
+
+
+def check_reader(config, workdir: str, out: str, out_flag: str) -> None:
+  """What evaluate, validate and export check before any work: every config
+  value, the default paths filled, the config against the run's own
+  (WORKDIR/config.json, ``run_config.check_matches``) and their output
+  folder ``out`` (flag ``out_flag``) writable. Raises errors.UserError."""
+  config_checks.check(config)
+  resolve_paths(config, workdir)
+  run_config.check_matches(config, workdir)
+  files.check_writable_dir(out, out_flag)
 
 
 def prepare_data(config) -> None:
