@@ -30,6 +30,11 @@ Profile: on an accelerator (or with ``profile=True``), the top operations of
 a few JAX train steps of the first row, by total time, from a
 ``jax.profiler`` trace (its Perfetto JSON; device streams where the trace has
 them, else the XLA CPU threads).
+
+Built on ``benchmarks.harness`` (settings, models, records, the timing
+harness), ``benchmarks.flops`` (the analytic count) and
+``benchmarks.report``'s cell format; ``benchmarks.compare`` runs it, and this
+module never imports that one.
 """
 
 from __future__ import annotations
@@ -50,9 +55,11 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import torch
 
+from benchmarks import flops as flops_lib
+from benchmarks import harness
+from benchmarks import report
 from benchmarks import torch_ssmtl
 from ssmtl_jax.evaluation import inference
 from ssmtl_jax.model import network
@@ -74,14 +81,9 @@ class Axes:
   profile: Optional[bool] = None  # None = on accelerators only
 
 
-def _bench():
-  from benchmarks import compare  # pylint: disable=g-import-not-at-top
-  return compare
-
-
 def _config(settings, dtype: str, pool: str, fuse: bool, batch: int,
             conv: str = "auto"):
-  config = _bench()._config(settings)  # pylint: disable=protected-access
+  config = harness.bench_config(settings)
   config.model.conv_impl = conv
   config.model.dtype = dtype
   config.model.pool_impl = pool
@@ -91,7 +93,7 @@ def _config(settings, dtype: str, pool: str, fuse: bool, batch: int,
 
 
 def _records(settings, batch: int) -> dict:
-  return _bench()._records(dataclasses.replace(settings, batch=batch))  # pylint: disable=protected-access
+  return harness.bench_records(dataclasses.replace(settings, batch=batch))
 
 
 def xla_costs(compiled, batch: int) -> dict:
@@ -109,7 +111,7 @@ def xla_costs(compiled, batch: int) -> dict:
     out["flops_per_cube"] = float(cost["flops"]) / batch
     out["bytes_accessed_per_cube"] = float(cost["bytes accessed"]) / batch
   except Exception as e:  # pylint: disable=broad-except
-    out["cost_error"] = _bench()._error(e)  # pylint: disable=protected-access
+    out["cost_error"] = harness.error_text(e)
   try:
     mem = compiled.memory_analysis()
     temp, args = mem.temp_size_in_bytes, mem.argument_size_in_bytes
@@ -120,7 +122,7 @@ def xla_costs(compiled, batch: int) -> dict:
                peak_bytes=int(temp + args + outs - alias),
                peak_bytes_per_cube=(temp + args + outs - alias) / batch)
   except Exception as e:  # pylint: disable=broad-except
-    out["memory_error"] = _bench()._error(e)  # pylint: disable=protected-access
+    out["memory_error"] = harness.error_text(e)
   return out
 
 
@@ -134,7 +136,6 @@ def _train_state(variables, tx):
 
 def jax_train(settings, m, config, records):
   """(call, sync, xla costs) of the real jitted train step for `config`."""
-  bench = _bench()
   model = network.create_model(config, kd_outputs=settings.kd_outputs,
                               channels=settings.channels)
   tx = step_lib.create_optimizer(config, total_steps=1_000_000)
@@ -154,11 +155,10 @@ def jax_train(settings, m, config, records):
     holder["state"], metrics = compiled(holder["state"], batch, rng)
     return metrics
 
-  return call, bench._jax_sync, xla_costs(compiled, config.input.batch_size)  # pylint: disable=protected-access
+  return call, harness.jax_sync, xla_costs(compiled, config.input.batch_size)
 
 
 def jax_infer(settings, m, config, records):
-  bench = _bench()
   model = network.create_model(config, kd_outputs=settings.kd_outputs,
                               channels=settings.channels)
   mesh = sharding.create_mesh()
@@ -166,7 +166,7 @@ def jax_infer(settings, m, config, records):
   variables = jax.device_put(m.variables, sharding.replicated(mesh))
   batch = sharding.global_batch(records, mesh)
   compiled = fn.lower(variables, batch).compile()
-  return (functools.partial(compiled, variables, batch), bench._jax_sync,  # pylint: disable=protected-access
+  return (functools.partial(compiled, variables, batch), harness.jax_sync,
           xla_costs(compiled, config.input.batch_size))
 
 
@@ -197,7 +197,7 @@ def torch_train(settings, m, config, records, device, compiled: bool,
       max_gap=cfg.max_gap, num_det=cfg.num_det, kd_loss=cfg.kd_loss,
       optimizer=opt, scheduler=sched, compiled=compiled,
       autocast=TORCH_DTYPES[dtype])
-  crops, teacher = _bench()._torch_batch(records, device)  # pylint: disable=protected-access
+  crops, teacher = harness.torch_batch(records, device)
   return functools.partial(trainer.step, crops, teacher)
 
 
@@ -207,7 +207,7 @@ def torch_infer(settings, m, records, device, compiled: bool, dtype: str):
   scorer = torch_ssmtl.Scorer(m.twin, seq_half=cfg.seq_half,
                               num_det=cfg.num_det, kd_loss=cfg.kd_loss,
                               compiled=compiled, autocast=TORCH_DTYPES[dtype])
-  crops, teacher = _bench()._torch_batch(records, device)  # pylint: disable=protected-access
+  crops, teacher = harness.torch_batch(records, device)
   return functools.partial(scorer, crops, teacher)
 
 
@@ -221,9 +221,8 @@ def measure_group(settings, m, device, *, dtype: str, batch: int,
   """The train and infer rows of one (dtype, batch) group, each section's
   runners measured in one interleaved set of repeats. ``handles`` collects
   each JAX train row's (call, sync, costs) by (dtype, batch, pool, fuse)."""
-  bench = _bench()
   records = _records(settings, batch)
-  sync = bench._torch_sync_fn(device)  # pylint: disable=protected-access
+  sync = harness.torch_sync_fn(device)
   peak = _torch_peak(device)
   rows = []
   for section in ("train", "infer"):
@@ -247,12 +246,12 @@ def measure_group(settings, m, device, *, dtype: str, batch: int,
         if section == "train" and handles is not None and conv == "auto":
           handles[(dtype, batch, pool, fuse)] = (call, jsync, costs)
       except Exception as e:  # pylint: disable=broad-except
-        meta["error"] = bench._error(e)  # pylint: disable=protected-access
+        meta["error"] = harness.error_text(e)
         rows.append(meta)
         print(f"  {name}: FAILED: {meta['error'].splitlines()[0]}",
               file=sys.stderr)
         continue
-      runners.append(bench.Runner(name, call, jsync, batch))
+      runners.append(harness.Runner(name, call, jsync, batch))
       metas.append(meta)
     for framework, compiled in (("torch_eager", False),
                                 ("torch_compile", True)):
@@ -267,23 +266,23 @@ def measure_group(settings, m, device, *, dtype: str, batch: int,
         else:
           call = torch_infer(settings, m, records, device, compiled, dtype)
       except Exception as e:  # pylint: disable=broad-except
-        meta["error"] = bench._error(e)  # pylint: disable=protected-access
+        meta["error"] = harness.error_text(e)
         rows.append(meta)
         continue
-      runners.append(bench.Runner(f"{framework} {dtype}", call, sync, batch))
+      runners.append(harness.Runner(f"{framework} {dtype}", call, sync, batch))
       metas.append(meta)
     print(f"matrix {section} {dtype} batch {batch}: {len(runners)} rows",
           file=sys.stderr, flush=True)
-    bench._measure(runners, settings)  # pylint: disable=protected-access
+    harness.measure(runners, settings)
     for runner, meta in zip(runners, metas):
-      meta.update(bench._summary(runner, "cubes_per_s"))  # pylint: disable=protected-access
+      meta.update(harness.summary(runner, "cubes_per_s"))
       if meta["framework"] != "jax" and not runner.error:
         try:
           meta["peak_bytes"] = peak(runner.call)
           if meta["peak_bytes"] is not None:
             meta["peak_bytes_per_cube"] = meta["peak_bytes"] / batch
         except Exception as e:  # pylint: disable=broad-except
-          meta["peak_bytes_error"] = bench._error(e)  # pylint: disable=protected-access
+          meta["peak_bytes_error"] = harness.error_text(e)
       rows.append(meta)
   return rows
 
@@ -322,7 +321,6 @@ def _available_bytes() -> Optional[int]:
 def largest_batch(settings, m, device, *, start: int, cap: int,
                   handles: Optional[dict] = None) -> dict:
   """Doubling search per framework (float32, default switches)."""
-  bench = _bench()
   out: dict[str, Any] = {"method": f"doubling from {start} up to {cap}"}
   if jax.default_backend() == "cpu":
     config = _config(settings, "float32", "argmax", False, start)
@@ -335,7 +333,7 @@ def largest_batch(settings, m, device, *, start: int, cap: int,
       out["jax"] = {"estimate": int(avail // per) if avail and per else None,
                     "available_bytes": avail, "peak_bytes_per_cube": per}
     except Exception as e:  # pylint: disable=broad-except
-      out["jax"] = {"error": bench._error(e)}  # pylint: disable=protected-access
+      out["jax"] = {"error": harness.error_text(e)}
     out["method"] = ("CPU: no search (an OOM kills the process); JAX: "
                      "available memory / memory_analysis peak bytes per cube")
     out["torch_eager"] = {"unmeasured": "no search on the CPU"}
@@ -353,10 +351,10 @@ def largest_batch(settings, m, device, *, start: int, cap: int,
           call = torch_train(settings, m, config, records, device, False,
                              "float32")
           call()
-          bench._torch_sync_fn(device)(None)  # pylint: disable=protected-access
+          harness.torch_sync_fn(device)(None)
         fits = batch
       except Exception as e:  # pylint: disable=broad-except
-        failed = {"batch": batch, "error": bench._error(e)[:500],  # pylint: disable=protected-access
+        failed = {"batch": batch, "error": harness.error_text(e)[:500],
                   "oom": _is_oom(e)}
         break
       finally:
@@ -433,7 +431,7 @@ def matrix_section(settings, m, device, axes: Axes) -> dict:
                "fuse_views": list(axes.fuse_views),
                "conv_impl": list(axes.conv_impls), "batch": batches},
       "rows": rows}
-  analytic = _bench().model_flops(settings)
+  analytic = flops_lib.model_flops(settings)
   out["analytic_flops_per_cube"] = {"train": analytic["train"],
                                     "infer": analytic["infer"]}
   accel = jax.default_backend() != "cpu"
@@ -453,7 +451,7 @@ def matrix_section(settings, m, device, axes: Axes) -> dict:
                                 f"{axes.pool_impls[0]} fuse="
                                 f"{axes.fuse_views[0]} batch {batches[0]}")
     except Exception as e:  # pylint: disable=broad-except
-      out["profile"] = {"error": _bench()._error(e)}  # pylint: disable=protected-access
+      out["profile"] = {"error": harness.error_text(e)}
   return out
 
 
@@ -520,11 +518,11 @@ def markdown(matrix: dict) -> str:
                r["pool_impl"]]
       if section == "train":
         cells.append("yes" if r["fuse_views"] else "no")
-      cells += [_bench()._cell(r, "cubes_per_s"),  # pylint: disable=protected-access
-                _bench()._cell(eager, "cubes_per_s"),  # pylint: disable=protected-access
-                _bench()._cell(comp, "cubes_per_s"),  # pylint: disable=protected-access
-                _bench()._fmt_ratio(r.get("over_torch_eager")),  # pylint: disable=protected-access
-                _bench()._fmt_ratio(r.get("over_torch_compile")),  # pylint: disable=protected-access
+      cells += [report.cell(r, "cubes_per_s"),
+                report.cell(eager, "cubes_per_s"),
+                report.cell(comp, "cubes_per_s"),
+                report.fmt_ratio(r.get("over_torch_eager")),
+                report.fmt_ratio(r.get("over_torch_compile")),
                 ("-" if xla.get("flops_per_cube") is None
                  else f"{xla['flops_per_cube'] / 1e9:.3f}"),
                 _gb(xla.get("temp_bytes_per_cube")),

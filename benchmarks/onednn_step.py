@@ -59,7 +59,7 @@ from typing import Callable, Optional, Sequence
 from unittest import mock
 
 # OpenMP threads (oneDNN's and torch's) sleep when idle instead of spinning:
-# see benchmarks.compare. Set before either library is loaded.
+# see benchmarks.harness. Set before either library is loaded.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from absl import flags  # pylint: disable=g-import-not-at-top
@@ -67,7 +67,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import compare
+from benchmarks import harness
 from ssmtl_jax.base import cli
 from ssmtl_jax.model import network
 from ssmtl_jax.model import sharding
@@ -120,11 +120,11 @@ def _median_s(fn: Callable[[], None], repeats: int, warmup: int = 1) -> float:
 # --- The train step ---------------------------------------------------------
 
 
-def _step_runner(settings: compare.Settings, impl: str, variables: dict,
-                 records: dict) -> Callable[[], None]:
+def _step_runner(settings: harness.BenchSettings, impl: str,
+                 variables: dict, records: dict) -> Callable[[], None]:
   """One train step of a model with ``conv_impl=impl`` (and the given initial
   variables: they are the same for every implementation), blocking."""
-  config = compare._config(settings)  # pylint: disable=protected-access
+  config = harness.bench_config(settings)
   config.model.conv_impl = "onednn" if impl == "onednn_callback" else impl
   model = network.create_model(config, kd_outputs=settings.kd_outputs,
                               channels=settings.channels)
@@ -159,10 +159,10 @@ def _step_runner(settings: compare.Settings, impl: str, variables: dict,
   return call
 
 
-def step_section(settings: compare.Settings, impls: Sequence[str],
+def step_section(settings: harness.BenchSettings, impls: Sequence[str],
                  min_repeat_s: float) -> dict:
   """Median seconds per train step for each conv_impl, repeats interleaved."""
-  config = compare._config(settings)  # pylint: disable=protected-access
+  config = harness.bench_config(settings)
   config.model.conv_impl = "xla"
   model = network.create_model(config, kd_outputs=settings.kd_outputs,
                               channels=settings.channels)
@@ -170,7 +170,7 @@ def step_section(settings: compare.Settings, impls: Sequence[str],
                             crop_size=settings.crop, channels=settings.channels)
   variables = jax.jit(functools.partial(model.init, train=False))(
       jax.random.PRNGKey(0), views)
-  records = compare._records(settings)  # pylint: disable=protected-access
+  records = harness.bench_records(settings)
   calls, steps, first = {}, {}, {}
   for impl in impls:
     t0 = time.perf_counter()
@@ -373,9 +373,9 @@ def _flags() -> flags.FlagValues:
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = cli.parse_tool_flags("python -m benchmarks.onednn_step", _flags(),
                               argv, output_files=("out",))
-  settings = compare.Settings(batch=args.batch, crop=args.crop,
-                              variant=args.variant, depth=args.depth,
-                              repeats=args.repeats)
+  settings = harness.BenchSettings(batch=args.batch, crop=args.crop,
+                                   variant=args.variant, depth=args.depth,
+                                   repeats=args.repeats)
   results = {"machine": machine(),
              "settings": {"batch": args.batch, "crop": args.crop,
                           "variant": args.variant, "depth": args.depth,

@@ -3,7 +3,7 @@ detector section where OpenCV has no darknet importer (OpenCV 5).
 
 Fast: the script's argument checks (one line, exit 2, nothing written), its
 settings, stage commands and budget arithmetic (``--dry_run``), and
-``benchmarks.compare.detector_section`` with ``cv2.dnn.readNetFromDarknet``
+``benchmarks.detector_vs_opencv.detector_section`` with ``cv2.dnn.readNetFromDarknet``
 removed. Slow (``pytest -m slow -k accelerator``, ~6-8 min on 2 cores): the
 whole script on CPU over a Ped2 subset (training videos 01, 02 and 08, 08
 held out for the validation split; test videos 02, 12) with a small config
@@ -178,14 +178,16 @@ def test_dry_run_holds_out_08_of_the_subset_and_takes_ssmtl_holdout(tmp_path):
 def test_detector_benchmark_without_opencv_darknet_importer(monkeypatch):
   optional.import_or_skip("torch", "torch", module_level=False)
   import cv2  # pylint: disable=g-import-not-at-top
-  from benchmarks import compare  # pylint: disable=g-import-not-at-top
+  from benchmarks import detector_vs_opencv  # pylint: disable=g-import-not-at-top
+  from benchmarks import harness  # pylint: disable=g-import-not-at-top
+  from benchmarks import report  # pylint: disable=g-import-not-at-top
   if hasattr(cv2.dnn, "readNetFromDarknet"):
     monkeypatch.delattr(cv2.dnn, "readNetFromDarknet")
-  settings = compare.Settings.quick_preset()
+  settings = harness.BenchSettings.quick_preset()
   settings.det_input, settings.det_batch, settings.det_frames = (96, 64), 2, 2
   settings.repeats, settings.warmup, settings.min_repeat_s = 1, 0, 0.0
   settings.frames_dir = os.path.join(PED2, "test", "01")
-  det = compare.detector_section(settings)
+  det = detector_vs_opencv.detector_section(settings)
   if "error" in det:
     pytest.skip(f"no YOLOv3-tiny weights here: {det['error']}")
   for name in ("flax_network", "flax_end_to_end"):
@@ -204,9 +206,9 @@ def test_detector_benchmark_without_opencv_darknet_importer(monkeypatch):
                  "det_batch": 2},
       "detector": det,
   }
-  results["ratios"] = compare.ratios(results)
+  results["ratios"] = report.ratios(results)
   assert results["ratios"]["detector_network_flax_over_opencv"] is None
-  table = compare.markdown(results)
+  table = report.markdown(results)
   rows = [l for l in table.splitlines() if l.startswith(("| network",
                                                           "| end_to_end"))]
   assert len(rows) == 2

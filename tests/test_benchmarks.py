@@ -464,10 +464,11 @@ def _jaxpr_flops(jaxpr) -> float:
 
 @pytest.mark.parametrize("depth,head_width", [("shallow", 0), ("deep", 24)])
 def test_analytic_model_flops_match_the_traced_model(depth, head_width):
-  from benchmarks import compare  # pylint: disable=g-import-not-at-top
-  settings = compare.Settings(batch=2, crop=16, depth=depth,
-                              head_width=head_width, num_det=8, num_cls=12)
-  config = compare._config(settings)  # pylint: disable=protected-access
+  from benchmarks import flops  # pylint: disable=g-import-not-at-top
+  from benchmarks import harness  # pylint: disable=g-import-not-at-top
+  settings = harness.BenchSettings(batch=2, crop=16, depth=depth,
+                                   head_width=head_width, num_det=8, num_cls=12)
+  config = harness.bench_config(settings)
   model = network.create_model(config, kd_outputs=settings.kd_outputs,
                               channels=1)
   views = network.init_views(network.TASKS, seq_half=settings.seq_half,
@@ -476,7 +477,7 @@ def test_analytic_model_flops_match_the_traced_model(depth, head_width):
                        views)
   variables = jax.eval_shape(functools.partial(model.init, train=False),
                              jax.random.PRNGKey(0), views)
-  want = compare.model_flops(settings)
+  want = flops.model_flops(settings)
   train_fwd = jax.make_jaxpr(functools.partial(
       model.apply, train=True, mutable=["batch_stats"]))(variables, views)
   assert _jaxpr_flops(train_fwd.jaxpr) == 2 * want["forward_train"]
@@ -487,7 +488,7 @@ def test_analytic_model_flops_match_the_traced_model(depth, head_width):
 
 
 def test_report_table_handles_errors_and_ratios():
-  from benchmarks import compare  # pylint: disable=g-import-not-at-top
+  from benchmarks import report  # pylint: disable=g-import-not-at-top
   entry = lambda v, unit: {unit: v, "min": v, "max": v, "first_call_s": 1.0}
   results = {
       "machine": {"cpu": "x", "cpu_count": 2, "jax": "0", "jax_devices": 1,
@@ -509,12 +510,12 @@ def test_report_table_handles_errors_and_ratios():
                      "source": "ped2/test/01", "objects": 40,
                      "stage_seconds": {"detector": 2.0, "model": 1.5}},
   }
-  results["ratios"] = compare.ratios(results)
+  results["ratios"] = report.ratios(results)
   assert results["ratios"]["train_jax_over_torch_eager"] == 0.5
   assert results["ratios"]["train_jax_over_torch_compile"] is None
   assert results["ratios"]["infer_jax_over_torch_eager"] == 1.5
   assert results["ratios"]["detector_network_flax_over_opencv"] == 1.5
-  table = compare.markdown(results)
+  table = report.markdown(results)
   assert "| train cubes/s | 20.0 [20.0-20.0] | 40.0 [40.0-40.0] | error |" in (
       table)
   assert "BackendCompilerFailed" in table
@@ -523,16 +524,17 @@ def test_report_table_handles_errors_and_ratios():
 
 
 def test_end_to_end_section_scores_real_frames():
-  from benchmarks import compare  # pylint: disable=g-import-not-at-top
+  from benchmarks import end_to_end  # pylint: disable=g-import-not-at-top
+  from benchmarks import harness  # pylint: disable=g-import-not-at-top
   from tests import paths  # pylint: disable=g-import-not-at-top
   frames_dir = os.path.join(paths.PED2, "test", "01")
   if not os.path.isdir(frames_dir):
     pytest.skip(f"needs the Ped2 frames ({frames_dir})")
-  settings = compare.Settings.quick_preset()
+  settings = harness.BenchSettings.quick_preset()
   settings.e2e_frames, settings.repeats = 14, 3
   settings.frames_dir = frames_dir
-  m = compare.build_models(settings, torch.device("cpu"))
-  out = compare.end_to_end_section(settings, m)
+  m = harness.build_models(settings, torch.device("cpu"))
+  out = end_to_end.end_to_end_section(settings, m)
   assert out["frames"] == 14 and out["source"] == os.path.normpath(frames_dir)
   assert out["objects"] > 0  # Ped2's pedestrians are found at conf 0.1
   assert len(out["repeats"]) == 1
@@ -544,7 +546,7 @@ def test_end_to_end_section_scores_real_frames():
   assert out["frames_per_s"] == pytest.approx(
       14 / sum(out["stage_seconds"].values()), rel=1e-9)
   # Fewer frames in the folder than asked for: synthetic frames instead.
-  frames, source = compare._detector_frames(3, os.path.dirname(frames_dir))
+  frames, source = harness.detector_frames(3, os.path.dirname(frames_dir))
   assert source.startswith("synthetic") and frames[0].shape == (240, 360)
 
 

@@ -13,12 +13,13 @@ from tests import optional  # pylint: disable=g-import-not-at-top,wrong-import-p
 torch = optional.import_or_skip("torch", "torch")
 
 from benchmarks import compare  # pylint: disable=g-import-not-at-top
+from benchmarks import harness  # pylint: disable=g-import-not-at-top
 from benchmarks import matrix  # pylint: disable=g-import-not-at-top
 from benchmarks import torch_ssmtl  # pylint: disable=g-import-not-at-top
 
 
 def _tiny_settings():
-  settings = compare.Settings.quick_preset()
+  settings = harness.BenchSettings.quick_preset()
   settings.batch, settings.crop, settings.repeats = 8, 16, 1
   settings.warmup, settings.min_repeat_s, settings.max_steps = 0, 0.0, 1
   settings.torch_compile = False
@@ -28,8 +29,8 @@ def _tiny_settings():
 @pytest.fixture(scope="module")
 def tiny_matrix():
   settings = _tiny_settings()
-  device = compare._torch_device()  # pylint: disable=protected-access
-  m = compare.build_models(settings, device)
+  device = harness.torch_device()
+  m = harness.build_models(settings, device)
   # Two switch values (fused or not) keep it short; every pool_impl x
   # fuse_views combination is checked for equal maths in
   # test_speed_switches.py.
@@ -137,9 +138,9 @@ def test_twin_bfloat16_autocast_step_matches_float32():
   (as the JAX bfloat16 test)."""
   settings = _tiny_settings()
   device = torch.device("cpu")
-  m = compare.build_models(settings, device)
-  records = compare._records(settings)  # pylint: disable=protected-access
-  config = compare._config(settings)  # pylint: disable=protected-access
+  m = harness.build_models(settings, device)
+  records = harness.bench_records(settings)
+  config = harness.bench_config(settings)
   losses = {}
   for name, dtype in (("f32", None), ("bf16", torch.bfloat16)):
     torch.manual_seed(0)
@@ -149,7 +150,7 @@ def test_twin_bfloat16_autocast_step_matches_float32():
         twin, tasks=m.cfg.tasks, weights=dict(m.cfg.weights),
         seq_half=m.cfg.seq_half, max_gap=m.cfg.max_gap, num_det=m.cfg.num_det,
         optimizer=opt, scheduler=sched, autocast=dtype)
-    crops, teacher = compare._torch_batch(records, device)  # pylint: disable=protected-access
+    crops, teacher = harness.torch_batch(records, device)
     losses[name] = float(trainer.step(crops, teacher)["loss"].detach())
     assert all(p.dtype == torch.float32 for p in twin.parameters())
   assert losses["bf16"] == pytest.approx(losses["f32"], rel=0.02)
