@@ -38,7 +38,6 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from ssmtl_jax.base.schema import TASKS  # pylint: disable=unused-import  (no JAX imported here)
 VARIANT_WIDTHS = {"narrow": (16, 32, 32), "wide": (32, 64, 64)}
 DEPTH_CONVS = {"shallow": 1, "deep": 2}
 # Flax BatchNorm(momentum=0.9) keeps 0.9 of the running value; torch's momentum

@@ -1,9 +1,8 @@
 """Frames + detections -> objects (cubes with teacher targets), streamed.
 
-The one loop from a video's detections to its objects, shared by the record
-builder (``ssmtl_jax.data.builder.build_video``, which serialises them) and the
-end-to-end benchmark (``benchmarks.compare``, which scores them); a streaming
-scorer can consume it the same way.
+The one loop from a video's detections to its objects; callers reach it
+through :func:`ssmtl_jax.perception.pipeline.frames_to_objects` (the record
+builder, the streaming scorer and the end-to-end benchmark).
 
 Memory is bounded whatever the video length: 2W+1 frames in the sliding
 window, the detections of the frames still in it, and at most one classifier
