@@ -27,6 +27,7 @@ from ssmtl_jax.jobs import runner
 from ssmtl_jax.perception import detections as detections_lib
 from ssmtl_jax.perception import video_io
 from ssmtl_jax.serve import bundle as bundle_lib
+from ssmtl_jax.serve import sources
 from ssmtl_jax.serve import stream
 from tests.paths import REPO
 
@@ -231,7 +232,7 @@ def test_damaged_inputs_give_valid_partial_outputs(exported, tmp_path):
     stream.run(out, str(text), str(tmp_path / "t"), _options(detections=dets))
   with pytest.raises(bundle_lib.BundleError, match="not a bundle"):
     stream.run(str(tmp_path), str(folder), str(tmp_path / "u"), _options())
-  with pytest.raises(stream.ScoreInputError, match="--detections"):
+  with pytest.raises(sources.ScoreInputError, match="--detections"):
     stream.run(out, str(folder), str(tmp_path / "v"), _options())
 
 
@@ -290,7 +291,7 @@ def test_close_waits_for_the_reader_before_releasing_the_capture(tmp_path):
   _write_avi(avi, [rng.integers(0, 255, (48, 64), dtype=np.uint8)
                    for _ in range(200)])
   for k in range(20):
-    src = stream.Source(avi, fps=None, stall_timeout_s=5.0, keep_rgb=True)
+    src = sources.Source(avi, fps=None, stall_timeout_s=5.0, keep_rgb=True)
     src.start(1)
     for i, _ in enumerate(src.frames()):
       if i == k:
@@ -299,6 +300,6 @@ def test_close_waits_for_the_reader_before_releasing_the_capture(tmp_path):
     assert not src._thread.is_alive()  # pylint: disable=protected-access
     assert src._cap is None  # pylint: disable=protected-access
   # Closing before the reader started, and twice, is fine too.
-  src = stream.Source(avi, fps=None, stall_timeout_s=5.0, keep_rgb=False)
+  src = sources.Source(avi, fps=None, stall_timeout_s=5.0, keep_rgb=False)
   src.close()
   src.close()
