@@ -37,7 +37,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Optional
+from typing import Optional
 
 from etils import epath
 import jax
