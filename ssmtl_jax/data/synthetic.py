@@ -632,14 +632,30 @@ def _write_tracks(path: str, rows: list[tuple]) -> None:
   _write_bytes(path, buf.getvalue().encode())
 
 
-def _make_video(root: str, p: dict[str, int], split: str,
-                index: int) -> dict[str, Any]:
-  """Renders one video and writes its frames, detections and gt files.
+@dataclasses.dataclass
+class _Scene:
+  """What one video shows, planned before any frame is painted."""
+  background: np.ndarray  # float32 [h, w, c], the static scene.
+  normal: list[_Actor]
+  abnormal: list[_Actor]
+  anomaly: str | None  # The test video's anomaly type; None for train.
+  rng_noise: np.random.Generator  # Draws the per-frame sensor noise.
 
-  Returns the video's summary (JSON-serialisable).
-  """
-  vid = f"{split}_{index:02d}"
-  t_len, h, w, c = p["num_frames"], p["height"], p["width"], p["channels"]
+  @property
+  def actors(self) -> list[_Actor]:
+    """Every object, in track-id order."""
+    return self.normal + self.abnormal
+
+  @property
+  def paint_order(self) -> list[_Actor]:
+    """Painter's order: farther (higher in the frame) first; abnormal objects
+    on top, so their pixel masks are exactly what is visible."""
+    return sorted(self.normal, key=lambda a: a.y0) + self.abnormal
+
+
+def _plan_scene(p: dict[str, int], split: str, index: int) -> _Scene:
+  """Draws the background and the objects of one video; numbers the tracks."""
+  h, w, c = p["height"], p["width"], p["channels"]
   s = h / 120.0  # Sizes and speeds are specified for 120 px high frames.
   # One independent stream per video and purpose: a video does not depend on
   # how many other videos there are, nor the scene on the noise draws.
@@ -652,75 +668,121 @@ def _make_video(root: str, p: dict[str, int], split: str,
   abnormal = _plan_anomalies(rng_plan, p, s, anomaly) if anomaly else []
   for tid, a in enumerate(normal + abnormal):
     a.track_id = tid
-  # Painter's order: farther (higher in the frame) first; abnormal objects on
-  # top, so their pixel masks are exactly what is visible.
-  order = sorted(normal, key=lambda a: a.y0) + abnormal
+  return _Scene(background, normal, abnormal, anomaly, rng_noise)
 
-  frame_dir = os.path.join(root, split, vid)
-  os.makedirs(frame_dir, exist_ok=True)
-  digits = _digits(p)
-  gt_pixel = np.zeros((t_len, h, w), bool)
-  det_rows: list[tuple] = []
-  track_rows: list[tuple] = []
-  seen: dict[int, list[int]] = {}
-  for t in range(t_len):
-    frame = background.copy()
-    for a in order:
-      if t < a.t_begin or abs(a.pos(t)[0] - w / 2) > w / 2 + _extent(a):
-        continue
-      ox, oy, lab = a.draw(t)
-      fx0, fy0 = max(ox, 0), max(oy, 0)
-      fx1, fy1 = min(ox + lab.shape[1], w), min(oy + lab.shape[0], h)
-      if fx1 <= fx0 or fy1 <= fy0:
-        continue
-      crop = (slice(fy0 - oy, fy1 - oy), slice(fx0 - ox, fx1 - ox))
-      lab = lab[crop]
-      mask = lab > 0
-      if not mask.any():
-        continue
-      colors = a.palette[lab] + a.texture[crop] * a.tex_weight[lab][..., None]
-      region = frame[fy0:fy1, fx0:fx1]
-      region[mask] = colors[mask]
-      rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(
-          mask.any(axis=0))
-      x1, x2 = fx0 + int(cols[0]), fx0 + int(cols[-1]) + 1
-      y1, y2 = fy0 + int(rows[0]), fy0 + int(rows[-1]) + 1
-      if x2 - x1 < MIN_BOX or y2 - y1 < MIN_BOX:
-        continue  # Too small to detect: drawn, but not an object of the data.
-      det_rows.append((t, x1, y1, x2, y2, 1.0, a.cls))
-      track_rows.append((t, a.track_id, x1, y1, x2, y2, a.cls,
-                         int(a.anomaly is not None)))
-      seen.setdefault(a.track_id, []).append(t)
-      if a.anomaly is not None:
-        gt_pixel[t, fy0:fy1, fx0:fx1] |= mask
-    # Mild sensor noise, different in every frame.
-    frame += 2.0 * rng_noise.standard_normal(frame.shape, dtype=np.float32)
-    img = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
-    img = img[..., 0] if c == 1 else cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-    ok, png = cv2.imencode(".png", img)
-    if not ok:
-      raise RuntimeError(f"PNG encoding failed for {vid} frame {t}")
-    with open(os.path.join(frame_dir, f"{t:0{digits}d}.png"), "wb") as f:
-      f.write(png.tobytes())
 
+def _paint(frame: np.ndarray, a: _Actor,
+           t: int) -> tuple[int, int, np.ndarray] | None:
+  """Paints object ``a`` as it is at frame ``t`` onto ``frame`` (in place).
+
+  Returns:
+    (fx0, fy0, mask): the painted pixels, bool [mh, mw] with its top-left
+    corner at frame pixel (fx0, fy0); None when nothing of it is in view.
+  """
+  h, w = frame.shape[:2]
+  if t < a.t_begin or abs(a.pos(t)[0] - w / 2) > w / 2 + _extent(a):
+    return None
+  ox, oy, lab = a.draw(t)
+  fx0, fy0 = max(ox, 0), max(oy, 0)
+  fx1, fy1 = min(ox + lab.shape[1], w), min(oy + lab.shape[0], h)
+  if fx1 <= fx0 or fy1 <= fy0:
+    return None
+  crop = (slice(fy0 - oy, fy1 - oy), slice(fx0 - ox, fx1 - ox))
+  lab = lab[crop]
+  mask = lab > 0
+  if not mask.any():
+    return None
+  colors = a.palette[lab] + a.texture[crop] * a.tex_weight[lab][..., None]
+  region = frame[fy0:fy1, fx0:fx1]
+  region[mask] = colors[mask]
+  return fx0, fy0, mask
+
+
+@dataclasses.dataclass
+class _Annotations:
+  """One video's labels, collected frame by frame as its objects are painted."""
+  gt_pixel: np.ndarray  # bool [t, h, w]: the abnormal objects' pixels.
+  det_rows: list[tuple] = dataclasses.field(default_factory=list)
+  track_rows: list[tuple] = dataclasses.field(default_factory=list)
+  seen: dict[int, list[int]] = dataclasses.field(default_factory=dict)
+
+  def add(self, t: int, a: _Actor, fx0: int, fy0: int,
+          mask: np.ndarray) -> None:
+    """Records object ``a`` painted as ``mask`` at (fx0, fy0) in frame t."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(
+        mask.any(axis=0))
+    x1, x2 = fx0 + int(cols[0]), fx0 + int(cols[-1]) + 1
+    y1, y2 = fy0 + int(rows[0]), fy0 + int(rows[-1]) + 1
+    if x2 - x1 < MIN_BOX or y2 - y1 < MIN_BOX:
+      return  # Too small to detect: drawn, but not an object of the data.
+    self.det_rows.append((t, x1, y1, x2, y2, 1.0, a.cls))
+    self.track_rows.append((t, a.track_id, x1, y1, x2, y2, a.cls,
+                            int(a.anomaly is not None)))
+    self.seen.setdefault(a.track_id, []).append(t)
+    if a.anomaly is not None:
+      fy1, fx1 = fy0 + mask.shape[0], fx0 + mask.shape[1]
+      self.gt_pixel[t, fy0:fy1, fx0:fx1] |= mask
+
+
+def _render_frame(scene: _Scene, t: int, notes: _Annotations) -> np.ndarray:
+  """Paints frame t (float32 [h, w, c], no noise yet) and annotates it."""
+  frame = scene.background.copy()
+  for a in scene.paint_order:
+    painted = _paint(frame, a, t)
+    if painted is not None:
+      notes.add(t, a, *painted)
+  return frame
+
+
+def _write_frame(path: str, frame: np.ndarray, rng: np.random.Generator,
+                 vid: str, t: int) -> None:
+  """Adds this frame's sensor noise to ``frame`` and writes it as a PNG."""
+  # Mild sensor noise, different in every frame.
+  frame += 2.0 * rng.standard_normal(frame.shape, dtype=np.float32)
+  img = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+  img = img[..., 0] if frame.shape[2] == 1 else cv2.cvtColor(
+      img, cv2.COLOR_RGB2BGR)
+  ok, png = cv2.imencode(".png", img)
+  if not ok:
+    raise RuntimeError(f"PNG encoding failed for {vid} frame {t}")
+  with open(path, "wb") as f:
+    f.write(png.tobytes())
+
+
+def _write_labels(root: str, split: str, vid: str,
+                  notes: _Annotations) -> np.ndarray:
+  """Writes the detections, the gt tracks and (test) the gt frame and pixel
+  masks of one video.
+
+  Returns:
+    gt_frame: uint8 [t], 1 for frames with abnormal pixels.
+  """
   detections_lib.write_detections(
-      os.path.join(root, "detections", split, f"{vid}.csv"), det_rows)
+      os.path.join(root, "detections", split, f"{vid}.csv"), notes.det_rows)
   os.makedirs(os.path.join(root, "gt_tracks"), exist_ok=True)
-  _write_tracks(os.path.join(root, "gt_tracks", f"{vid}.csv"), track_rows)
+  _write_tracks(os.path.join(root, "gt_tracks", f"{vid}.csv"),
+                notes.track_rows)
+  gt_pixel = notes.gt_pixel
   gt_frame = gt_pixel.any(axis=(1, 2)).astype(np.uint8)
   if split == "test":
     assert np.array_equal(gt_frame.astype(bool), gt_pixel.any(axis=(1, 2)))
     if gt_frame.all() or not gt_frame.any():
       raise RuntimeError(f"{vid}: test video without both normal and abnormal "
-                         f"frames ({int(gt_frame.sum())}/{t_len} abnormal)")
+                         f"frames ({int(gt_frame.sum())}/{gt_frame.size} "
+                         "abnormal)")
     for sub in ("gt_frame", "gt_pixel"):
       os.makedirs(os.path.join(root, sub), exist_ok=True)
     _write_npy(os.path.join(root, "gt_frame", f"{vid}.npy"), gt_frame)
     _write_npz(os.path.join(root, "gt_pixel", f"{vid}.npz"), mask=gt_pixel)
+  return gt_frame
 
+
+def _video_summary(split: str, scene: _Scene, notes: _Annotations,
+                   gt_frame: np.ndarray) -> dict[str, Any]:
+  """The JSON-serialisable summary of one video: its tracks and events."""
   tracks = []
-  for a in normal + abnormal:
-    frames = seen.get(a.track_id)
+  for a in scene.actors:
+    frames = notes.seen.get(a.track_id)
     tracks.append({
         "track_id": a.track_id, "kind": a.kind, "class": a.cls,
         "anomaly": a.anomaly, "vx": round(a.vx, 4), "vy": round(a.vy, 4),
@@ -728,9 +790,31 @@ def _make_video(root: str, p: dict[str, int], split: str,
   events = [{"type": tr["anomaly"], "track_id": tr["track_id"],
              "class": tr["class"], "frames": tr["frames"]}
             for tr in tracks if tr["anomaly"] and tr["frames"]]
-  return {"split": split, "frames": t_len, "objects": len(det_rows),
+  return {"split": split, "frames": int(gt_frame.size),
+          "objects": len(notes.det_rows),
           "abnormal_frames": int(gt_frame.sum()) if split == "test" else 0,
-          "anomaly": anomaly, "events": events, "tracks": tracks}
+          "anomaly": scene.anomaly, "events": events, "tracks": tracks}
+
+
+def _make_video(root: str, p: dict[str, int], split: str,
+                index: int) -> dict[str, Any]:
+  """Renders one video and writes its frames, detections and gt files.
+
+  Returns the video's summary (JSON-serialisable).
+  """
+  vid = f"{split}_{index:02d}"
+  t_len, h, w = p["num_frames"], p["height"], p["width"]
+  scene = _plan_scene(p, split, index)
+  frame_dir = os.path.join(root, split, vid)
+  os.makedirs(frame_dir, exist_ok=True)
+  digits = _digits(p)
+  notes = _Annotations(gt_pixel=np.zeros((t_len, h, w), bool))
+  for t in range(t_len):
+    frame = _render_frame(scene, t, notes)
+    _write_frame(os.path.join(frame_dir, f"{t:0{digits}d}.png"), frame,
+                 scene.rng_noise, vid, t)
+  gt_frame = _write_labels(root, split, vid, notes)
+  return _video_summary(split, scene, notes, gt_frame)
 
 
 # ----------------------------------------------------------------------------

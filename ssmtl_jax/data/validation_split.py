@@ -458,6 +458,72 @@ def _link_inputs(root: str, out: str, train: Sequence[video_io.VideoSource],
         _link(gt, os.path.join(out, folder, f"{src.video_id}.{ext}"))
 
 
+def _split_train(root: str, holdout: Sequence[str]
+                 ) -> tuple[dict[str, video_io.VideoSource],
+                            list[video_io.VideoSource]]:
+  """ROOT's training videos: ({id: video}, the videos not held out).
+
+  Raises ConfigError for an unknown holdout id, or when every training video
+  is held out.
+  """
+  train = video_io.list_videos(root, "train")
+  by_id = {src.video_id: src for src in train}
+  unknown = [h for h in holdout if h not in by_id]
+  if unknown:
+    raise errors.ConfigError(
+        f"--holdout: no training video {', '.join(unknown)} in "
+        f"{os.path.join(root, 'train')} (available: {', '.join(by_id)})")
+  keep = [src for src in train if src.video_id not in holdout]
+  if not keep:
+    raise errors.ConfigError(
+        f"--holdout={','.join(holdout)} holds out every training "
+        f"video of {os.path.join(root, 'train')}: nothing is left to train "
+        "on; keep at least one")
+  return by_id, keep
+
+
+def _list_test(root: str, val_ids: Sequence[str],
+               prefix: str) -> list[video_io.VideoSource]:
+  """ROOT's test videos (none without ROOT/test); raises ConfigError when a
+  validation id is also a test id (they would share gt_frame/)."""
+  test = (video_io.list_videos(root, "test")
+          if os.path.isdir(os.path.join(root, "test")) else [])
+  clash = sorted(set(val_ids) & {src.video_id for src in test})
+  if clash:
+    raise errors.ConfigError(
+        f"--prefix={prefix!r}: validation ids {', '.join(clash)} are also "
+        "test video ids (they share gt_frame/); choose another prefix")
+  return test
+
+
+def _plan_videos(by_id: dict[str, video_io.VideoSource],
+                 args: dict[str, Any]) -> list[Plan]:
+  """One plan per held-out video and kind, in that order (each source's
+  frames are counted once)."""
+  plans = []
+  for h in args["holdout"]:
+    src = by_id[h]
+    n = video_io.count_frames(src)
+    for kind in args["kinds"]:
+      plans.append(plan_video(
+          src, n, kind, val_id=f"{args['prefix']}{h}_{kind}",
+          seed=args["seed"], segment=args["segment"],
+          fast_stride=args["fast_stride"], min_normal=args["min_normal"]))
+  return plans
+
+
+def _write_val_videos(plans: Sequence[Plan], root: str, out: str,
+                      progress: bool) -> list[Plan]:
+  """Writes the validation videos not already done; returns their plans."""
+  todo = [p for p in plans if not _val_done(out, p.val_id)]
+  with tqdm.tqdm(total=sum(p.frames for p in todo), unit="frame",
+                 desc="validation", disable=not progress,
+                 dynamic_ncols=True) as bar:
+    for plan in todo:
+      _write_val_video(plan, root, out, bar)
+  return todo
+
+
 def make_validation_root(root: str, out: str, *,
                          holdout: Sequence[str] | str, seed: int = 0,
                          segment: float = 1 / 3, fast_stride: int = 3,
@@ -501,37 +567,9 @@ def make_validation_root(root: str, out: str, *,
       all(_val_done(out, v) for v in val_ids)):
     return {**marker, "made": []}
 
-  train = video_io.list_videos(root, "train")
-  by_id = {src.video_id: src for src in train}
-  unknown = [h for h in args["holdout"] if h not in by_id]
-  if unknown:
-    raise errors.ConfigError(
-        f"--holdout: no training video {', '.join(unknown)} in "
-        f"{os.path.join(root, 'train')} (available: {', '.join(by_id)})")
-  keep = [src for src in train if src.video_id not in args["holdout"]]
-  if not keep:
-    raise errors.ConfigError(
-        f"--holdout={','.join(args['holdout'])} holds out every training "
-        f"video of {os.path.join(root, 'train')}: nothing is left to train "
-        "on; keep at least one")
-  test = (video_io.list_videos(root, "test")
-          if os.path.isdir(os.path.join(root, "test")) else [])
-  clash = sorted(set(val_ids) & {src.video_id for src in test})
-  if clash:
-    raise errors.ConfigError(
-        f"--prefix={prefix!r}: validation ids {', '.join(clash)} are also "
-        "test video ids (they share gt_frame/); choose another prefix")
-
-  plans = []
-  for h in args["holdout"]:
-    src = by_id[h]
-    n = video_io.count_frames(src)
-    for kind in args["kinds"]:
-      plans.append(plan_video(
-          src, n, kind, val_id=f"{prefix}{h}_{kind}", seed=args["seed"],
-          segment=args["segment"], fast_stride=args["fast_stride"],
-          min_normal=args["min_normal"]))
-
+  by_id, keep = _split_train(root, args["holdout"])
+  test = _list_test(root, val_ids, prefix)
+  plans = _plan_videos(by_id, args)
   summary = {"format_version": FORMAT_VERSION, "complete": False,
              "arguments": args, "train": [src.video_id for src in keep],
              "test": [src.video_id for src in test],
@@ -541,12 +579,7 @@ def make_validation_root(root: str, out: str, *,
     os.makedirs(os.path.join(out, folder), exist_ok=True)
   _write_json_atomic(os.path.join(out, MARKER), summary)
   _link_inputs(root, out, keep, test)
-  todo = [p for p in plans if not _val_done(out, p.val_id)]
-  with tqdm.tqdm(total=sum(p.frames for p in todo), unit="frame",
-                 desc="validation", disable=not progress,
-                 dynamic_ncols=True) as bar:
-    for plan in todo:
-      _write_val_video(plan, root, out, bar)
+  todo = _write_val_videos(plans, root, out, progress)
   summary["complete"] = True
   _write_json_atomic(os.path.join(out, MARKER), summary)
   return {**summary, "made": [p.val_id for p in todo]}

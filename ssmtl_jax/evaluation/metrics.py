@@ -534,6 +534,108 @@ def curve_area(fpr: np.ndarray, rate: np.ndarray, *, fpr_max: float = 1.0,
   return float(np.trapezoid(y, x) / fpr_max)
 
 
+def _check_same_videos(detections: Mapping[str, Detections],
+                       ground_truth: Mapping[str, GroundTruth]) -> None:
+  """Raises ValueError unless both name the same videos."""
+  missing = sorted(set(ground_truth) - set(detections))
+  extra = sorted(set(detections) - set(ground_truth))
+  if missing or extra:
+    raise ValueError(f"videos of detections and ground truth differ: no "
+                     f"detections for {missing[:5]}, no ground truth for "
+                     f"{extra[:5]}")
+
+
+def _pixel_detections(vid: str, det: Detections, gt: GroundTruth
+                      ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """One video's predicted regions as pixel boxes, empty ones dropped.
+
+  Returns:
+    (px int [N, 4], frame_index int [N], scores float [N]). Raises
+    ValueError for a frame index outside the video.
+  """
+  if det.frame_index.size and (det.frame_index.min() < 0 or
+                               det.frame_index.max() >= gt.num_frames):
+    raise ValueError(f"video {vid!r}: detection frame_index outside "
+                     f"[0, {gt.num_frames})")
+  px = frame_scoring.rasterize_boxes(det.boxes, gt.height, gt.width)
+  nonempty = (px[:, 2] > px[:, 0]) & (px[:, 3] > px[:, 1])
+  return px[nonempty], det.frame_index[nonempty], det.scores[nonempty]
+
+
+def _match_regions(px: np.ndarray, d_frames: np.ndarray, d_scores: np.ndarray,
+                   gt: GroundTruth, beta: float
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+  """Matches one video's predicted regions with its GT regions, per frame.
+
+  Args:
+    px, d_frames, d_scores: the predictions, as from :func:`_pixel_detections`.
+    gt: the video's ground truth.
+    beta: IoU needed for a predicted region to hit a GT region.
+  Returns:
+    (is_fp bool [N]: the prediction hits no GT region, hits float [M]: the
+    best score of a prediction hitting each GT region, -inf for none).
+  """
+  is_fp = np.ones(d_scores.shape[0], bool)
+  hits = np.full(gt.num_regions, -np.inf)
+  d_order = np.argsort(d_frames, kind="stable")
+  d_sorted = d_frames[d_order]
+  gt_by_frame: Dict[int, List[int]] = {}
+  for g, t in enumerate(gt.frame_index.tolist()):
+    gt_by_frame.setdefault(t, []).append(g)
+  for t, g_idx in gt_by_frame.items():
+    lo, hi = np.searchsorted(d_sorted, [t, t + 1])
+    p_idx = d_order[lo:hi]
+    if p_idx.size == 0:
+      continue
+    match = _iou_matrix(px[p_idx], gt, g_idx) >= beta  # [P, G]
+    is_fp[p_idx] = ~match.any(axis=1)
+    # A GT region is detected from the highest threshold at which any
+    # matching prediction is active, i.e. its best matching score.
+    best = np.where(match, d_scores[p_idx][:, None], -np.inf).max(axis=0)
+    hits[g_idx] = best
+  return is_fp, hits
+
+
+def _track_scores(hits: np.ndarray, tracks: np.ndarray,
+                  alpha: float) -> List[float]:
+  """The highest threshold at which each GT track counts as detected.
+
+  Args:
+    hits: float [M] per GT region, as from :func:`_match_regions`.
+    tracks: int [M] track id per GT region (-1: in no track).
+    alpha: fraction of a track's regions that must be detected.
+  Returns:
+    One score per track, in increasing track id order.
+  """
+  scores = []
+  for k in np.unique(tracks[tracks >= 0]):
+    member = np.sort(hits[tracks == k])[::-1]
+    # Detected at theta iff #(hits >= theta) >= alpha * n, i.e. theta <=
+    # the c-th best hit score, c = ceil(alpha * n) (same float product as
+    # the reference's comparison).
+    c = math.ceil(alpha * member.size)
+    scores.append(np.inf if c <= 0 else
+                  (member[c - 1] if c <= member.size else -np.inf))
+  return scores
+
+
+def _curve_thresholds(thresholds: Optional[np.ndarray],
+                      all_scores: List[np.ndarray]) -> np.ndarray:
+  """The given thresholds sorted descending, or by default +inf followed by
+  every distinct predicted score (the exact curve)."""
+  if thresholds is None:
+    scores = np.concatenate(all_scores)
+    return np.concatenate([[np.inf], np.unique(scores)[::-1]])
+  return np.sort(np.asarray(thresholds, np.float64).reshape(-1))[::-1]
+
+
+def _count_at_least(values: np.ndarray,
+                    thresholds: np.ndarray) -> np.ndarray:
+  """int [K]: how many of ``values`` are >= each threshold."""
+  values = np.sort(values)
+  return values.size - np.searchsorted(values, thresholds, side="left")
+
+
 def detection_curves(
     detections: Mapping[str, Detections],
     ground_truth: Mapping[str, GroundTruth],
@@ -563,49 +665,18 @@ def detection_curves(
   Returns:
     :class:`DetectionCurves`. Raises ValueError when there is no GT region.
   """
-  missing = sorted(set(ground_truth) - set(detections))
-  extra = sorted(set(detections) - set(ground_truth))
-  if missing or extra:
-    raise ValueError(f"videos of detections and ground truth differ: no "
-                     f"detections for {missing[:5]}, no ground truth for "
-                     f"{extra[:5]}")
+  _check_same_videos(detections, ground_truth)
   fp_scores, hit_scores, track_scores = [], [], []
   all_scores = []
   total_frames = total_gt = total_det = derived = 0
   have_tracks = True
   for vid, gt in ground_truth.items():
-    det = detections[vid]
     total_frames += gt.num_frames
     total_gt += gt.num_regions
-    if det.frame_index.size and (det.frame_index.min() < 0 or
-                                 det.frame_index.max() >= gt.num_frames):
-      raise ValueError(f"video {vid!r}: detection frame_index outside "
-                       f"[0, {gt.num_frames})")
-    px = frame_scoring.rasterize_boxes(det.boxes, gt.height, gt.width)
-    nonempty = (px[:, 2] > px[:, 0]) & (px[:, 3] > px[:, 1])
-    px, d_frames, d_scores = (px[nonempty], det.frame_index[nonempty],
-                              det.scores[nonempty])
+    px, d_frames, d_scores = _pixel_detections(vid, detections[vid], gt)
     total_det += d_scores.shape[0]
     all_scores.append(d_scores)
-
-    is_fp = np.ones(d_scores.shape[0], bool)
-    hits = np.full(gt.num_regions, -np.inf)
-    d_order = np.argsort(d_frames, kind="stable")
-    d_sorted = d_frames[d_order]
-    gt_by_frame: Dict[int, List[int]] = {}
-    for g, t in enumerate(gt.frame_index.tolist()):
-      gt_by_frame.setdefault(t, []).append(g)
-    for t, g_idx in gt_by_frame.items():
-      lo, hi = np.searchsorted(d_sorted, [t, t + 1])
-      p_idx = d_order[lo:hi]
-      if p_idx.size == 0:
-        continue
-      match = _iou_matrix(px[p_idx], gt, g_idx) >= beta  # [P, G]
-      is_fp[p_idx] = ~match.any(axis=1)
-      # A GT region is detected from the highest threshold at which any
-      # matching prediction is active, i.e. its best matching score.
-      best = np.where(match, d_scores[p_idx][:, None], -np.inf).max(axis=0)
-      hits[g_idx] = best
+    is_fp, hits = _match_regions(px, d_frames, d_scores, gt, beta)
     fp_scores.append(d_scores[is_fp])
     hit_scores.append(hits)
 
@@ -616,34 +687,19 @@ def detection_curves(
     if tracks is None:
       have_tracks = False
       continue
-    for k in np.unique(tracks[tracks >= 0]):
-      member = np.sort(hits[tracks == k])[::-1]
-      # Detected at theta iff #(hits >= theta) >= alpha * n, i.e. theta <=
-      # the c-th best hit score, c = ceil(alpha * n) (same float product as
-      # the reference's comparison).
-      c = math.ceil(alpha * member.size)
-      track_scores.append(np.inf if c <= 0 else
-                          (member[c - 1] if c <= member.size else -np.inf))
+    track_scores.extend(_track_scores(hits, tracks, alpha))
 
   if total_gt == 0:
     raise ValueError("no ground-truth anomalous regions: RBDC/TBDC undefined")
-  if thresholds is None:
-    scores = np.concatenate(all_scores)
-    thresholds = np.concatenate([[np.inf], np.unique(scores)[::-1]])
-  else:
-    thresholds = np.sort(np.asarray(thresholds, np.float64).reshape(-1))[::-1]
-
-  def count_at_least(values: np.ndarray) -> np.ndarray:
-    values = np.sort(values)
-    return values.size - np.searchsorted(values, thresholds, side="left")
-
-  fpr = count_at_least(np.concatenate(fp_scores)) / total_frames
-  rbdr = count_at_least(np.concatenate(hit_scores)) / total_gt
+  thresholds = _curve_thresholds(thresholds, all_scores)
+  fpr = _count_at_least(np.concatenate(fp_scores), thresholds) / total_frames
+  rbdr = _count_at_least(np.concatenate(hit_scores), thresholds) / total_gt
   area = dict(fpr_max=fpr_max, extend_to_fpr_max=extend_to_fpr_max)
   rbdc = curve_area(fpr, rbdr, **area)
   tbdr = tbdc = None
   if have_tracks and track_scores:
-    tbdr = count_at_least(np.asarray(track_scores)) / len(track_scores)
+    tbdr = (_count_at_least(np.asarray(track_scores), thresholds)
+            / len(track_scores))
     tbdc = curve_area(fpr, tbdr, **area)
   return DetectionCurves(
       thresholds=thresholds, fpr=fpr, rbdr=rbdr, tbdr=tbdr, rbdc=rbdc,

@@ -279,6 +279,120 @@ def _absolute(section: _Section, index: int, rel: int) -> int:
   return target
 
 
+def _parse_conv(s: _Section, prev: int) -> tuple[Conv, int]:
+  """A [convolutional] section over ``prev`` input channels -> (layer, out
+  channels)."""
+  s.require("groups", (1,), 1)
+  s.require("dilation", (1,), 1)
+  s.require("binary", (0,), 0)
+  s.require("xnor", (0,), 0)
+  s.require("stride_x", (s.get_int("stride", 1),), 1)
+  s.require("stride_y", (s.get_int("stride", 1),), 1)
+  size = s.get_int("size", 1)
+  activation = s.get("activation", "logistic")
+  if activation not in ACTIVATIONS:
+    raise s._error(f"activation={activation} is not supported (only "
+                   f"{', '.join(ACTIVATIONS)})")
+  # darknet parse_convolutional: pad=1 overrides padding with size/2.
+  padding = size // 2 if s.get_int("pad", 0) else s.get_int("padding", 0)
+  layer = Conv(filters=s.get_int("filters", 1), size=size,
+               stride=s.get_int("stride", 1), padding=padding,
+               batch_normalize=bool(s.get_int("batch_normalize", 0)),
+               activation=activation, in_channels=prev)
+  return layer, layer.filters
+
+
+def _parse_maxpool(s: _Section, prev: int) -> tuple[MaxPool, int]:
+  """A [maxpool] section -> (layer, out channels = ``prev``)."""
+  s.require("maxpool_depth", (0,), 0)
+  size = s.get_int("size", 1)
+  stride = s.get_int("stride", 1)
+  s.require("stride_x", (stride,), 1)
+  s.require("stride_y", (stride,), 1)
+  layer = MaxPool(size=size, stride=stride,
+                  padding=s.get_int("padding", size - 1))
+  return layer, prev
+
+
+def _parse_upsample(s: _Section, prev: int) -> tuple[Upsample, int]:
+  """An [upsample] section -> (layer, out channels = ``prev``)."""
+  s.require("scale", (1.0,), 1.0)
+  layer = Upsample(stride=s.get_int("stride", 2))
+  if layer.stride < 1:
+    raise s._error("only positive (up-sampling) strides are supported")
+  return layer, prev
+
+
+def _parse_route(s: _Section, index: int,
+                 out_channels: list[int]) -> tuple[Route, int]:
+  """A [route] section, layer ``index`` -> (layer, the summed channels of
+  the layers it concatenates)."""
+  s.require("groups", (1,), 1)
+  targets = tuple(_absolute(s, index, v) for v in s.get_ints("layers"))
+  return Route(layers=targets), sum(out_channels[t] for t in targets)
+
+
+def _parse_shortcut(s: _Section, index: int, prev: int,
+                    out_channels: list[int]) -> tuple[Shortcut, int]:
+  """A [shortcut] section, layer ``index`` -> (layer, out channels =
+  ``prev``); the layer it adds must have ``prev`` channels too."""
+  source = _absolute(s, index, s.get_int("from"))
+  activation = s.get("activation", "linear")
+  if activation not in ACTIVATIONS:
+    raise s._error(f"activation={activation} is not supported")
+  s.require("weights_type", ("none",), "none")
+  if out_channels[source] != prev:
+    raise s._error(f"adds layer {source} ({out_channels[source]} "
+                   f"channels) to {prev} channels; only equal shapes are "
+                   "supported")
+  return Shortcut(source=source, activation=activation), prev
+
+
+def _parse_yolo(s: _Section, prev: int) -> tuple[Yolo, int]:
+  """A [yolo] section -> (layer, out channels = ``prev``); ``prev`` must be
+  (mask anchors) x (classes + 5)."""
+  s.require("new_coords", (0,), 0)
+  anchors_flat = [float(v) for v in (s.get("anchors") or "").split(",")
+                  if v]
+  if not anchors_flat or len(anchors_flat) % 2:
+    raise s._error("anchors must be a non-empty list of w,h pairs")
+  anchors = tuple(zip(anchors_flat[0::2], anchors_flat[1::2]))
+  num = s.get_int("num", len(anchors))
+  if num != len(anchors):
+    raise s._error(f"num={num} but {len(anchors)} anchors given")
+  mask = (tuple(s.get_ints("mask")) if s.get("mask")
+          else tuple(range(num)))
+  if any(not 0 <= m < num for m in mask):
+    raise s._error(f"mask {mask} out of range for {num} anchors")
+  layer = Yolo(mask=mask, anchors=anchors, classes=s.get_int("classes", 20),
+               scale_x_y=s.get_float("scale_x_y", 1.0))
+  want = len(mask) * (layer.classes + 5)
+  if prev != want:
+    raise s._error(f"input has {prev} channels, expected {want} = "
+                   f"{len(mask)} anchors x ({layer.classes} classes + 5)")
+  return layer, prev
+
+
+def _parse_layer(s: _Section, index: int, prev: int,
+                 out_channels: list[int]) -> tuple[Layer, int]:
+  """Section ``s`` as layer ``index`` over ``prev`` input channels, after
+  layers with ``out_channels`` -> (layer, its output channels)."""
+  if s.name in ("convolutional", "conv"):
+    return _parse_conv(s, prev)
+  if s.name in ("maxpool", "max"):
+    return _parse_maxpool(s, prev)
+  if s.name == "upsample":
+    return _parse_upsample(s, prev)
+  if s.name == "route":
+    return _parse_route(s, index, out_channels)
+  if s.name == "shortcut":
+    return _parse_shortcut(s, index, prev, out_channels)
+  if s.name in ("yolo",):
+    return _parse_yolo(s, prev)
+  raise s._error("unsupported section (supported: convolutional, "
+                 "maxpool, upsample, route, shortcut, yolo)")
+
+
 def parse_cfg(path: str) -> Network:
   """Parses a darknet cfg file.
 
@@ -297,81 +411,7 @@ def parse_cfg(path: str) -> Network:
   out_channels: list[int] = []
   for index, s in enumerate(sections):
     prev = out_channels[-1] if out_channels else channels
-    if s.name in ("convolutional", "conv"):
-      s.require("groups", (1,), 1)
-      s.require("dilation", (1,), 1)
-      s.require("binary", (0,), 0)
-      s.require("xnor", (0,), 0)
-      s.require("stride_x", (s.get_int("stride", 1),), 1)
-      s.require("stride_y", (s.get_int("stride", 1),), 1)
-      size = s.get_int("size", 1)
-      activation = s.get("activation", "logistic")
-      if activation not in ACTIVATIONS:
-        raise s._error(f"activation={activation} is not supported (only "
-                       f"{', '.join(ACTIVATIONS)})")
-      # darknet parse_convolutional: pad=1 overrides padding with size/2.
-      padding = size // 2 if s.get_int("pad", 0) else s.get_int("padding", 0)
-      layer = Conv(filters=s.get_int("filters", 1), size=size,
-                   stride=s.get_int("stride", 1), padding=padding,
-                   batch_normalize=bool(s.get_int("batch_normalize", 0)),
-                   activation=activation, in_channels=prev)
-      out = layer.filters
-    elif s.name in ("maxpool", "max"):
-      s.require("maxpool_depth", (0,), 0)
-      size = s.get_int("size", 1)
-      stride = s.get_int("stride", 1)
-      s.require("stride_x", (stride,), 1)
-      s.require("stride_y", (stride,), 1)
-      layer = MaxPool(size=size, stride=stride,
-                      padding=s.get_int("padding", size - 1))
-      out = prev
-    elif s.name == "upsample":
-      s.require("scale", (1.0,), 1.0)
-      layer = Upsample(stride=s.get_int("stride", 2))
-      if layer.stride < 1:
-        raise s._error("only positive (up-sampling) strides are supported")
-      out = prev
-    elif s.name == "route":
-      s.require("groups", (1,), 1)
-      targets = tuple(_absolute(s, index, v) for v in s.get_ints("layers"))
-      layer = Route(layers=targets)
-      out = sum(out_channels[t] for t in targets)
-    elif s.name == "shortcut":
-      source = _absolute(s, index, s.get_int("from"))
-      activation = s.get("activation", "linear")
-      if activation not in ACTIVATIONS:
-        raise s._error(f"activation={activation} is not supported")
-      s.require("weights_type", ("none",), "none")
-      if out_channels[source] != prev:
-        raise s._error(f"adds layer {source} ({out_channels[source]} "
-                       f"channels) to {prev} channels; only equal shapes are "
-                       "supported")
-      layer = Shortcut(source=source, activation=activation)
-      out = prev
-    elif s.name in ("yolo",):
-      s.require("new_coords", (0,), 0)
-      anchors_flat = [float(v) for v in (s.get("anchors") or "").split(",")
-                      if v]
-      if not anchors_flat or len(anchors_flat) % 2:
-        raise s._error("anchors must be a non-empty list of w,h pairs")
-      anchors = tuple(zip(anchors_flat[0::2], anchors_flat[1::2]))
-      num = s.get_int("num", len(anchors))
-      if num != len(anchors):
-        raise s._error(f"num={num} but {len(anchors)} anchors given")
-      mask = (tuple(s.get_ints("mask")) if s.get("mask")
-              else tuple(range(num)))
-      if any(not 0 <= m < num for m in mask):
-        raise s._error(f"mask {mask} out of range for {num} anchors")
-      layer = Yolo(mask=mask, anchors=anchors, classes=s.get_int("classes", 20),
-                   scale_x_y=s.get_float("scale_x_y", 1.0))
-      want = len(mask) * (layer.classes + 5)
-      if prev != want:
-        raise s._error(f"input has {prev} channels, expected {want} = "
-                       f"{len(mask)} anchors x ({layer.classes} classes + 5)")
-      out = prev
-    else:
-      raise s._error("unsupported section (supported: convolutional, "
-                     "maxpool, upsample, route, shortcut, yolo)")
+    layer, out = _parse_layer(s, index, prev, out_channels)
     layers.append(layer)
     out_channels.append(out)
   net = Network(path=path, width=net_section.get_int("width", 416),

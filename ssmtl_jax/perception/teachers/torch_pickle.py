@@ -248,66 +248,97 @@ def _read_zip(path: str, f: BinaryIO) -> Any:
       return _Unpickler(io.BytesIO(pkl.read()), load_storage).load()
 
 
-def _read_legacy(path: str, f: BinaryIO) -> Any:
-  def small_pickle() -> Any:
-    # The header pickles hold only ints and a dict of ints and bools.
-    return _Unpickler(f, _no_storage).load()
+def _small_pickle(f: BinaryIO) -> Any:
+  """The next header pickle of a legacy file."""
+  # The header pickles hold only ints and a dict of ints and bools.
+  return _Unpickler(f, _no_storage).load()
 
-  if small_pickle() != _LEGACY_MAGIC:
+
+def _legacy_header(path: str, f: BinaryIO) -> str:
+  """Reads the magic-number, protocol and system-info pickles of a legacy
+  file; returns the byte order of its storages, "<" or ">"."""
+  if _small_pickle(f) != _LEGACY_MAGIC:
     raise TorchPickleError(f"{path}: not a torch file (bad magic number)")
-  if small_pickle() != _LEGACY_PROTOCOL:
+  if _small_pickle(f) != _LEGACY_PROTOCOL:
     raise TorchPickleError(f"{path}: unsupported legacy protocol version")
-  sys_info = small_pickle()
-  order = "<" if sys_info.get("little_endian", True) else ">"
+  sys_info = _small_pickle(f)
+  return "<" if sys_info.get("little_endian", True) else ">"
 
-  # Storages are only declared in the main pickle; their bytes come after it.
-  # Tensors are therefore built lazily: record declarations now, fill later.
-  declared: dict[str, tuple[np.dtype, int]] = {}
-  storages: dict[str, _Storage] = {}
-  views: dict[str, tuple[str, int, int]] = {}
 
-  class _LazyStorage(_Storage):
-    def __init__(self, key: str):
-      super().__init__(np.empty(0))
-      self.key = key
+class _LazyStorage(_Storage):
+  """A storage the main pickle declares: only its key, no bytes yet."""
 
-  def load_storage(pid: tuple) -> _Storage:
+  def __init__(self, key: str):
+    super().__init__(np.empty(0))
+    self.key = key
+
+
+class _Deferred:
+  """A tensor rebuild call put off until its storage's bytes are read."""
+
+  def __init__(self, fn, args):
+    self.fn, self.args = fn, args
+
+
+def _defer(fn):
+  """``fn`` made to return a :class:`_Deferred` call instead of running."""
+  return lambda *args: _Deferred(fn, args)
+
+
+class _LegacyUnpickler(_Unpickler):
+  """The main pickle of a legacy file: the rebuild functions defer until the
+  bytes have been read (they return placeholders patched in afterwards)."""
+
+  def find_class(self, module: str, name: str) -> Any:
+    obj = super().find_class(module, name)
+    if obj in (_rebuild_tensor, _rebuild_tensor_v3):
+      return _defer(obj)
+    if obj is _rebuild_parameter:
+      return lambda data, *rest: data
+    return obj
+
+
+class _LegacyStorages:
+  """The storages of one legacy file.
+
+  Storages are only declared in the main pickle; their bytes come after it.
+  Tensors are therefore built lazily: :meth:`declare` records declarations
+  while the main pickle loads, :meth:`read` reads the bytes after it and
+  :meth:`resolve` gives each placeholder its data.
+  """
+
+  def __init__(self, path: str):
+    self.path = path
+    self.declared: dict[str, tuple[np.dtype, int]] = {}
+    self.storages: dict[str, _Storage] = {}
+    self.views: dict[str, tuple[str, int, int]] = {}
+
+  def declare(self, pid: tuple) -> _Storage:
+    """The unpickler's storage callback: a placeholder for storage ``pid``."""
     # ('storage', storage_type, root_key, location, numel, view_metadata)
     _, storage_type, root_key, _, numel, view = pid
     if not isinstance(storage_type, _StorageType):
       raise pickle.UnpicklingError(f"storage type {storage_type!r}")
     root_key = _text(root_key)
-    declared.setdefault(root_key, (storage_type.dtype, int(numel)))
+    self.declared.setdefault(root_key, (storage_type.dtype, int(numel)))
     if view is None:
       return _LazyStorage(root_key)
     view_key, view_offset, view_size = view
-    views[_text(view_key)] = (root_key, int(view_offset), int(view_size))
+    self.views[_text(view_key)] = (root_key, int(view_offset), int(view_size))
     return _LazyStorage(_text(view_key))
 
-  # Replace the rebuild functions for this load so they defer until the bytes
-  # have been read; they return placeholders patched in afterwards.
-  class _Deferred:
-    def __init__(self, fn, args):
-      self.fn, self.args = fn, args
+  def read(self, f: BinaryIO, order: str) -> None:
+    """Reads the storage-key pickle and then each storage's bytes."""
+    keys = [_text(k) for k in _Unpickler(f, _no_storage).load()]
+    for key in keys:
+      if key not in self.declared:
+        raise TorchPickleError(f"{self.path}: undeclared storage {key}")
+      self.storages[key] = self._read_one(f, order, key)
 
-  def defer(fn):
-    return lambda *args: _Deferred(fn, args)
-
-  class _LegacyUnpickler(_Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-      obj = super().find_class(module, name)
-      if obj in (_rebuild_tensor, _rebuild_tensor_v3):
-        return defer(obj)
-      if obj is _rebuild_parameter:
-        return lambda data, *rest: data
-      return obj
-
-  result = _LegacyUnpickler(f, load_storage).load()
-  keys = [_text(k) for k in _Unpickler(f, _no_storage).load()]
-  for key in keys:
-    if key not in declared:
-      raise TorchPickleError(f"{path}: undeclared storage {key}")
-    dtype, numel = declared[key]
+  def _read_one(self, f: BinaryIO, order: str, key: str) -> _Storage:
+    """One storage: its int64 element count, then its raw elements."""
+    path = self.path
+    dtype, numel = self.declared[key]
     header = f.read(8)
     if len(header) != 8:
       raise TorchPickleError(f"{path}: truncated before storage {key}")
@@ -319,30 +350,42 @@ def _read_legacy(path: str, f: BinaryIO) -> Any:
     if len(raw) != count * dtype.itemsize:
       raise TorchPickleError(f"{path}: truncated in storage {key}")
     data = np.frombuffer(raw, dtype.newbyteorder(order))
-    storages[key] = _Storage(data.astype(dtype, copy=False))
+    return _Storage(data.astype(dtype, copy=False))
 
-  def resolve(storage: _Storage) -> _Storage:
+  def resolve(self, storage: _Storage) -> _Storage:
+    """The storage (with its data) that placeholder ``storage`` stands for."""
     key = storage.key
-    if key in storages:
-      return storages[key]
-    if key in views:
-      root, offset, size = views[key]
-      return _Storage(storages[root].data[offset:offset + size])
-    raise TorchPickleError(f"{path}: storage {key} has no data")
+    if key in self.storages:
+      return self.storages[key]
+    if key in self.views:
+      root, offset, size = self.views[key]
+      return _Storage(self.storages[root].data[offset:offset + size])
+    raise TorchPickleError(f"{self.path}: storage {key} has no data")
 
-  def finish(obj: Any) -> Any:
-    if isinstance(obj, _Deferred):
-      storage, *rest = obj.args
-      return obj.fn(resolve(storage), *rest)
-    if isinstance(obj, collections.OrderedDict):
-      return collections.OrderedDict((k, finish(v)) for k, v in obj.items())
-    if isinstance(obj, dict):
-      return {k: finish(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-      return type(obj)(finish(v) for v in obj)
-    return obj
 
-  return finish(result)
+def _finish(obj: Any, resolve: Callable[[_Storage], _Storage]) -> Any:
+  """``obj`` with every deferred tensor in it built (dicts, lists and tuples
+  are rebuilt; OrderedDicts stay OrderedDicts)."""
+  if isinstance(obj, _Deferred):
+    storage, *rest = obj.args
+    return obj.fn(resolve(storage), *rest)
+  if isinstance(obj, collections.OrderedDict):
+    return collections.OrderedDict((k, _finish(v, resolve))
+                                   for k, v in obj.items())
+  if isinstance(obj, dict):
+    return {k: _finish(v, resolve) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return type(obj)(_finish(v, resolve) for v in obj)
+  return obj
+
+
+def _read_legacy(path: str, f: BinaryIO) -> Any:
+  """Reads a legacy stream-format file (module doc) from ``f``."""
+  order = _legacy_header(path, f)
+  storages = _LegacyStorages(path)
+  result = _LegacyUnpickler(f, storages.declare).load()
+  storages.read(f, order)
+  return _finish(result, storages.resolve)
 
 
 def _no_storage(pid: tuple) -> _Storage:
