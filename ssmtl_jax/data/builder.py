@@ -339,41 +339,56 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
   train_split = config.data.train_split
   splits = splits or default_splits(config)
   epath.Path(settings.records).mkdir(parents=True, exist_ok=True)
-  jobs, shards, videos = [], {}, {}
+  jobs, videos = _plan(settings, splits, train_split)
+  logging.info("Building %s: %d of %d videos to do.", settings.records,
+               len(jobs), sum(len(v) for v in videos.values()))
+  _run_jobs(jobs, max(1, min(int(config.build.workers), len(jobs))))
+  metas = {}
+  for split in splits:
+    metas[split] = _split_meta(settings, split, train_split, videos[split])
+    schema.write_json_atomic(schema.meta_path(settings.records, split),
+                             metas[split])
+  _finalize(settings, config, splits, metas, videos)
+  return metas
+
+
+def _plan(settings: BuildSettings, splits, train_split: str):
+  """(the videos still to build as build_video jobs, every split's videos):
+  a video whose shard and completion record exist with these settings is
+  done (a killed build resumes)."""
+  jobs, videos = [], {}
   for split in splits:
     videos[split] = video_io.list_videos(settings.root, split)
     n = len(videos[split])
-    shards[split] = [str(epath.Path(settings.records) /
-                         schema.shard_filename(split, i, n)) for i in range(n)]
     fingerprint = settings.fingerprint_for(split, train_split)
-    for src, shard in zip(videos[split], shards[split]):
+    for i, src in enumerate(videos[split]):
+      shard = str(epath.Path(settings.records) /
+                  schema.shard_filename(split, i, n))
       if not _is_done(settings, split, src.video_id, shard, fingerprint):
         # Ground truth (checked when present) belongs to the scored splits.
         jobs.append((settings, src, shard, split != train_split,
                      dict(stride=settings.stride(split, train_split),
                           context=settings.context(split, train_split),
                           fingerprint=fingerprint)))
-  total = sum(len(v) for v in videos.values())
-  logging.info("Building %s: %d of %d videos to do.", settings.records,
-               len(jobs), total)
-  workers = max(1, min(int(config.build.workers), len(jobs)))
-  # Every input is checked before any model is loaded; the frame counts
-  # give the progress bar its total.
+  return jobs, videos
+
+
+def _run_jobs(jobs: list, workers: int) -> None:
+  """Builds the videos of ``jobs`` (in ``workers`` processes) under one
+  progress bar. Every input is checked before any model is loaded; the
+  frame counts give the bar its total."""
   todo_frames = sum(info.frames for info in preflight([j[1] for j in jobs]))
   with tqdm.tqdm(total=todo_frames, unit="frame", desc="build",
                  dynamic_ncols=True) as bar:
     counts = {"videos": 0, "objects": 0}
     t0 = time.perf_counter()
 
-    def postfix():
-      dt = max(time.perf_counter() - t0, 1e-9)
-      bar.set_postfix(videos=f"{counts['videos']}/{len(jobs)}",
-                      objects_s=f"{counts['objects'] / dt:.1f}", refresh=False)
-
     def done(summary, frames_counted: bool):
       counts["videos"] += 1
       counts["objects"] += summary["objects"]
-      postfix()
+      dt = max(time.perf_counter() - t0, 1e-9)
+      bar.set_postfix(videos=f"{counts['videos']}/{len(jobs)}",
+                      objects_s=f"{counts['objects'] / dt:.1f}", refresh=False)
       if not frames_counted:
         bar.update(summary["frames"])
 
@@ -389,38 +404,44 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
         for _, summary in ex.map(_build_video_job, jobs):
           done(summary, False)
 
-  metas = {}
-  for split in splits:
-    per_video, seconds, moments = {}, 0.0, []
-    for src in videos[split]:
-      summary = schema.read_json(_video_done_path(
-          settings.records, split, src.video_id))["summary"]
-      moments.append(summary.get("teacher_moments", {}))
-      per_video[src.video_id] = {k: summary[k] for k in
-                                 ("frames", "objects", "height", "width",
-                                  "abnormal_frames")}
-      seconds += summary["seconds"]
-    metas[split] = {
-        "videos": per_video,
-        "num_videos": len(per_video),
-        "num_frames": sum(v["frames"] for v in per_video.values()),
-        "num_objects": sum(v["objects"] for v in per_video.values()),
-        "half_window": settings.half_window,
-        "context": settings.context(split, train_split),
-        "teacher_std": teacher_std(moments),
-        "build_seconds": seconds,
-        "settings": settings.fingerprint_for(split, train_split),
-        "weights": {"detector": settings.det_weights or None,
-                    "detector_sha256": settings.det_weights_sha256 or None,
-                    "classifier": settings.classifier_weights or None,
-                    "classifier_sha256": settings.classifier_sha256 or None},
-        "root": (settings.root if "://" in settings.root
-                 else os.path.abspath(settings.root)),
-    }
-    schema.write_json_atomic(schema.meta_path(settings.records, split),
-                             metas[split])
-  # TFDS metadata covers every split in the directory, also those built by
-  # an earlier call (build(config, ("test",)) next to existing train records).
+
+def _split_meta(settings: BuildSettings, split: str, train_split: str,
+                videos: list) -> dict:
+  """RECORDS/meta/<split>.json (DESIGN §4.5) from the videos' completion
+  records."""
+  per_video, seconds, moments = {}, 0.0, []
+  for src in videos:
+    summary = schema.read_json(_video_done_path(
+        settings.records, split, src.video_id))["summary"]
+    moments.append(summary.get("teacher_moments", {}))
+    per_video[src.video_id] = {k: summary[k] for k in
+                               ("frames", "objects", "height", "width",
+                                "abnormal_frames")}
+    seconds += summary["seconds"]
+  return {
+      "videos": per_video,
+      "num_videos": len(per_video),
+      "num_frames": sum(v["frames"] for v in per_video.values()),
+      "num_objects": sum(v["objects"] for v in per_video.values()),
+      "half_window": settings.half_window,
+      "context": settings.context(split, train_split),
+      "teacher_std": teacher_std(moments),
+      "build_seconds": seconds,
+      "settings": settings.fingerprint_for(split, train_split),
+      "weights": {"detector": settings.det_weights or None,
+                  "detector_sha256": settings.det_weights_sha256 or None,
+                  "classifier": settings.classifier_weights or None,
+                  "classifier_sha256": settings.classifier_sha256 or None},
+      "root": (settings.root if "://" in settings.root
+               else os.path.abspath(settings.root)),
+  }
+
+
+def _finalize(settings: BuildSettings, config, splits, metas: dict,
+              videos: dict) -> None:
+  """The TFDS metadata. It covers every split in the directory, also those
+  built by an earlier call (build(config, ("test",)) next to existing train
+  records)."""
   counts = {}
   for split in dict.fromkeys(default_splits(config) + tuple(splits)):
     if split in metas:
@@ -430,7 +451,6 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
       other = schema.read_json(schema.meta_path(settings.records, split))
       counts[split] = [v["objects"] for v in other["videos"].values()]
   schema.finalize(settings.records, settings.features(), counts)
-  return metas
 
 
 def default_splits(config) -> tuple[str, ...]:
