@@ -18,11 +18,6 @@ def file_detections_config(root: str, records: str, *, half_window: int = 3,
   config = common.get_config()
   config.data.root, config.data.records = root, records
   config.build.half_window = half_window
-  # A config that passes config_checks: the intermittent sequences
-  # (seq_half * max_gap frames each side) fit the window; the test split's
-  # context stays the default seq_half's (3).
-  config.tasks.seq_half, config.tasks.max_gap = 1, 2
-  config.build.test_context = 3
   config.build.crop_size = 16
   config.build.min_box_size = 4.0
   config.build.workers = 1

@@ -35,6 +35,13 @@ def _config(root, records, **build):
   return record_helpers.file_detections_config(root, records, **build)
 
 
+def _checkable(config):
+  """The config with tasks whose sequences fit its window of 3, so that
+  config_checks gets to the key under test."""
+  config.tasks.seq_half, config.tasks.max_gap = 1, 2
+  return config
+
+
 @pytest.fixture(scope="module")
 def built(data_root, tmp_path_factory):
   """(records, metas): the default _config build, once for the module.
@@ -109,8 +116,8 @@ def test_rerun_redoes_only_unfinished_videos(data_root, tmp_path):
 
 def test_bad_inputs_name_the_file(data_root, tmp_path):
   with pytest.raises(errors.ConfigError, match="config.data.root"):
-    config_checks.check_build(_config(str(tmp_path / "nope"),
-                                      str(tmp_path / "r")))
+    config_checks.check_build(_checkable(_config(str(tmp_path / "nope"),
+                                                 str(tmp_path / "r"))))
   dets = tmp_path / "dets"
   for split, vid in (("train", "train_00"), ("train", "train_01"),
                      ("test", "test_00")):
@@ -328,13 +335,14 @@ def test_build_config_errors_name_the_key(data_root, tmp_path):
   (data_prep.build and a run that builds its records call check_build)."""
   records = str(tmp_path / "records")
   with pytest.raises(errors.ConfigError, match="config.build.train_stride"):
-    config_checks.check_build(_config(data_root, records, train_stride=0))
-  config = _config(data_root, records)
+    config_checks.check_build(
+        _checkable(_config(data_root, records, train_stride=0)))
+  config = _checkable(_config(data_root, records))
   config.build.classifier.input_size = 8
   with pytest.raises(errors.ConfigError,
                      match="config.build.classifier.input_size"):
     config_checks.check_build(config)
-  config = _config(data_root, "")
+  config = _checkable(_config(data_root, ""))
   with pytest.raises(errors.ConfigError, match="config.data.records is empty"):
     config_checks.check_build(config)
 
