@@ -132,7 +132,7 @@ class MiddleBoxHead(nn.Module):
 
 
 class SSMTL(nn.Module):
-  """Shared backbone + the heads of the enabled tasks (twin of models.SSMTL).
+  """Shared backbone + the heads of the enabled tasks (twin of network.SSMTL).
 
   Args:
     widths: backbone stage widths (narrow 16/32/32, wide 32/64/64).
@@ -212,7 +212,7 @@ class SSMTL(nn.Module):
 
 def from_flax_module(model: Any, *, seq_half: int,
                      channels_last: bool = False) -> SSMTL:
-  """An (untrained) twin with the architecture of a Flax ``models.SSMTL``."""
+  """An (untrained) twin with the architecture of a Flax ``network.SSMTL``."""
   return SSMTL(widths=tuple(model.widths),
                convs_per_stage=int(model.convs_per_stage),
                tasks=tuple(model.tasks), kd_outputs=int(model.kd_outputs),
@@ -277,7 +277,7 @@ def _check_keys(flax_tree: Mapping, expected: set[str], name: str) -> None:
 
 @torch.no_grad()
 def load_flax_variables(model: SSMTL, variables: Mapping[str, Any]) -> None:
-  """Copies Flax ``{"params", "batch_stats"}`` of models.SSMTL into the twin.
+  """Copies Flax ``{"params", "batch_stats"}`` of network.SSMTL into the twin.
 
   Conv kernels DHWIO/HWIO -> OIDHW/OIHW, Dense [in, out] -> Linear [out, in],
   BatchNorm scale/bias -> weight/bias and mean/var -> running_mean/var.

@@ -5,7 +5,7 @@ line catches :class:`UserError` alone (``ssmtl_jax.base.cli``) and a user sees
 ``error: <message>`` and exit status 2 instead of a traceback. Programming
 errors stay ordinary exceptions and keep their traceback.
 
-This module imports nothing, so any layer (``data_prep`` included) may use it.
+This module imports nothing, so every floor may use it.
 """
 
 

@@ -1,4 +1,4 @@
-"""Small file helpers shared by both layers (``data_prep`` imports them too).
+"""Small file helpers every floor shares.
 
 Paths go through ``etils.epath``, so ``gs://`` and other remote paths work.
 """

@@ -1,7 +1,7 @@
 """TensorBoard scalars without TensorFlow: the trainer's and evaluator's metric
 writer.
 
-``train.py`` writes ``train/<name>`` and ``evaluator.py`` writes
+``train/trainer.py`` writes ``train/<name>`` and ``evaluator.py`` writes
 ``eval/<name>`` scalars into the workdir (one run in TensorBoard). Both used
 clu's ``metric_writers``, but clu imports TensorFlow (its summary writer is
 ``tf.summary``), and the accelerator images we target ship ``tensorboard``

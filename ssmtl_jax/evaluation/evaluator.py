@@ -157,7 +157,7 @@ class Outputs:
   context: int                               # its records' context C
   gt: dict[str, ground_truth.VideoGT]        # per test video
   objs: inference.ScoredObjects           # raw per-task test scores
-  tasks: tuple[str, ...]                     # scored tasks, models.TASKS order
+  tasks: tuple[str, ...]                     # scored tasks, schema.TASKS order
   weights: dict[str, float]                  # their weights in the combination
   combined: np.ndarray                       # float64 [N] object scores
   frame_scores: dict[str, np.ndarray]        # {video: float32 [T]}
@@ -486,7 +486,7 @@ def write_scalars(workdir: str, step: int, values: dict[str, float], *,
                   prefix: str = "eval") -> None:
   """``<prefix>/<name>`` scalars (``eval/`` for the test split,
   ``eval_<split>/`` for another) at the checkpoint step, in the event directory
-  the trainer writes ``train/...`` to (train.py: the workdir); process 0
+  the trainer writes ``train/...`` to (train/trainer.py: the workdir); process 0
   writes, the others only log. Nothing when no metric exists (no labels)."""
   scalars = {f"{prefix}/{k}": v for k, v in values.items() if v is not None}
   if not scalars:

@@ -1,6 +1,6 @@
 """The model on objects: a checkpoint's weights (restored without the
 trainer) score object records -> raw per-task scores (sharded, batched,
-jitted). ``scoring.py`` takes it from there (object scores -> frame scores).
+jitted). ``frame_scoring.py`` takes it from there (object scores -> frame scores).
 
 Used by the evaluator for the test split and for the training-object
 statistics that normalise each task's scores. :func:`make_score_fn` (the pure

@@ -93,8 +93,9 @@ def prepare_data(config) -> None:
 
 def test_frame_reader(config) -> Callable[[str], Iterator[np.ndarray]]:
   """video_id -> its RGB frames (uint8 [H, W, 3]) from the test split of
-  config.data.root, for eval.render_video. Reading videos is data_prep's job,
-  so the binary layer, not the evaluator, imports it."""
+  config.data.root, for eval.render_video. The evaluator takes this function
+  rather than the videos' paths: it scores records and never decodes video
+  unless asked to draw on it."""
   from ssmtl_jax.perception import video_io  # pylint: disable=g-import-not-at-top
   sources = {s.video_id: s for s in video_io.list_videos(
       config.data.root, config.data.test_split)}

@@ -258,7 +258,7 @@ def task_scores(outputs, consecutive: jax.Array, batch: Batch, *,
   aot: P(backward | forward input); mi: P(intermittent | consecutive input);
   mbp: mean absolute error of the middle crop; kd: discrepancy to the teachers
   (the training loss: detector part + classifier part), and its two parts on
-  their own as kd_det and kd_cls (see scoring.kd_score: on raw scales the
+  their own as kd_det and kd_cls (see frame_scoring.kd_score: on raw scales the
   logits' error is ~100x the probabilities' and would decide the sum alone).
   """
   scores = {}
