@@ -124,7 +124,7 @@ def test_changing_test_context_leaves_training_records_valid(
   records = str(tmp_path / "r")
   config = _config(data_root, records)
   builder.build(config)
-  shard = [f for f in os.listdir(records) if "trainer.tfrecord" in f][0]
+  shard = [f for f in os.listdir(records) if "train.tfrecord" in f][0]
   mtime = os.stat(os.path.join(records, shard)).st_mtime_ns
   config.build.test_context = W  # the old policy for the test split
   with pytest.raises(errors.ConfigError, match="other settings"):
@@ -347,7 +347,7 @@ def test_validate_chooses_on_the_val_split_only(val_job, monkeypatch):
   with chosen.unlocked():
     for k, v in result["chosen"].items():
       chosen.eval[k] = v
-  report = ev.evaluate(chosen, workdir, split="val")
+  report = ev.evaluate_checkpoint(chosen, workdir, split="val")
   assert report["micro_auc"] == pytest.approx(result["chosen_micro_auc"])
   assert report["split"] == "val"
   assert os.path.exists(os.path.join(workdir, "eval_val", "report.json"))

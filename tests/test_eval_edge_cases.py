@@ -158,7 +158,7 @@ def test_short_video_builds_with_zero_objects(job):
 def test_videos_without_objects_get_background_scores(job, monkeypatch):
   config, workdir, metas, _ = job
   counter = _CountScoring(monkeypatch)
-  report = ev.evaluate(config, workdir, STEPS)
+  report = ev.evaluate_checkpoint(config, workdir, STEPS)
   assert counter.take() == ["test", "train stats"]
   assert report["num_videos"] == 3
   assert report["num_frames"] == 2 * FRAMES + SHORT
@@ -201,7 +201,7 @@ def test_test_split_without_any_object_is_a_clear_error(job, tmp_path):
   metas = builder.build(short_only)
   assert metas["test"]["num_objects"] == 0
   with pytest.raises(errors.DataError, match="'test' has no objects"):
-    ev.evaluate(short_only, workdir, STEPS)
+    ev.evaluate_checkpoint(short_only, workdir, STEPS)
 
 
 # --------------------------------------------------------------------------
@@ -212,12 +212,12 @@ def test_score_cache_reused_and_invalidated(job, monkeypatch, tmp_path):
   config, workdir, _, _ = job
   eval_dir = os.path.join(workdir, "eval")
   counter = _CountScoring(monkeypatch)
-  first = ev.evaluate(config, workdir, STEPS)   # fills the cache if needed
+  first = ev.evaluate_checkpoint(config, workdir, STEPS)   # fills the cache if needed
   counter.take()
   key4, scores4 = _cached_scores(workdir, STEPS)
 
   # Nothing changed: no model pass, same report.
-  again = ev.evaluate(config, workdir, STEPS)
+  again = ev.evaluate_checkpoint(config, workdir, STEPS)
   assert counter.take() == []
   assert again["micro_auc"] == first["micro_auc"]
   assert again["per_task_micro_auc"] == first["per_task_micro_auc"]
@@ -230,7 +230,7 @@ def test_score_cache_reused_and_invalidated(job, monkeypatch, tmp_path):
               os.path.join(eval_dir, f"object_scores_step{step}.npz"))
   shutil.copy(os.path.join(eval_dir, f"train_stats_step{STEPS}.json"),
               os.path.join(eval_dir, f"train_stats_step{step}.json"))
-  ev.evaluate(config, workdir, step)
+  ev.evaluate_checkpoint(config, workdir, step)
   assert counter.take() == ["test", "train stats"]
   key3, scores3 = _cached_scores(workdir, step)
   assert key3 != key4
@@ -240,7 +240,7 @@ def test_score_cache_reused_and_invalidated(job, monkeypatch, tmp_path):
   rebuilt = _config(config.data.root, str(tmp_path / "records_padded"))
   rebuilt.build.padding = 0.25
   builder.build(rebuilt)
-  ev.evaluate(rebuilt, workdir, STEPS)
+  ev.evaluate_checkpoint(rebuilt, workdir, STEPS)
   assert counter.take() == ["test", "train stats"]
   key4b, scores4b = _cached_scores(workdir, STEPS)
   assert key4b != key4
@@ -249,12 +249,12 @@ def test_score_cache_reused_and_invalidated(job, monkeypatch, tmp_path):
 
 def test_score_cache_invalidated_by_the_kd_loss(job, monkeypatch):
   config, workdir, _, _ = job
-  ev.evaluate(config, workdir, STEPS)           # l1 scores in the cache
+  ev.evaluate_checkpoint(config, workdir, STEPS)           # l1 scores in the cache
   _, l1 = _cached_scores(workdir, STEPS)
   l2_config = _config(config.data.root, config.data.records)
   l2_config.tasks.kd.loss = "l2"
   counter = _CountScoring(monkeypatch)
-  ev.evaluate(l2_config, workdir, STEPS)
+  ev.evaluate_checkpoint(l2_config, workdir, STEPS)
   _, l2 = _cached_scores(workdir, STEPS)
   assert "test" in counter.take()
   assert not np.allclose(l2["score_kd"], l1["score_kd"])

@@ -105,7 +105,7 @@ def _run(code, *args):
 
 def test_writer_never_imports_tensorflow_even_when_installed(tmp_path):
   _run("import sys\n"
-       "from ssmtl_jax import summaries\n"
+       "from ssmtl_jax.base import summaries\n"
        "with summaries.create_default_writer(sys.argv[1]) as w:\n"
        "  w.write_scalars(1, {'train/loss': 0.5})\n"
        "bad = [m for m in sys.modules if m.split('.')[0] in "
@@ -120,7 +120,7 @@ def test_without_tensorflow(tmp_path):
   _run("import sys\n"
        f"for m in {NO_TF!r}:\n"
        "  sys.modules[m] = None  # `import m` raises ImportError\n"
-       "from ssmtl_jax import summaries\n"
+       "from ssmtl_jax.base import summaries\n"
        "from tests import event_helpers\n"
        "with summaries.create_default_writer(sys.argv[1]) as w:\n"
        "  w.write_scalars(4, {'train/loss': 0.5, 'train/kd_loss': 2})\n"

@@ -153,7 +153,7 @@ def test_labels_do_not_change_the_scores(job, tmp_path):
   other = _copy_workdir(workdir, str(tmp_path / "wd"))
   config = _config(labelled, config.data.records)
   config.eval.render_video = False
-  report = ev.evaluate(config, other)
+  report = ev.evaluate_checkpoint(config, other)
   assert report["labels"] == "all" and report["unlabeled_videos"] == []
   assert report["metrics_unavailable"] is None
   for key in ("micro_auc", "macro_auc", "rbdc", "tbdc"):
@@ -171,7 +171,7 @@ def test_partly_labelled_split_is_measured_on_the_labelled_videos(
   other = _copy_workdir(workdir, str(tmp_path / "wd"))
   config = _config(root, config.data.records)
   config.eval.render_video = False
-  report = ev.evaluate(config, other)
+  report = ev.evaluate_checkpoint(config, other)
   scores = _scores(other)
   np.testing.assert_array_equal(scores["test_01"], _scores(workdir)["test_01"])
   labels = np.load(ground_truth.frame_labels_path(root, "test_00"))
@@ -204,7 +204,7 @@ def test_labelled_frames_of_one_class_give_no_label_metrics(job, tmp_path):
   shutil.copytree(workdir, other)   # with the score caches: no model pass
   config = _config(root, config.data.records)
   config.eval.render_video = False
-  report = ev.evaluate(config, other)
+  report = ev.evaluate_checkpoint(config, other)
   assert report["labels"] == "partial"
   assert report["metrics_unavailable"] == (
       f"the {FRAMES} labelled frames (1 video(s)) are all normal: no ROC "
