@@ -332,16 +332,16 @@ def test_train_stride_keeps_every_kth_frame_of_training_only(
 
 def test_build_config_errors_name_the_key(data_root, tmp_path):
   """The builder's values are checked in config_checks, the one place
-  (data_prep.build and a run that builds its records call check_build)."""
+  (data_prep.build calls check, then check_build for the build's folders)."""
   records = str(tmp_path / "records")
   with pytest.raises(errors.ConfigError, match="config.build.train_stride"):
-    config_checks.check_build(
+    config_checks.check(
         _checkable(_config(data_root, records, train_stride=0)))
   config = _checkable(_config(data_root, records))
   config.build.classifier.input_size = 8
   with pytest.raises(errors.ConfigError,
                      match="config.build.classifier.input_size"):
-    config_checks.check_build(config)
+    config_checks.check(config)
   config = _checkable(_config(data_root, ""))
   with pytest.raises(errors.ConfigError, match="config.data.records is empty"):
     config_checks.check_build(config)

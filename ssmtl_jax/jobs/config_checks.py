@@ -1,8 +1,9 @@
 """Every config value checked before any data is read or model compiled.
 
 Each entry point (``ssmtl_jax.main``, ``evaluate``, ``validate``, ``export``,
-``data_prep.build``) calls :func:`check` (the builder :func:`check_build`) first; a bad value ends the run with one line that names
-the key, the value and what is allowed (``errors.ConfigError``, exit status
+``data_prep.build``) calls :func:`check` first (a build also
+:func:`check_build`); a bad value ends the run with one line that names the
+key, the value and what is allowed (``errors.ConfigError``, exit status
 2), and nothing is written. The checks are a table, one row per key, so a new
 key gets its rule next to its neighbours; the table covers every key of
 ``configs/common.py`` (a test walks the config and fails on a key without a
@@ -245,10 +246,10 @@ def check(config) -> None:
 
 
 def check_build(config) -> None:
-  """:func:`check`, plus what building records needs: the videos' folder
-  and the records' folder named (``data_prep.build`` and a run that builds
-  its missing records call it before the builder)."""
-  check(config)
+  """What building records needs beyond :func:`check`'s values: the videos'
+  folder and the records' folder named (``data_prep.build`` and a run that
+  builds its missing records call it before the builder, after
+  :func:`check`)."""
   if not config.data.root:
     raise errors.ConfigError("config.data.root is empty: point it at the "
                              "videos (ROOT/{train,test}/<video_id>/)")
