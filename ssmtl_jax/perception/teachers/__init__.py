@@ -78,7 +78,14 @@ class Classifier:
                mean: Sequence[float], std: Sequence[float],
                input_size: int, num_classes: int, batch_size: int = 32,
                weights_path: Optional[str] = None,
-               weights_sha256: Optional[str] = None):
+               weights_sha256: Optional[str] = None,
+               full_batches: Optional[bool] = None):
+    """See the class docstring; ``full_batches``: pad every call to
+    ``batch_size`` (one compiled shape) instead of to the next power of two
+    (at most log2(batch_size) + 1 shapes, less padded compute). Default: on
+    accelerators, where a compile costs seconds and a padded batch almost
+    nothing; not on the CPU, where padding a few crops to a full batch
+    costs a full batch's time."""
     self.kind = kind
     self.num_classes = num_classes
     self.input_size = input_size
@@ -86,6 +93,8 @@ class Classifier:
     self.weights_path = weights_path
     self.weights_sha256 = weights_sha256
     self._variables = jax.device_put(variables)
+    self.full_batches = (jax.default_backend() != "cpu"
+                         if full_batches is None else bool(full_batches))
 
     def forward(variables, images):
       x = preprocess(images, input_size, mean, std)
@@ -111,9 +120,10 @@ class Classifier:
     out = np.empty((n, self.num_classes), np.float32)
     for start in range(0, n, self.batch_size):
       chunk = images[start:start + self.batch_size]
-      # Pad to a power of two (at most batch_size) so that only a few batch
-      # shapes are ever compiled, whatever N is.
-      padded = min(self.batch_size, 1 << (len(chunk) - 1).bit_length())
+      # Pad to a power of two (at most batch_size), or to batch_size, so
+      # that only a few batch shapes are ever compiled, whatever N is.
+      padded = (self.batch_size if self.full_batches else
+                min(self.batch_size, 1 << (len(chunk) - 1).bit_length()))
       if padded != len(chunk):
         pad = np.zeros((padded - len(chunk),) + chunk.shape[1:], np.uint8)
         chunk = np.concatenate([chunk, pad])
