@@ -19,8 +19,11 @@
 #   total_steps = M + rate x (MINUTES x 60 - elapsed - eval reserve
 #                             - start-up overhead - 5 % margin)
 # (the eval reserve covers both the validate and the evaluate stage)
-# (start-up overhead = the measuring run's wall time minus its timed steps;
-# paid again by the resumed process), at most config.num_epochs epochs. The
+# (start-up overhead = the measuring run's wall time minus its timed steps,
+# paid again by the resumed process; on GPU/TPU at most
+# SSMTL_RESUME_STARTUP_S, since the resumed process loads the compiled step
+# from the JAX cache in SCRATCH: on an H200 the measuring run's start-up was
+# 94 s, the resumed one's 14 s), at most config.num_epochs epochs. The
 # cosine schedule decays over exactly those total_steps.
 # Batch: 256 on GPU/TPU, the config's (64) on CPU; learning rate and warm-up
 # scaled linearly from the config's batch (1e-3 and 500 steps at 64 -> 4e-3
@@ -41,6 +44,8 @@
 #   SSMTL_WARMUP_STEPS=N    default config warm-up x config batch / batch
 #   SSMTL_MEASURE_STEPS=N   steps of the measuring run (default min(100, warm-up))
 #   SSMTL_EVAL_RESERVE_S=S  seconds kept for validate + evaluate (default 90 GPU/TPU, 60 CPU)
+#   SSMTL_RESUME_STARTUP_S=S  most start-up the plan expects of the resumed
+#                           training process (default 30 on GPU/TPU; none on CPU)
 #   SSMTL_BENCH=full|quick|skip   default full on GPU/TPU, quick on CPU (full
 #                           includes the speed matrix, --matrix, at the training batch)
 #   SSMTL_BENCH_FLAGS="..." extra flags for benchmarks.compare (e.g. --notorch_compile)
@@ -91,7 +96,7 @@ is_uint() { [[ "$1" =~ ^[0-9]+$ ]] && [ "$1" -gt 0 ]; }
 for v in SSMTL_BATCH SSMTL_WARMUP_STEPS SSMTL_MEASURE_STEPS; do
   if [ -n "${!v:-}" ] && ! is_uint "${!v}"; then die "$v must be a positive integer, got '${!v}'"; fi
 done
-for v in SSMTL_LR SSMTL_EVAL_RESERVE_S; do
+for v in SSMTL_LR SSMTL_EVAL_RESERVE_S SSMTL_RESUME_STARTUP_S; do
   if [ -n "${!v:-}" ] && ! [[ "${!v}" =~ ^[0-9]*[.]?[0-9]+([eE][-+]?[0-9]+)?$ ]]; then
     die "$v must be a non-negative number, got '${!v}'"
   fi
@@ -132,8 +137,9 @@ print(int(c.input.batch_size), float(c.optim.learning_rate),
       int(c.optim.warmup_steps), int(c.num_epochs))
 EOF
 ) || die "cannot read $config"
-if [ "$accel" = 1 ]; then def_batch=256; def_bench=full; def_reserve=90
-else def_batch=$cfg_batch; def_bench=quick; def_reserve=60; fi
+if [ "$accel" = 1 ]; then def_batch=256; def_bench=full; def_reserve=90; def_resume=30
+else def_batch=$cfg_batch; def_bench=quick; def_reserve=60; def_resume=; fi
+resume_startup=${SSMTL_RESUME_STARTUP_S:-$def_resume}
 batch=${SSMTL_BATCH:-$def_batch}
 bench=${SSMTL_BENCH:-$def_bench}
 reserve=${SSMTL_EVAL_RESERVE_S:-$def_reserve}
@@ -150,12 +156,14 @@ budget_s=$(awk -v m="$minutes" 'BEGIN{printf "%.0f", m * 60}')
 # plan ELAPSED_S MEASURE_WALL_S STEPS_PER_S [TRAIN_OBJECTS] -> prints total_steps (the
 # arithmetic on stderr; as JSON to $PLAN_JSON when set)
 plan() {
-  python - "$budget_s" "$1" "$2" "$3" "$reserve" "$measure" "$batch" "$cfg_epochs" "${4:-}" <<'EOF'
+  python - "$budget_s" "$1" "$2" "$3" "$reserve" "$measure" "$batch" "$cfg_epochs" "${4:-}" "$resume_startup" <<'EOF'
 import json, math, os, sys
 budget, elapsed, mwall, rate, reserve = map(float, sys.argv[1:6])
 measure, batch, epochs = map(int, sys.argv[6:9])
 objects = int(sys.argv[9]) if sys.argv[9] else None
-overhead = max(0.0, mwall - (measure - 1) / rate)
+measured_overhead = max(0.0, mwall - (measure - 1) / rate)
+overhead = (min(measured_overhead, float(sys.argv[10])) if sys.argv[10]
+            else measured_overhead)
 margin = 0.05 * budget
 train_s = budget - elapsed - reserve - overhead - margin
 total = measure + max(0, math.floor(train_s * rate))
@@ -165,6 +173,7 @@ if cap is not None:
 plan = dict(budget_s=budget, elapsed_s=elapsed, measure_steps=measure,
             measure_wall_s=mwall, steps_per_s=rate,
             cubes_per_s=rate * batch, startup_overhead_s=overhead,
+            measure_startup_s=measured_overhead,
             eval_reserve_s=reserve, margin_s=margin, train_s=train_s,
             epoch_cap_steps=cap, train_objects=objects, total_steps=total,
             epochs=(total * batch / objects) if objects else None)

@@ -149,6 +149,17 @@ def test_dry_run_caps_at_the_config_epochs_and_defaults_on_cpu(tmp_path):
                  SSMTL_ASSUME_ELAPSED_S=200, SSMTL_ASSUME_STEPS_PER_S=10,
                  SSMTL_ASSUME_OBJECTS=5000)
   assert "total_steps=585" in out.splitlines()  # 30 epochs x 5000 // 256
+  # A measuring run that compiled for 80 s: the resumed run's start-up is
+  # capped at 30 s (the compiled step comes from the JAX cache) ...
+  out = _dry_run(tmp_path, "9", SSMTL_BACKEND="gpu",
+                 SSMTL_ASSUME_ELAPSED_S=200, SSMTL_ASSUME_STEPS_PER_S=10,
+                 SSMTL_ASSUME_MEASURE_WALL_S=110)
+  # 540 - 200 - 90 - min(110 - 9.9, 30) - 27 = 193 s at 10 steps/s + 100.
+  assert "total_steps=2030" in out.splitlines()
+  out = _dry_run(tmp_path, "9", SSMTL_BACKEND="gpu",
+                 SSMTL_ASSUME_ELAPSED_S=200, SSMTL_ASSUME_STEPS_PER_S=10,
+                 SSMTL_ASSUME_MEASURE_WALL_S=110, SSMTL_RESUME_STARTUP_S=60)
+  assert "total_steps=1730" in out.splitlines()  # ... or at what it says
   out = _dry_run(tmp_path, "2.5", SSMTL_BACKEND="cpu",
                  SSMTL_ASSUME_STEPS_PER_S=0.5, SSMTL_ASSUME_MEASURE_WALL_S=60)
   assert ("backend cpu; batch 64 (config 64), lr 0.001, warm-up 500 steps, "
