@@ -81,8 +81,9 @@ class Axes:
   profile: Optional[bool] = None  # None = on accelerators only
 
 
-def _config(settings, dtype: str, pool: str, fuse: bool, batch: int,
-            conv: str = "auto"):
+def step_config(settings, dtype: str, pool: str, fuse: bool, batch: int,
+                conv: str = "auto"):
+  """The benchmark's run config with these switches and global batch."""
   config = harness.bench_config(settings)
   config.model.conv_impl = conv
   config.model.dtype = dtype
@@ -92,7 +93,8 @@ def _config(settings, dtype: str, pool: str, fuse: bool, batch: int,
   return config
 
 
-def _records(settings, batch: int) -> dict:
+def step_records(settings, batch: int) -> dict:
+  """A synthetic batch of records of ``batch`` cubes."""
   return harness.bench_records(dataclasses.replace(settings, batch=batch))
 
 
@@ -135,7 +137,8 @@ def _train_state(variables, tx):
 
 
 def jax_train(settings, m, config, records):
-  """(call, sync, xla costs) of the real jitted train step for `config`."""
+  """(call, sync, xla costs) of the real jitted train step for `config`;
+  ``call.compiled`` is the compiled step (its HLO names the profiled ops)."""
   model = network.create_model(config, kd_outputs=settings.kd_outputs,
                               channels=settings.channels)
   tx = step_lib.create_optimizer(config, total_steps=1_000_000)
@@ -155,6 +158,8 @@ def jax_train(settings, m, config, records):
     holder["state"], metrics = compiled(holder["state"], batch, rng)
     return metrics
 
+  call.compiled = compiled
+
   return call, harness.jax_sync, xla_costs(compiled, config.input.batch_size)
 
 
@@ -166,7 +171,9 @@ def jax_infer(settings, m, config, records):
   variables = jax.device_put(m.variables, sharding.replicated(mesh))
   batch = sharding.global_batch(records, mesh)
   compiled = fn.lower(variables, batch).compile()
-  return (functools.partial(compiled, variables, batch), harness.jax_sync,
+  call = functools.partial(compiled, variables, batch)
+  call.compiled = compiled  # as jax_train's
+  return (call, harness.jax_sync,
           xla_costs(compiled, config.input.batch_size))
 
 
@@ -221,7 +228,7 @@ def measure_group(settings, m, device, *, dtype: str, batch: int,
   """The train and infer rows of one (dtype, batch) group, each section's
   runners measured in one interleaved set of repeats. ``handles`` collects
   each JAX train row's (call, sync, costs) by (dtype, batch, pool, fuse)."""
-  records = _records(settings, batch)
+  records = step_records(settings, batch)
   sync = harness.torch_sync_fn(device)
   peak = _torch_peak(device)
   rows = []
@@ -232,7 +239,7 @@ def measure_group(settings, m, device, *, dtype: str, batch: int,
     fuses = axes.fuse_views if section == "train" else (False,)
     for conv, pool, fuse in itertools.product(axes.conv_impls,
                                               axes.pool_impls, fuses):
-      config = _config(settings, dtype, pool, fuse, batch, conv)
+      config = step_config(settings, dtype, pool, fuse, batch, conv)
       name = f"jax {dtype} conv={conv} pool={pool}" + (
           f" fuse={fuse}" if section == "train" else "")
       meta = _row(section, "jax", dtype, batch, conv_impl=conv, pool_impl=pool,
@@ -258,7 +265,7 @@ def measure_group(settings, m, device, *, dtype: str, batch: int,
       if compiled and not settings.torch_compile:
         continue
       meta = _row(section, framework, dtype, batch)
-      config = _config(settings, dtype, "argmax", False, batch)
+      config = step_config(settings, dtype, "argmax", False, batch)
       try:
         if section == "train":
           call = torch_train(settings, m, config, records, device, compiled,
@@ -323,11 +330,11 @@ def largest_batch(settings, m, device, *, start: int, cap: int,
   """Doubling search per framework (float32, default switches)."""
   out: dict[str, Any] = {"method": f"doubling from {start} up to {cap}"}
   if jax.default_backend() == "cpu":
-    config = _config(settings, "float32", "argmax", False, start)
+    config = step_config(settings, "float32", "argmax", False, start)
     try:
       key = ("float32", start, "argmax", False)
       *_, costs = (handles or {}).get(key) or jax_train(
-          settings, m, config, _records(settings, start))
+          settings, m, config, step_records(settings, start))
       avail = _available_bytes()
       per = costs.get("peak_bytes_per_cube")
       out["jax"] = {"estimate": int(avail // per) if avail and per else None,
@@ -341,8 +348,8 @@ def largest_batch(settings, m, device, *, start: int, cap: int,
   for framework in ("jax", "torch_eager"):
     fits, failed, batch = None, None, start
     while batch <= cap:
-      records = _records(settings, batch)
-      config = _config(settings, "float32", "auto", False, batch)
+      records = step_records(settings, batch)
+      config = step_config(settings, "float32", "auto", False, batch)
       try:
         if framework == "jax":
           call, sync, _ = jax_train(settings, m, config, records)
@@ -366,7 +373,8 @@ def largest_batch(settings, m, device, *, start: int, cap: int,
   return out
 
 
-def _trace_events(trace_dir: str) -> list[dict]:
+def trace_events(trace_dir: str) -> list[dict]:
+  """The Chrome-trace events of the ``jax.profiler`` trace in a folder."""
   paths = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"),
                     recursive=True)
   if not paths:
@@ -416,7 +424,7 @@ def profile_steps(call: Callable[[], Any], sync: Callable[[Any], None],
       for _ in range(steps):
         out = call()
       sync(out)
-    return dict(top_ops(_trace_events(d)), steps=steps)
+    return dict(top_ops(trace_events(d)), steps=steps)
 
 
 def matrix_section(settings, m, device, axes: Axes) -> dict:
@@ -441,10 +449,10 @@ def matrix_section(settings, m, device, axes: Axes) -> dict:
                                          handles=handles)
   if axes.profile if axes.profile is not None else accel:
     key = (axes.dtypes[0], batches[0], axes.pool_impls[0], axes.fuse_views[0])
-    config = _config(settings, key[0], key[2], key[3], key[1])
+    config = step_config(settings, key[0], key[2], key[3], key[1])
     try:
       call, sync, _ = handles.get(key) or jax_train(
-          settings, m, config, _records(settings, batches[0]))
+          settings, m, config, step_records(settings, batches[0]))
       sync(call())
       out["profile"] = dict(profile_steps(call, sync),
                             row=f"train {axes.dtypes[0]} pool="

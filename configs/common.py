@@ -89,7 +89,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.head_width = 0      # 0 = last backbone width
   config.model.dtype = "float32"   # compute dtype ('bfloat16' for GPU/TPU)
   # 3x3x3 convolutions: 'xla' (XLA's conv3d), 'fast' (im2col / conv2d +
-  # temporal shifts: same maths, faster on CPU), 'auto' (fast on CPU only).
+  # temporal shifts: same maths, faster on CPU), 'onednn' (oneDNN's conv3d
+  # through an XLA custom call, the [onednn] extra: faster still on CPU),
+  # 'auto' (xla on GPU/TPU; on CPU onednn where it is installed and the
+  # process has one device, else fast, said once in the log).
   config.model.conv_impl = "auto"
   # 2x2 max-pooling: 'argmax' (argmax of the 4 window elements + one-hot
   # select: 2.1x the CPU train step, XLA:CPU's select-and-scatter gradient

@@ -578,3 +578,62 @@ def test_layer_profile_prints_one_timed_row_per_stage(capsys, monkeypatch):
                   "| 4 -> 8 @ 4px | 104 / 208 | 304 / 608 |"]
   assert calls == [(f, *st, 2, 3, 5) for st in stages
                    for f in ("jax", "torch")]
+
+def test_op_profile_classes_xla_ops_from_the_hlo():
+  """benchmarks.op_profile reads what each compiled op is from the HLO: a
+  convolution (forward, and its transpose in the backward pass), ops under
+  the BatchNorm / optimizer scopes, a matmul, pure data movement."""
+  from benchmarks import op_profile  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  def f(x, k, w):
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME")
+    with jax.named_scope("BatchNorm_0"):
+      y = (y - y.mean()) * jax.lax.rsqrt(y.var() + 1e-5)
+    with jax.named_scope("optimizer"):
+      w = w * 0.9
+    return jnp.sum(jnp.tanh(y.reshape(2, -1) @ w))
+
+  args = (jnp.ones((2, 3, 8, 8)), jnp.ones((4, 3, 3, 3)), jnp.ones((256, 5)))
+  compiled = jax.jit(jax.grad(f, argnums=(0, 1, 2))).lower(*args).compile()
+  ops = op_profile.hlo_ops(compiled.as_text())
+  classes = {op_profile.xla_class(op) for op in ops.values()}
+  assert {"conv forward", "conv backward", "matmul",
+          "layout"} <= classes, classes
+  assert all(c in op_profile.CLASSES for c in classes)
+  scoped = [op_profile.xla_class(op) for op in ops.values()
+            if "BatchNorm_0" in op.scope]
+  assert scoped and set(scoped) == {"batch norm"}
+  onednn = op_profile.HloOp("custom-call", frozenset({"custom-call"}), "",
+                            "ssmtl_onednn_conv3d_bwd")
+  assert op_profile.xla_class(onednn) == "conv backward"
+
+
+def test_op_profile_classes_torch_ops_by_name():
+  from benchmarks import op_profile  # pylint: disable=g-import-not-at-top
+  want = {"aten::convolution_backward": "conv backward",
+          "aten::mkldnn_convolution": "conv forward",
+          "aten::native_batch_norm_backward": "batch norm",
+          "aten::max_pool3d_with_indices": "pooling",
+          "aten::_foreach_addcdiv_": "optimizer",
+          "Optimizer.step#Adam.step": "optimizer",
+          "aten::addmm": "matmul", "aten::copy_": "layout",
+          "aten::sum": "reductions", "aten::relu": "elementwise",
+          "aten::binary_cross_entropy_with_logits": "loss",
+          "autograd::engine::evaluate_function: AddBackward0": "framework"}
+  assert {k: op_profile.torch_class(k) for k in want} == want
+
+
+def test_op_profile_runs_and_tables_one_config(capsys):
+  """One tiny real measurement: every class of both frameworks in the
+  table, sums consistent, a bad flag one line and exit 2."""
+  from benchmarks import op_profile  # pylint: disable=g-import-not-at-top
+  assert op_profile.main(["--batches", "x"]) == 2
+  assert op_profile.main(["--batches", "8", "--crops", "16", "--steps", "1",
+                          "--conv", "xla"]) == 0
+  out = capsys.readouterr().out
+  for label in op_profile.CLASSES + ("sum of ops", "step wall"):
+    assert f"| {label} | " in out, label
+  row = out.split("| conv forward | ")[1].split(" |")[0]
+  jax_ms, torch_ms = (float(v) for v in row.split(" / "))
+  assert jax_ms > 0 and torch_ms > 0

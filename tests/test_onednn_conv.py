@@ -13,6 +13,7 @@ does not load.
 
 import os
 import re
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -208,3 +209,29 @@ def test_ffi_version_mismatch_is_an_error_not_a_call(monkeypatch):
     jax.ffi.ffi_call("ssmtl_test_ffi_version_mismatch",
                      jax.ShapeDtypeStruct((2,), jnp.float32))(jnp.ones(2))
   assert not calls
+
+
+def test_auto_picks_onednn_on_one_cpu_device(monkeypatch):
+  """conv_impl='auto' on the CPU: oneDNN where it is usable and the process
+  has one device; 'fast' under several devices or without oneDNN, said once
+  in the log (the reason named)."""
+  assert network.resolve_conv_impl("xla") == "xla"
+  assert network.resolve_conv_impl("auto") == "fast"  # 8 test devices
+  monkeypatch.setattr(jax, "device_count", lambda: 1)
+  network._onednn_usable.cache_clear()  # pylint: disable=protected-access
+  assert network.resolve_conv_impl("auto") == "onednn"
+  network._onednn_usable.cache_clear()  # pylint: disable=protected-access
+  monkeypatch.setattr(onednn_conv, "unusable_reason", lambda: "no libdnnl")
+  with mock.patch.object(network.logging, "info") as info:
+    assert network.resolve_conv_impl("auto") == "fast"
+    assert network.resolve_conv_impl("auto") == "fast"
+  assert info.call_count == 1 and "no libdnnl" in info.call_args[0][1]
+  network._onednn_usable.cache_clear()  # pylint: disable=protected-access
+
+
+def test_unusable_reason_names_the_missing_library(monkeypatch):
+  assert onednn_conv.unusable_reason() == ""
+  def missing():
+    raise onednn.OneDnnUnavailableError("oneDNN not found: install it")
+  monkeypatch.setattr(onednn, "library", missing)
+  assert "oneDNN not found" in onednn_conv.unusable_reason()

@@ -9,8 +9,10 @@ No TensorFlow here: the model is pure JAX/Flax (Linen).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping, Optional, Sequence
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -130,6 +132,34 @@ CONV_IMPLS = ("auto", "xla", "fast", "onednn")
 POOL_IMPLS = ("auto", "argmax", "reduce_window")
 
 
+def resolve_conv_impl(impl: str) -> str:
+  """The convolution ``Conv3x3x3`` runs for ``model.conv_impl``: 'auto' is
+  'xla' on GPU/TPU; on the CPU 'onednn' where oneDNN is installed and usable
+  and the process has one device, else 'fast' (said once in the log).
+
+  One device: under a mesh of several CPU devices XLA's partitioner does
+  not know how to split the custom call, so 'fast' stays the default there
+  (``conv_impl='onednn'`` still runs, computing the whole batch per device).
+  """
+  if impl != "auto":
+    return impl
+  if jax.default_backend() != "cpu":
+    return "xla"
+  if jax.device_count() > 1:
+    return "fast"
+  return "onednn" if _onednn_usable() else "fast"
+
+
+@functools.lru_cache(maxsize=None)
+def _onednn_usable() -> bool:
+  from ssmtl_jax.model import onednn_conv  # pylint: disable=g-import-not-at-top
+  reason = onednn_conv.unusable_reason()
+  if reason:
+    logging.info("model.conv_impl='auto' uses XLA's convolutions ('fast'), "
+                 "not oneDNN: %s", reason)
+  return not reason
+
+
 def _pool_impl(impl: str) -> str:
   if impl == "auto":
     return "argmax" if jax.default_backend() == "cpu" else "reduce_window"
@@ -152,6 +182,11 @@ def max_pool_hw(x, padding: str = "VALID", impl: str = "argmax"):
   impl='reduce_window' is that ``nn.max_pool`` itself (XLA's reduce-window
   forward and select-and-scatter gradient; one pass, no stacked windows).
   """
+  with jax.named_scope("max_pool_hw"):  # names the ops in profiles
+    return _max_pool_hw(x, padding, impl)
+
+
+def _max_pool_hw(x, padding: str, impl: str):
   if _pool_impl(impl) == "reduce_window":
     lead = x.shape[:-3]
     y = nn.max_pool(x.reshape((-1,) + x.shape[-3:]), (2, 2), strides=(2, 2),
@@ -178,8 +213,9 @@ class Conv3x3x3(nn.Module):
   The parameter (``kernel`` [3, 3, 3, C, O], LeCun normal like nn.Conv) is the
   same for every implementation, so checkpoints are interchangeable.
   impl: 'xla' = XLA's 3D convolution (best on GPU/TPU); 'fast' = im2col for
-  thin inputs and conv2d + temporal shifts otherwise (2-3x faster on CPU);
-  'auto' = 'fast' on CPU, 'xla' elsewhere.
+  thin inputs and conv2d + temporal shifts otherwise (2-3x faster than 'xla'
+  on CPU); 'onednn' = oneDNN's 3D convolution through an XLA custom call
+  (``onednn_conv``; faster still on CPU); 'auto' = :func:`resolve_conv_impl`.
   """
   features: int
   impl: str = "auto"
@@ -190,9 +226,7 @@ class Conv3x3x3(nn.Module):
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (3, 3, 3, x.shape[-1], self.features), jnp.float32)
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    impl = self.impl
-    if impl == "auto":
-      impl = "fast" if jax.default_backend() == "cpu" else "xla"
+    impl = resolve_conv_impl(self.impl)
     if impl == "xla":
       return _conv3d_xla(x, kernel)
     if impl == "onednn":

@@ -86,6 +86,17 @@ def _register_ffi_targets() -> None:
         _FFI_HANDLERS[name] = fn
 
 
+def unusable_reason() -> str:
+  """'' when ``conv3d`` can run here (libdnnl loads and the installed
+  jaxlib takes the custom call's handlers), else why not, in one line."""
+  try:
+    onednn.library()
+    _register_ffi_targets()
+  except (onednn.OneDnnUnavailableError, xla_ffi.FfiAbiError) as e:
+    return str(e)
+  return ""
+
+
 # --- JAX side -----------------------------------------------------------------
 
 # How the compiled program reaches oneDNN: 'ffi' (the default; an XLA custom
