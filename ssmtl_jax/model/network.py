@@ -172,12 +172,15 @@ def max_pool_hw(x, padding: str = "VALID", impl: str = "argmax"):
   The same function and gradient as ``nn.max_pool(x, (1, 2, 2),
   strides=(1, 2, 2), padding=padding)``: the gradient goes to the first
   maximum of each window (in row-major window order), as XLA's
-  select-and-scatter routes it. Written as the argmax of the four window
-  elements and a one-hot select, so the gradient is elementwise: XLA:CPU's
-  select-and-scatter runs 3-7x slower. (A plain ``max`` over the window axes
-  would split the gradient between tied elements, and whether elements tie
-  can then depend on how XLA fuses the producer -- on some CPUs that made
-  1-device and 8-device training disagree.)
+  select-and-scatter routes it. Written as the maximum of the four strided
+  window elements, which also records the index (0-3) of the first maximum,
+  and a custom gradient that puts the output gradient at that index: one
+  pass each way, elementwise, where XLA:CPU's select-and-scatter runs 3-7x
+  slower. (A plain ``max`` over the window axes would split the gradient
+  between tied elements, and whether elements tie can then depend on how
+  XLA fuses the producer -- on some CPUs that made 1-device and 8-device
+  training disagree. The recorded index is computed beside the maximum in
+  the forward pass, so the backward pass never compares values again.)
 
   impl='reduce_window' is that ``nn.max_pool`` itself (XLA's reduce-window
   forward and select-and-scatter gradient; one pass, no stacked windows).
@@ -198,13 +201,42 @@ def _max_pool_hw(x, padding: str, impl: str):
                 constant_values=-jnp.inf)
   else:
     x = x[..., :h - h % 2, :w - w % 2, :]
-  h2, w2 = x.shape[-3] // 2, x.shape[-2] // 2
-  x = x.reshape(*lead, h2, 2, w2, 2, c)
-  windows = jnp.stack([x[..., :, dy, :, dx, :] for dy in (0, 1)
-                       for dx in (0, 1)], axis=-1)   # [..., h2, w2, c, 4]
-  first = jnp.argmax(jax.lax.stop_gradient(windows), axis=-1)
-  onehot = first[..., None] == jnp.arange(4)
-  return jnp.sum(jnp.where(onehot, windows, 0), axis=-1)
+  return _first_max_pool(x)
+
+
+def _window_elements(x):
+  """The four elements of each 2x2 window of even-sized [..., H, W, C], in
+  row-major window order."""
+  return [x[..., dy::2, dx::2, :] for dy in (0, 1) for dx in (0, 1)]
+
+
+def _first_max(x):
+  a, b, c, d = _window_elements(x)
+  y = jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
+  index = jnp.where(a == y, 0, jnp.where(b == y, 1, jnp.where(c == y, 2, 3)))
+  return y, index.astype(jnp.uint8)
+
+
+@jax.custom_vjp
+def _first_max_pool(x):
+  return _first_max(x)[0]
+
+
+def _first_max_pool_fwd(x):
+  y, index = _first_max(x)
+  return y, index
+
+
+def _first_max_pool_bwd(index, g):
+  parts = [jnp.where(index == k, g, jnp.zeros_like(g)) for k in range(4)]
+  *lead, h2, w2, c = g.shape
+  dx = jnp.stack(parts, axis=-2).reshape(*lead, h2, w2, 2, 2, c)
+  n = len(lead)
+  dx = jnp.transpose(dx, tuple(range(n)) + (n, n + 2, n + 1, n + 3, n + 4))
+  return (dx.reshape(*lead, 2 * h2, 2 * w2, c),)
+
+
+_first_max_pool.defvjp(_first_max_pool_fwd, _first_max_pool_bwd)
 
 
 class Conv3x3x3(nn.Module):
