@@ -179,8 +179,8 @@ def max_pool_hw(x, padding: str = "VALID", impl: str = "argmax"):
   slower. (A plain ``max`` over the window axes would split the gradient
   between tied elements, and whether elements tie can then depend on how
   XLA fuses the producer -- on some CPUs that made 1-device and 8-device
-  training disagree. The recorded index is computed beside the maximum in
-  the forward pass, so the backward pass never compares values again.)
+  training disagree. The index comes from the same chain of selects as the
+  maximum, in the forward pass; the backward pass never compares values.)
 
   impl='reduce_window' is that ``nn.max_pool`` itself (XLA's reduce-window
   forward and select-and-scatter gradient; one pass, no stacked windows).
@@ -211,10 +211,19 @@ def _window_elements(x):
 
 
 def _first_max(x):
-  a, b, c, d = _window_elements(x)
-  y = jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
-  index = jnp.where(a == y, 0, jnp.where(b == y, 1, jnp.where(c == y, 2, 3)))
-  return y, index.astype(jnp.uint8)
+  """(maximum, index of its first occurrence) of each window, as one chain
+  of selects: a later element wins only when strictly greater (or NaN, which
+  propagates as in ``max``). The index is not found by comparing elements
+  with a separately computed maximum: XLA may recompute the elements in
+  another fusion, rounded differently, and then no element would equal it.
+  """
+  y, *rest = _window_elements(x)
+  index = jnp.zeros(y.shape, jnp.uint8)
+  for k, v in enumerate(rest, start=1):
+    wins = (v > y) | jnp.isnan(v)
+    y = jnp.where(wins, v, y)
+    index = jnp.where(wins, jnp.uint8(k), index)
+  return y, index
 
 
 @jax.custom_vjp
