@@ -94,9 +94,9 @@ def get_config() -> ml_collections.ConfigDict:
   # 'auto' (xla on GPU/TPU; on CPU onednn where it is installed and the
   # process has one device, else fast, said once in the log).
   config.model.conv_impl = "auto"
-  # 2x2 max-pooling: 'argmax' (argmax of the 4 window elements + one-hot
-  # select: 2.1x the CPU train step, XLA:CPU's select-and-scatter gradient
-  # being slow), 'reduce_window' (nn.max_pool), 'auto' (argmax on CPU,
+  # 2x2 max-pooling: 'argmax' (the max of the 4 strided window elements,
+  # recording the first maximum's index, and a custom gradient to it:
+  # XLA:CPU's select-and-scatter gradient is slow), 'reduce_window' (nn.max_pool), 'auto' (argmax on CPU,
   # reduce_window elsewhere; the GPU/TPU choice is not yet measured). Same
   # function and gradient.
   config.model.pool_impl = "auto"
