@@ -71,7 +71,6 @@ and the matmul rate), ``benchmarks.matrix`` (``--matrix``) and
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -342,12 +341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     table += "\n\nSpeed matrix:\n" + matrix_lib.markdown(results["matrix"])
   print(table)
   print(f"(total {results['config']['wall_s']:.0f} s)")
-  if args.out:
-    with open(args.out, "w", encoding="utf-8") as f:
-      json.dump(results, f, indent=2)
-  if args.markdown:
-    with open(args.markdown, "w", encoding="utf-8") as f:
-      f.write(table + "\n")
+  report.write_outputs(results, table, args.out, args.markdown)
   return 0
 
 

@@ -13,7 +13,9 @@ it was traced under (``BatchNorm``, ``max_pool_hw``, ``joint_loss``,
 ``optimizer``, ``make_views``, ``transpose(...)`` for the backward pass) and
 its opcodes, fused ones included. The PyTorch twin's eager step runs as
 often under ``torch.profiler``; each aten op's self CPU time is classed by
-its name. The result is ms per step and class, side by side.
+its name (CPU activity only: on a GPU torch's kernels are not counted, so
+the table is for the CPU). The result is ms per step and class, side by
+side.
 
 "step wall" is a profiled step's wall time and "outside ops" the wall time
 minus the sum of the classed ops: dispatch, Python, waits between ops. On a
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
 import re
 import sys
@@ -61,6 +62,7 @@ _LAYOUT = frozenset({
 
 @dataclasses.dataclass
 class HloOp:
+  """One instruction of a compiled XLA program, as far as classes need."""
   opcode: str
   opcodes: frozenset      # its own and, for a fusion, the fused ones
   scope: str              # metadata op_name
@@ -346,12 +348,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   result = run(batches, crops, conv=args.conv, steps=args.steps)
   table = markdown(result)
   print(table)
-  if args.out:
-    with open(args.out, "w", encoding="utf-8") as f:
-      json.dump(result, f, indent=1)
-  if args.markdown:
-    with open(args.markdown, "w", encoding="utf-8") as f:
-      f.write(table + "\n")
+  report.write_outputs(result, table, args.out, args.markdown)
   return 0
 
 

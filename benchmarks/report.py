@@ -9,6 +9,7 @@ table (median [min-max] per repeat), whose cell formatting (``cell``,
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from typing import Optional
@@ -219,3 +220,15 @@ def markdown(results: dict) -> str:
            _detector_lines(results) + _end_to_end_lines(results) +
            _flops_lines(results) + _check_lines(results))
   return "\n".join(lines)
+
+
+def write_outputs(results: dict, table: str, out: Optional[str],
+                  markdown_path: Optional[str]) -> None:
+  """A benchmark's results as JSON to ``out`` and its table to
+  ``markdown_path`` (each where given)."""
+  if out:
+    with open(out, "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=2)
+  if markdown_path:
+    with open(markdown_path, "w", encoding="utf-8") as f:
+      f.write(table + "\n")
