@@ -232,11 +232,6 @@ def _first_max_pool(x):
   return _first_max(x)[0]
 
 
-def _first_max_pool_fwd(x):
-  y, index = _first_max(x)
-  return y, index
-
-
 def _first_max_pool_bwd(index, g):
   parts = [jnp.where(index == k, g, jnp.zeros_like(g)) for k in range(4)]
   *lead, h2, w2, c = g.shape
@@ -246,7 +241,8 @@ def _first_max_pool_bwd(index, g):
   return (dx.reshape(*lead, 2 * h2, 2 * w2, c),)
 
 
-_first_max_pool.defvjp(_first_max_pool_fwd, _first_max_pool_bwd)
+# The forward rule is _first_max itself: (output, residual = the index).
+_first_max_pool.defvjp(_first_max, _first_max_pool_bwd)
 
 
 class Conv3x3x3(nn.Module):
