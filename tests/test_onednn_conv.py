@@ -1,5 +1,5 @@
-"""conv_impl='onednn' (ssmtl_jax/model/onednn_conv.py, on model/onednn.py and
-model/xla_ffi.py): the oneDNN convolution computes what XLA's does, forward
+"""conv_impl='onednn' (ssmtl_jax/base/onednn_conv.py, on base/onednn.py and
+base/xla_ffi.py): the oneDNN convolution computes what XLA's does, forward
 and backward, jitted, through both ways of calling it (XLA FFI custom call,
 jax.pure_callback), and a whole train step with it matches one with
 conv_impl='xla'. The hand-copied XLA FFI structs match the installed jaxlib's
@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 from ssmtl_jax.model import network
-from ssmtl_jax.model import onednn
-from ssmtl_jax.model import onednn_conv
-from ssmtl_jax.model import xla_ffi
+from ssmtl_jax.base import onednn
+from ssmtl_jax.base import onednn_conv
+from ssmtl_jax.base import xla_ffi
 from tests import optional
 
 # Skipped where no oneDNN distribution is installed; where one is (CI

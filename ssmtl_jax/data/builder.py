@@ -90,6 +90,7 @@ class BuildSettings:
   classifier_crop: str
   train_stride: int
   test_context: int
+  conv_impl: str = "auto"
 
   @classmethod
   def from_config(cls, config) -> "BuildSettings":
@@ -126,15 +127,18 @@ class BuildSettings:
                num_cls=num_cls, classifier_batch=int(clf.batch_size),
                classifier_input=int(clf.input_size),
                classifier_crop=str(clf.get("crop", "frame")),
-               train_stride=int(b.train_stride), test_context=test_context)
+               train_stride=int(b.train_stride), test_context=test_context,
+               conv_impl=str(b.get("conv_impl", "auto")))
 
   @property
   def fingerprint(self) -> dict:
     """Settings that change record content (paths excluded: weights count by
-    their sha256; batch sizes do not change results)."""
+    their sha256; batch sizes and the convolutions' implementation do not
+    change results beyond float rounding)."""
     d = dataclasses.asdict(self)
     for k in ("root", "records", "detections_dir", "det_cfg", "det_weights",
-              "classifier_weights", "det_batch", "classifier_batch"):
+              "classifier_weights", "det_batch", "classifier_batch",
+              "conv_impl"):
       d.pop(k)
     d["det_input_size"] = list(self.det_input_size)
     if self.detector_kind == "yolov3":
@@ -143,8 +147,8 @@ class BuildSettings:
 
   @classmethod
   def from_fingerprint(cls, fp: dict, *, det_cfg: str = "",
-                       det_weights: str = "", det_batch: int = 8
-                       ) -> "BuildSettings":
+                       det_weights: str = "", det_batch: int = 8,
+                       conv_impl: str = "auto") -> "BuildSettings":
     """The settings that build objects like a scored split whose
     ``fingerprint_for`` is ``fp`` (e.g. a model bundle's), one frame at a
     time (classifier batch 1) and with no paths: the streaming scorer's.
@@ -166,7 +170,8 @@ class BuildSettings:
         num_cls=int(fp["num_cls"]), classifier_batch=1,
         classifier_input=int(fp["classifier_input"]),
         classifier_crop=str(fp.get("classifier_crop", "frame")),
-        train_stride=1, test_context=int(fp["context"]))
+        train_stride=1, test_context=int(fp["context"]),
+        conv_impl=conv_impl)
 
   def fingerprint_for(self, split: str, train_split: str) -> dict:
     """The fingerprint of one split's records: train_stride and test_context

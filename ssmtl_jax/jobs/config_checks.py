@@ -139,6 +139,7 @@ def _rules() -> dict[str, Rule]:
       "build.workers": integer(1),
       "build.train_stride": integer(1),
       "build.num_det_classes": integer(1),
+      "build.conv_impl": one_of("auto", "xla", "onednn"),
       "build.detector.kind": one_of("yolov3", "file"),
       "build.detector.cfg": string,
       "build.detector.weights": string,

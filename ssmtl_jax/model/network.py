@@ -153,7 +153,7 @@ def resolve_conv_impl(impl: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _onednn_usable() -> bool:
-  from ssmtl_jax.model import onednn_conv  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.base import onednn_conv  # pylint: disable=g-import-not-at-top
   reason = onednn_conv.unusable_reason()
   if reason:
     logging.info("model.conv_impl='auto' uses XLA's convolutions ('fast'), "
@@ -268,7 +268,7 @@ class Conv3x3x3(nn.Module):
     if impl == "xla":
       return _conv3d_xla(x, kernel)
     if impl == "onednn":
-      from ssmtl_jax.model import onednn_conv  # pylint: disable=g-import-not-at-top
+      from ssmtl_jax.base import onednn_conv  # pylint: disable=g-import-not-at-top
       return onednn_conv.conv3d(x, kernel)
     if x.shape[-1] <= 4:
       return _conv3d_im2col(x, kernel)

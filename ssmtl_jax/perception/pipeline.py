@@ -58,6 +58,7 @@ class Settings(Protocol):
   classifier_batch: int
   classifier_input: int
   classifier_crop: str     # 'frame' | 'cube'
+  conv_impl: str           # 'auto' | 'xla' | 'onednn' (perception/convs.py)
 
 
 def detector_files(cfg: Optional[str], weights: Optional[str], *,
@@ -116,7 +117,8 @@ def detector(settings: Settings):
                       input_size=settings.det_input_size,
                       conf_threshold=settings.min_score,
                       nms_threshold=settings.det_nms,
-                      batch_size=settings.det_batch)
+                      batch_size=settings.det_batch,
+                      conv_impl=settings.conv_impl)
   if det.num_classes != settings.num_det:
     raise errors.ConfigError(
         f"config.build.num_det_classes={settings.num_det} but the detector "
@@ -134,7 +136,8 @@ def classifier(settings: Settings):
   return teachers.load_classifier(settings.classifier_kind,
                                   settings.classifier_weights,
                                   batch_size=settings.classifier_batch,
-                                  input_size=settings.classifier_input)
+                                  input_size=settings.classifier_input,
+                                  conv_impl=settings.conv_impl)
 
 
 def detect(settings: Settings, frames: Iterable[np.ndarray], *,

@@ -120,6 +120,9 @@ def _components(bundle, options: Options):
   from ssmtl_jax.perception import pipeline  # pylint: disable=g-import-not-at-top
   from ssmtl_jax.perception import teachers  # pylint: disable=g-import-not-at-top
   b = bundle.build
+  # The convolutions' implementation is this machine's choice, not the
+  # bundle's: 'auto' unless the bundle's config pinned one.
+  conv_impl = str(bundle.config.build.get("conv_impl", "auto"))
   det_cfg = det_weights = ""
   detections = None
   if b["detector_kind"] == "yolov3":
@@ -142,10 +145,11 @@ def _components(bundle, options: Options):
     bundle.check_weights("classifier", weights)
     classifier = teachers.load_classifier(
         b["classifier_kind"], weights, batch_size=64,
-        input_size=int(b["classifier_input"]))
+        input_size=int(b["classifier_input"]), conv_impl=conv_impl)
   settings = builder.BuildSettings.from_fingerprint(
       b, det_cfg=det_cfg or "", det_weights=det_weights or "",
-      det_batch=int(bundle.config.build.detector.batch_size))
+      det_batch=int(bundle.config.build.detector.batch_size),
+      conv_impl=conv_impl)
   return settings, detections, classifier
 
 

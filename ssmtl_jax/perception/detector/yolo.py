@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssmtl_jax.perception import convs
 from ssmtl_jax.perception.detector import darknet
 
 # Darknet letterbox canvas value (image.c: letterbox_image fills with 0.5).
@@ -60,9 +61,12 @@ class YOLO(nn.Module):
     net: the parsed cfg.
     precision: conv precision (None = JAX default; ``lax.Precision.HIGHEST``
       avoids TF32 on GPUs when bit-closeness to OpenCV matters).
+    conv_impl: 'xla' or 'onednn' (convolution, batch norm and activation as
+      one oneDNN primitive on the CPU; ``convs.resolve`` picks one).
   """
   net: darknet.Network
   precision: Any = None
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> tuple[jax.Array, ...]:
@@ -81,14 +85,15 @@ class YOLO(nn.Module):
     for i, layer in enumerate(self.net.layers):
       if isinstance(layer, darknet.Conv):
         pad = (layer.padding, layer.padding)
-        y = nn.Conv(layer.filters, (layer.size, layer.size),
-                    strides=(layer.stride, layer.stride), padding=(pad, pad),
-                    use_bias=not layer.batch_normalize,
-                    precision=self.precision, name=f"conv_{i}")(x)
-        if layer.batch_normalize:
-          y = nn.BatchNorm(use_running_average=True,
-                           epsilon=darknet.BN_EPSILON, name=f"bn_{i}")(y)
-        y = _activate(y, layer.activation)
+        y = convs.conv_bn_act(
+            self, x, conv=f"conv_{i}",
+            bn=f"bn_{i}" if layer.batch_normalize else None,
+            features=layer.filters, kernel=layer.size, stride=layer.stride,
+            padding=(pad, pad), use_bias=not layer.batch_normalize,
+            bn_epsilon=darknet.BN_EPSILON,
+            activation=_ACTIVATIONS[layer.activation],
+            slope=darknet.LEAKY_SLOPE, impl=self.conv_impl,
+            precision=self.precision)
       elif isinstance(layer, darknet.MaxPool):
         # Darknet pads padding // 2 before and the rest after; padded cells
         # are ignored, which max_pool's -inf padding reproduces.
@@ -117,10 +122,12 @@ class YOLO(nn.Module):
     return tuple(heads)
 
 
+# darknet activation -> convs' name (parse_cfg admits these two).
+_ACTIVATIONS = {"leaky": "leaky_relu", "linear": "none"}
+
+
 def _activate(x: jax.Array, activation: str) -> jax.Array:
-  if activation == "leaky":
-    return nn.leaky_relu(x, darknet.LEAKY_SLOPE)
-  return x
+  return convs.activate(x, _ACTIVATIONS[activation], darknet.LEAKY_SLOPE)
 
 
 def decode_heads(net: darknet.Network, heads: Sequence[jax.Array],
@@ -322,7 +329,8 @@ class Detector:
   def __init__(self, cfg_path: str, weights_path: str, *,
                input_size: tuple[int, int] = (416, 416),
                conf_threshold: float = 0.25, nms_threshold: float = 0.45,
-               batch_size: int = 8, precision: Any = None):
+               batch_size: int = 8, precision: Any = None,
+               conv_impl: str = "auto"):
     """Loads the network.
 
     Args:
@@ -333,7 +341,9 @@ class Detector:
       conf_threshold: keep boxes with score > this.
       nms_threshold: class-aware NMS IoU threshold.
       batch_size: frames per jitted call (the last batch is padded).
-      precision: conv precision for :class:`YOLO`.
+      precision: conv precision for :class:`YOLO` (its XLA path).
+      conv_impl: 'auto' (oneDNN on the CPU where it is installed, else XLA),
+        'xla' or 'onednn'; see ``perception/convs.py``.
     Raises:
       DarknetError naming the file for bad cfg/weights; ValueError for bad
       arguments.
@@ -353,7 +363,9 @@ class Detector:
     self.nms_threshold = float(nms_threshold)
     self.batch_size = int(batch_size)
     self.num_classes = self.net.num_classes
-    self.model = YOLO(self.net, precision=precision)
+    self.conv_impl = convs.resolve(conv_impl)
+    self.model = YOLO(self.net, precision=precision,
+                      conv_impl=self.conv_impl)
     variables = darknet.read_weights(self.net, weights_path)
     _check_variables(self.model, variables, (height, width),
                      os.fspath(weights_path))

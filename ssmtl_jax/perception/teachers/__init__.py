@@ -34,6 +34,7 @@ import numpy as np
 
 from ssmtl_jax.base import errors
 from ssmtl_jax.base import files as files_lib
+from ssmtl_jax.perception import convs
 from ssmtl_jax.perception.teachers import efficientnet_lite
 from ssmtl_jax.perception.teachers import resnet
 from ssmtl_jax.perception.teachers import torch_pickle
@@ -72,6 +73,7 @@ class Classifier:
     input_size: the model's square input side (224).
     weights_path, weights_sha256: where the weights came from (None when built
       from in-memory variables).
+    conv_impl: how the model runs its convolutions ('xla' or 'onednn').
   """
 
   def __init__(self, kind: str, model: Any, variables: Any, *,
@@ -87,6 +89,7 @@ class Classifier:
     nothing; not on the CPU, where padding a few crops to a full batch
     costs a full batch's time."""
     self.kind = kind
+    self.conv_impl = getattr(model, "conv_impl", "xla")
     self.num_classes = num_classes
     self.input_size = input_size
     self.batch_size = batch_size
@@ -160,7 +163,8 @@ def default_lite0_weights() -> str:
 
 def load_classifier(kind: str, weights_path: Optional[str] = None, *,
                     batch_size: int = 32,
-                    input_size: Optional[int] = None) -> Classifier:
+                    input_size: Optional[int] = None,
+                    conv_impl: str = "auto") -> Classifier:
   """Builds a classifier teacher from a torch ``.pth`` state dict.
 
   Args:
@@ -185,12 +189,13 @@ def load_classifier(kind: str, weights_path: Optional[str] = None, *,
           "ResNet-50 ImageNet state dict (e.g. resnet50-0676ba61.pth or "
           "resnet50-11ad3fa6.pth); or use kind 'efficientnet_lite0', whose "
           "weights come from a pip package")
-    lib, model = resnet, resnet.ResNet50()
+    lib, model = resnet, resnet.ResNet50(conv_impl=convs.resolve(conv_impl))
     mean = tuple(255.0 * m for m in resnet.MEAN_RGB)
     std = tuple(255.0 * s for s in resnet.STDDEV_RGB)
   else:
     weights_path = weights_path or default_lite0_weights()
-    lib, model = efficientnet_lite, efficientnet_lite.EfficientNetLite0()
+    lib, model = efficientnet_lite, efficientnet_lite.EfficientNetLite0(
+        conv_impl=convs.resolve(conv_impl))
     mean, std = efficientnet_lite.MEAN_RGB, efficientnet_lite.STDDEV_RGB
   if not os.path.isfile(weights_path):
     raise errors.ConfigError(

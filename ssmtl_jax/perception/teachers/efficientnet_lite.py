@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssmtl_jax.perception import convs
 from ssmtl_jax.perception.teachers import common
 
 MEAN_RGB = (127.0, 127.0, 127.0)  # on [0, 255] values
@@ -54,15 +55,6 @@ LITE0_STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
-
-
-def _bn(name: str) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=True, epsilon=BN_EPSILON, name=name)
-
-
-def _conv(features: int, kernel: int, name: str, stride: int = 1) -> nn.Conv:
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding="SAME", use_bias=False, name=name)
 
 
 class DepthwiseConv(nn.Module):
@@ -118,17 +110,25 @@ class MBConv(nn.Module):
   stride: int
   expand_ratio: int
   depthwise_impl: str = "shifted"
+  conv_impl: str = "xla"  # 'xla' | 'onednn', see perception/convs.py
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     width = self.in_filters * self.expand_ratio
+    common = dict(bn_epsilon=BN_EPSILON, impl=self.conv_impl)
     y = x
     if self.expand_ratio != 1:
-      y = nn.relu6(_bn("bn0")(_conv(width, 1, "expand_conv")(y)))
-    y = DepthwiseConv(self.kernel, self.stride, self.depthwise_impl,
-                      name="depthwise_conv")(y)
-    y = nn.relu6(_bn("bn1")(y))
-    y = _bn("bn2")(_conv(self.out_filters, 1, "project_conv")(y))
+      y = convs.conv_bn_act(self, y, conv="expand_conv", bn="bn0",
+                            features=width, kernel=1, activation="relu6",
+                            **common)
+    y = convs.conv_bn_act(
+        self, y, conv="depthwise_conv", bn="bn1", features=width,
+        kernel=self.kernel, stride=self.stride, groups=width,
+        activation="relu6",
+        xla_conv=DepthwiseConv(self.kernel, self.stride, self.depthwise_impl,
+                               name="depthwise_conv"), **common)
+    y = convs.conv_bn_act(self, y, conv="project_conv", bn="bn2",
+                          features=self.out_filters, kernel=1, **common)
     if self.stride == 1 and self.in_filters == self.out_filters:
       y = y + x
     return y
@@ -141,19 +141,25 @@ class EfficientNetLite(nn.Module):
   head_filters: int = 1280
   num_classes: int = NUM_CLASSES
   depthwise_impl: str = "shifted"  # see DepthwiseConv
+  conv_impl: str = "xla"  # 'xla' | 'onednn', see perception/convs.py
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    x = nn.relu6(_bn("bn0")(_conv(self.stem_filters, 3, "conv_stem", 2)(x)))
+    common = dict(bn_epsilon=BN_EPSILON, impl=self.conv_impl,
+                  activation="relu6")
+    x = convs.conv_bn_act(self, x, conv="conv_stem", bn="bn0",
+                          features=self.stem_filters, kernel=3, stride=2,
+                          **common)
     index = 0
     for repeats, kernel, stride, expand, in_f, out_f in self.stages:
       for r in range(repeats):
         x = MBConv(in_filters=in_f if r == 0 else out_f, out_filters=out_f,
                    kernel=kernel, stride=stride if r == 0 else 1,
                    expand_ratio=expand, depthwise_impl=self.depthwise_impl,
-                   name=f"blocks_{index}")(x)
+                   conv_impl=self.conv_impl, name=f"blocks_{index}")(x)
         index += 1
-    x = nn.relu6(_bn("bn1")(_conv(self.head_filters, 1, "conv_head")(x)))
+    x = convs.conv_bn_act(self, x, conv="conv_head", bn="bn1",
+                          features=self.head_filters, kernel=1, **common)
     x = jnp.mean(x, axis=(1, 2))
     # Dropout (0.2) precedes fc in training only.
     return nn.Dense(self.num_classes, name="fc")(x)

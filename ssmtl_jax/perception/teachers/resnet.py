@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from ssmtl_jax.perception import convs
 from ssmtl_jax.perception.teachers import common
 
 # torchvision's ImageNet normalisation, applied to RGB in [0, 1].
@@ -30,16 +31,16 @@ INPUT_SIZE = 224
 NUM_CLASSES = 1000
 
 
-def _bn(name: str) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=True, epsilon=1e-5, name=name)
-
-
-def _conv(features: int, kernel: int, stride: int, name: str) -> nn.Conv:
+def _conv_bn(module: nn.Module, x: jnp.ndarray, name: str, bn: str,
+             features: int, kernel: int, stride: int, activation: str,
+             impl: str) -> jnp.ndarray:
   # torch pads symmetrically by kernel // 2; Flax's "SAME" would pad the
   # stride-2 convs asymmetrically (TF style) and shift every feature map.
   pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                 padding=((pad, pad), (pad, pad)), use_bias=False, name=name)
+  return convs.conv_bn_act(module, x, conv=name, bn=bn, features=features,
+                           kernel=kernel, stride=stride,
+                           padding=((pad, pad), (pad, pad)), bn_epsilon=1e-5,
+                           activation=activation, impl=impl)
 
 
 class Bottleneck(nn.Module):
@@ -50,15 +51,18 @@ class Bottleneck(nn.Module):
   width: int
   stride: int = 1
   downsample: bool = False
+  conv_impl: str = "xla"  # 'xla' | 'onednn', see perception/convs.py
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    y = nn.relu(_bn("bn1")(_conv(self.width, 1, 1, "conv1")(x)))
-    y = nn.relu(_bn("bn2")(_conv(self.width, 3, self.stride, "conv2")(y)))
-    y = _bn("bn3")(_conv(4 * self.width, 1, 1, "conv3")(y))
+    impl = self.conv_impl
+    y = _conv_bn(self, x, "conv1", "bn1", self.width, 1, 1, "relu", impl)
+    y = _conv_bn(self, y, "conv2", "bn2", self.width, 3, self.stride, "relu",
+                 impl)
+    y = _conv_bn(self, y, "conv3", "bn3", 4 * self.width, 1, 1, "none", impl)
     if self.downsample:
-      x = _bn("downsample_bn")(
-          _conv(4 * self.width, 1, self.stride, "downsample_conv")(x))
+      x = _conv_bn(self, x, "downsample_conv", "downsample_bn",
+                   4 * self.width, 1, self.stride, "none", impl)
     return nn.relu(x + y)
 
 
@@ -66,17 +70,18 @@ class ResNet(nn.Module):
   """Bottleneck ResNet: [N, H, W, 3] normalised images -> [N, classes]."""
   stage_sizes: Sequence[int]
   num_classes: int = NUM_CLASSES
+  conv_impl: str = "xla"  # 'xla' | 'onednn', see perception/convs.py
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    x = nn.relu(_bn("bn1")(_conv(64, 7, 2, "conv1")(x)))
+    x = _conv_bn(self, x, "conv1", "bn1", 64, 7, 2, "relu", self.conv_impl)
     # torch's max pool pads with -inf, as does Flax's.
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for i, blocks in enumerate(self.stage_sizes):
       for j in range(blocks):
         x = Bottleneck(width=64 * 2**i,
                        stride=2 if (i > 0 and j == 0) else 1,
-                       downsample=(j == 0),
+                       downsample=(j == 0), conv_impl=self.conv_impl,
                        name=f"layer{i + 1}_{j}")(x)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, name="fc")(x)

@@ -1,5 +1,7 @@
-"""oneDNN's C API through ctypes: the library, its CPU engine, and the 3-D
-convolution primitives (forward, backward-data, backward-weights).
+"""oneDNN's C API through ctypes: the library, its CPU engine, the 3-D
+convolution primitives (forward, backward-data, backward-weights) of the
+model, and the 2-D forward-inference convolution with a fused bias and
+activation (``Conv2dSpec``) of the perception networks.
 
 This module knows oneDNN and numpy only, neither JAX nor XLA: it takes the
 addresses of float32 buffers and runs primitives on them. The convolution as
@@ -57,7 +59,10 @@ DISTRIBUTIONS = ("onednn-cpu-gomp", "onednn-cpu-iomp", "onednn-cpu-tbb",
 # Values of the enums and macros of oneDNN 3.x's dnnl_types.h and
 # dnnl_common_types.h, read off the headers of onednn-devel 2026.1.0 (oneDNN
 # 3.13) and onednn-devel-cpu-gomp 2023.2.0 (oneDNN 3.2) by compiling a program
-# that prints them: identical in both.
+# that prints them: identical in both. Those the 2-D convolution added
+# (_TAG_A, _TAG_NHWC, _FORWARD_INFERENCE, _ELTWISE_*, _ARG_BIAS) were read the
+# same way off the oneDNN 3.7 and 3.12 headers that TensorFlow's and torch's
+# wheels ship: identical too.
 _SUCCESS = 0                  # dnnl_success
 _STATUS = {1: "out_of_memory", 2: "invalid_arguments", 3: "unimplemented",
            4: "last_impl_reached", 5: "runtime_error", 6: "not_required"}
@@ -67,7 +72,12 @@ _F32 = 3                      # dnnl_f32
 _TAG_ANY = 1                  # dnnl_format_tag_any
 _TAG_NDHWC = 33               # dnnl_ndhwc (= dnnl_acdeb)
 _TAG_DHWIO = 38               # dnnl_dhwio (= dnnl_cdeba)
+_TAG_A = 2                    # dnnl_a (1-D: the bias)
+_TAG_NHWC = 22                # dnnl_nhwc (= dnnl_acdb)
 _FORWARD_TRAINING = 64        # dnnl_forward_training
+_FORWARD_INFERENCE = 96       # dnnl_forward_inference
+_ELTWISE_RELU = 0x20          # dnnl_eltwise_relu (alpha: negative slope)
+_ELTWISE_CLIP = 46            # dnnl_eltwise_clip (alpha <= y <= beta)
 _CONVOLUTION_DIRECT = 1       # dnnl_convolution_direct
 _QUERY_IMPL_INFO_STR = 8      # dnnl_query_impl_info_str
 _QUERY_WEIGHTS_MD = 131       # dnnl_query_weights_md
@@ -75,6 +85,7 @@ _QUERY_DIFF_WEIGHTS_MD = 132  # dnnl_query_diff_weights_md
 _ARG_SRC = 1                  # DNNL_ARG_SRC (= DNNL_ARG_FROM)
 _ARG_DST = 17                 # DNNL_ARG_DST (= DNNL_ARG_TO)
 _ARG_WEIGHTS = 33             # DNNL_ARG_WEIGHTS
+_ARG_BIAS = 41                # DNNL_ARG_BIAS
 _ARG_DIFF_SRC = 129           # DNNL_ARG_DIFF_SRC
 _ARG_DIFF_DST = 145           # DNNL_ARG_DIFF_DST
 _ARG_DIFF_WEIGHTS = 161       # DNNL_ARG_DIFF_WEIGHTS
@@ -108,6 +119,7 @@ _SIGNATURES = {
     "dnnl_stream_create": (_I, [_PP, _P, ctypes.c_uint]),
     "dnnl_stream_wait": (_I, [_P]),
     "dnnl_memory_desc_create_with_tag": (_I, [_PP, _I, _Dims, _I, _I]),
+    "dnnl_memory_desc_create_with_strides": (_I, [_PP, _I, _Dims, _I, _Dims]),
     "dnnl_memory_desc_destroy": (_I, [_P]),
     "dnnl_memory_desc_equal": (_I, [_P, _P]),
     "dnnl_memory_create": (_I, [_PP, _P, _P, _P]),
@@ -131,6 +143,13 @@ _SIGNATURES = {
     "dnnl_primitive_desc_query": (_I, [_P, _I, _I, _P]),
     "dnnl_primitive_desc_query_md": (_P, [_P, _I, _I]),
     "dnnl_primitive_create": (_I, [_PP, _P]),
+    "dnnl_primitive_attr_create": (_I, [_PP]),
+    "dnnl_primitive_attr_destroy": (_I, [_P]),
+    "dnnl_primitive_attr_set_post_ops": (_I, [_P, _P]),
+    "dnnl_post_ops_create": (_I, [_PP]),
+    "dnnl_post_ops_destroy": (_I, [_P]),
+    "dnnl_post_ops_append_eltwise": (_I, [_P, _I, ctypes.c_float,
+                                          ctypes.c_float]),
     "dnnl_primitive_execute": (_I, [_P, _P, _I, ctypes.POINTER(_ExecArg)]),
 }
 
@@ -218,6 +237,61 @@ class _ConvPlan:
   dst: ctypes.c_void_p
 
 
+# Activations a 2-D inference convolution can end in, fused into the
+# convolution as a oneDNN eltwise post-op: name -> (algorithm, alpha, beta).
+# 'leaky_relu' takes its negative slope as alpha (Conv2dSpec.slope).
+ACTIVATIONS = {"none": None, "relu": (_ELTWISE_RELU, 0.0, 0.0),
+               "leaky_relu": (_ELTWISE_RELU, None, 0.0),
+               "relu6": (_ELTWISE_CLIP, 0.0, 6.0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv2dSpec:
+  """One 2-D inference convolution: x [n, h, w, c] NHWC, kernel
+  [kh, kw, c / groups, o] HWIO (Flax's layout, ``feature_group_count``
+  grouping: output channel ``j`` reads input group ``j // (o / groups)``),
+  bias [o], then ``activation`` (a key of ``ACTIVATIONS``; ``slope`` for
+  'leaky_relu'). ``pads``: (top, bottom, left, right)."""
+  n: int
+  h: int
+  w: int
+  c: int
+  o: int
+  kh: int
+  kw: int
+  strides: tuple[int, int] = (1, 1)
+  pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+  groups: int = 1
+  activation: str = "none"
+  slope: float = 0.0
+
+  def __post_init__(self):
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f"activation {self.activation!r}: expected one of "
+                       f"{tuple(ACTIVATIONS)}")
+    if self.c % self.groups or self.o % self.groups:
+      raise ValueError(f"groups={self.groups} must divide c={self.c} and "
+                       f"o={self.o}")
+
+  @property
+  def out_hw(self) -> tuple[int, int]:
+    pt, pb, pl, pr = self.pads
+    return ((self.h + pt + pb - self.kh) // self.strides[0] + 1,
+            (self.w + pl + pr - self.kw) // self.strides[1] + 1)
+
+
+@dataclasses.dataclass
+class _Conv2dPlan:
+  """The forward-inference primitive of one ``Conv2dSpec``."""
+  fwd: _Primitive
+  user_w: ctypes.c_void_p            # Flax HWIO, as strides
+  reorder_w: Optional[_Primitive]    # HWIO -> the kernel's layout (None: same)
+  fwd_w: ctypes.c_void_p             # weights md the forward wants
+  src: ctypes.c_void_p               # NHWC memory descs
+  dst: ctypes.c_void_p
+  bias: ctypes.c_void_p
+
+
 class _OneDnn:
   """The loaded library, one CPU engine and stream, and the plans by shape."""
 
@@ -259,6 +333,7 @@ class _OneDnn:
     _check(lib.dnnl_stream_create(ctypes.byref(self.stream), self.engine,
                                   _STREAM_DEFAULT_FLAGS), "stream_create")
     self.plans: dict[tuple[int, ...], _ConvPlan] = {}
+    self.plans_2d: dict[Conv2dSpec, _Conv2dPlan] = {}
     self.lock = threading.Lock()
 
   # --- descriptors and primitives ---------------------------------------------
@@ -336,6 +411,62 @@ class _OneDnn:
     self.plans[key] = plan
     return plan
 
+  def plan_2d(self, spec: Conv2dSpec) -> _Conv2dPlan:
+    """The forward-inference primitive of ``spec`` with its activation as a
+    post-op, made on first use and cached for the process."""
+    if spec in self.plans_2d:
+      return self.plans_2d[spec]
+    lib, g = self.lib, spec.groups
+    oh, ow = spec.out_hw
+    src = self._md((spec.n, spec.c, spec.h, spec.w), _TAG_NHWC)
+    dst = self._md((spec.n, spec.o, oh, ow), _TAG_NHWC)
+    bias = self._md((spec.o,), _TAG_A)
+    # Flax's [kh, kw, c / g, o] buffer described in oneDNN's logical order,
+    # (o, i, kh, kw) or, grouped, (g, o / g, i, kh, kw), by its strides.
+    i, og = spec.c // g, spec.o // g
+    hw_dims, hw_strides = (spec.kh, spec.kw), (spec.kw * i * spec.o, i * spec.o)
+    if g == 1:
+      dims, strides = (spec.o, i) + hw_dims, (1, spec.o) + hw_strides
+    else:
+      dims, strides = (g, og, i) + hw_dims, (og, 1, spec.o) + hw_strides
+    user_w = ctypes.c_void_p()
+    _check(lib.dnnl_memory_desc_create_with_strides(
+        ctypes.byref(user_w), len(dims), _dims(*dims), _F32,
+        _dims(*strides)), "memory_desc_create_with_strides")
+    any_w = self._md(dims, _TAG_ANY)
+    attr = ctypes.c_void_p()
+    _check(lib.dnnl_primitive_attr_create(ctypes.byref(attr)),
+           "primitive_attr_create")
+    post = ACTIVATIONS[spec.activation]
+    if post is not None:
+      alg, alpha, beta = post
+      ops = ctypes.c_void_p()
+      _check(lib.dnnl_post_ops_create(ctypes.byref(ops)), "post_ops_create")
+      _check(lib.dnnl_post_ops_append_eltwise(
+          ops, alg, spec.slope if alpha is None else alpha, beta),
+             "post_ops_append_eltwise")
+      _check(lib.dnnl_primitive_attr_set_post_ops(attr, ops),
+             "primitive_attr_set_post_ops")
+      lib.dnnl_post_ops_destroy(ops)
+    pt, pb, pl, pr = spec.pads
+    pd = ctypes.c_void_p()
+    try:
+      _check(lib.dnnl_convolution_forward_primitive_desc_create(
+          ctypes.byref(pd), self.engine, _FORWARD_INFERENCE,
+          _CONVOLUTION_DIRECT, src, any_w, bias, dst, _dims(*spec.strides),
+          _dims(0, 0), _dims(pt, pl), _dims(pb, pr), attr),
+             "convolution_forward_primitive_desc_create")
+    finally:
+      lib.dnnl_primitive_attr_destroy(attr)
+      lib.dnnl_memory_desc_destroy(any_w)
+    fwd = self._primitive(pd)
+    fwd_w = lib.dnnl_primitive_desc_query_md(fwd.pd, _QUERY_WEIGHTS_MD, 0)
+    plan = _Conv2dPlan(fwd=fwd, user_w=user_w,
+                       reorder_w=self._reorder(user_w, fwd_w), fwd_w=fwd_w,
+                       src=src, dst=dst, bias=bias)
+    self.plans_2d[spec] = plan
+    return plan
+
   # --- execution -------------------------------------------------------------
 
   def _memory(self, md, handle: int) -> ctypes.c_void_p:
@@ -352,16 +483,17 @@ class _OneDnn:
     _check(self.lib.dnnl_primitive_execute(prim.prim, self.stream, len(args),
                                            arr), f"execute ({prim.impl})")
 
-  def _run(self, dims: tuple[int, ...],
-           steps: Callable[[_ConvPlan, list], None]) -> None:
-    """Runs ``steps(plan, owned)`` (which queues primitives and appends the
+  def _run(self, dims, steps: Callable[..., None]) -> None:
+    """Runs ``steps(plan, owned)`` (``plan``: of the 3-D ``dims``, or of a
+    ``Conv2dSpec``) (which queues primitives and appends the
     memory objects it makes to ``owned``) under the lock, waits for the
     stream, frees those objects. One convolution at a time: each primitive
     already runs on every core, and the plans and the stream are shared."""
     owned: list = []
     with self.lock:
       try:
-        steps(self.plan(*dims), owned)
+        steps(self.plan_2d(dims) if isinstance(dims, Conv2dSpec) else
+              self.plan(*dims), owned)
         _check(self.lib.dnnl_stream_wait(self.stream), "stream_wait")
       finally:
         for mem in owned:
@@ -414,7 +546,35 @@ class _OneDnn:
 
     self._run(dims, steps)
 
+  def conv2d_forward(self, spec: Conv2dSpec, x: int, k: int, b: int,
+                     y: int) -> None:
+    """y = activation(conv(x, k) + b) for ``spec``; x, k, b, y: addresses of
+    float32 NHWC / HWIO / [o] / NHWC buffers."""
+
+    def steps(plan, owned):
+      mx, mk, mb, my = (self._memory(plan.src, x),
+                        self._memory(plan.user_w, k),
+                        self._memory(plan.bias, b), self._memory(plan.dst, y))
+      owned.extend((mx, mk, mb, my))
+      if plan.reorder_w is not None:
+        mw = self._memory(plan.fwd_w, _ALLOCATE)
+        owned.append(mw)
+        self._execute(plan.reorder_w, {_ARG_SRC: mk, _ARG_DST: mw})
+        mk = mw
+      self._execute(plan.fwd, {_ARG_SRC: mx, _ARG_WEIGHTS: mk,
+                               _ARG_BIAS: mb, _ARG_DST: my})
+
+    self._run(spec, steps)
+
   # --- numpy front end (tests, benchmarks, the pure_callback path) ------------
+
+  def forward_2d(self, spec: Conv2dSpec, x: np.ndarray, k: np.ndarray,
+                 b: np.ndarray) -> np.ndarray:
+    x, k, b = _f32(x), _f32(k), _f32(b)
+    y = np.empty((spec.n,) + spec.out_hw + (spec.o,), np.float32)
+    self.conv2d_forward(spec, x.ctypes.data, k.ctypes.data, b.ctypes.data,
+                        y.ctypes.data)
+    return y
 
   def forward(self, x: np.ndarray, k: np.ndarray) -> np.ndarray:
     x, k = _f32(x), _f32(k)

@@ -1,4 +1,7 @@
-"""The 3x3x3 SAME convolution on oneDNN (CPU), callable from JAX.
+"""oneDNN's convolutions (CPU) as JAX ops: the model's trainable 3x3x3 SAME
+3-D convolution (``conv3d``) and the perception networks' 2-D inference
+convolution with a fused bias and activation (``conv2d``, with
+``fold_batch_norm``; used by ``ssmtl_jax/perception/convs.py``).
 
 ``conv3d(x, kernel)`` computes what ``network._conv3d_xla`` computes (x
 ``[B, T, H, W, C]`` NDHWC, kernel ``[3, 3, 3, C, O]`` DHWIO, stride 1,
@@ -43,15 +46,16 @@ in that module's docstring.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import threading
-from typing import Callable
+from typing import Callable, Sequence, Union
 
 import jax
 import jax.numpy as jnp
 
-from ssmtl_jax.model import onednn
-from ssmtl_jax.model import xla_ffi
+from ssmtl_jax.base import onednn
+from ssmtl_jax.base import xla_ffi
 
 # --- XLA FFI custom calls ---------------------------------------------------
 
@@ -69,8 +73,28 @@ def _ffi_backward(args, rets) -> None:
                                  dx, dk)
 
 
+# The 2-D inference convolution's settings travel as a small float32 operand
+# (integers, exact in float32), read by the handler: the handler ABI of
+# ``xla_ffi`` passes buffers only, not attributes. Order of ``_conv2d_params``.
+_NUM_PARAMS = 9
+_ACTIVATIONS = tuple(onednn.ACTIVATIONS)
+
+
+def _ffi_conv2d(args, rets) -> None:
+  (x, x_dims), (k, k_dims), (b, _), (p, _) = args
+  (y, _), = rets
+  sh, sw, pt, pb, pl, pr, groups, act, slope = (
+      ctypes.c_float * _NUM_PARAMS).from_address(p)
+  spec = onednn.Conv2dSpec(
+      *x_dims, o=k_dims[3], kh=k_dims[0], kw=k_dims[1],
+      strides=(int(sh), int(sw)), pads=(int(pt), int(pb), int(pl), int(pr)),
+      groups=int(groups), activation=_ACTIVATIONS[int(act)], slope=slope)
+  onednn.library().conv2d_forward(spec, x, k, b, y)
+
+
 _FFI_TARGETS = {"ssmtl_onednn_conv3d_fwd": _ffi_forward,
-                "ssmtl_onednn_conv3d_bwd": _ffi_backward}
+                "ssmtl_onednn_conv3d_bwd": _ffi_backward,
+                "ssmtl_onednn_conv2d_inference": _ffi_conv2d}
 _FFI_HANDLERS: dict[str, xla_ffi.Handler] = {}  # kept alive: XLA holds pointers
 _FFI_LOCK = threading.Lock()
 
@@ -168,3 +192,88 @@ def conv3d(x: jax.Array, kernel: jax.Array, *, call: str = "ffi") -> jax.Array:
   dtype = jnp.result_type(x, kernel)
   y = _conv3d_f32(x.astype(jnp.float32), kernel.astype(jnp.float32), call)
   return y.astype(dtype)
+
+
+# --- 2-D inference convolutions (the perception networks) ---------------------
+
+
+def same_pads(size: int, kernel: int, stride: int) -> tuple[int, int]:
+  """TF / lax "SAME" padding of one spatial axis: (before, after), the extra
+  pixel after."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + kernel - size, 0)
+  return total // 2, total - total // 2
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array, *,
+           strides: Sequence[int] = (1, 1),
+           padding: Union[str, Sequence[tuple[int, int]]] = "SAME",
+           groups: int = 1, activation: str = "none",
+           slope: float = 0.0) -> jax.Array:
+  """activation(conv2d(x, kernel) + bias) as one oneDNN primitive (CPU,
+  forward inference only: not differentiable).
+
+  Args:
+    x: [N, H, W, C] NHWC (computed in float32).
+    kernel: [kh, kw, C / groups, O] HWIO, Flax's layout.
+    bias: [O].
+    strides: (sh, sw).
+    padding: 'SAME' (TF's: the extra pixel after), 'VALID', or
+      ((top, bottom), (left, right)).
+    groups: ``feature_group_count`` (C for a depthwise convolution).
+    activation: 'none', 'relu', 'relu6' or 'leaky_relu' (negative slope
+      ``slope``), fused into the convolution as a oneDNN post-op.
+  Returns:
+    float32 [N, H', W', O]: what ``lax.conv_general_dilated(x, kernel,
+    strides, padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+    feature_group_count=groups) + bias`` and the activation give, up to
+    float summation order.
+  Raises:
+    ValueError: shapes or settings that do not fit.
+    onednn.OneDnnUnavailableError, xla_ffi.FfiAbiError: at trace time, as
+      for ``conv3d``.
+  """
+  if x.ndim != 4 or kernel.ndim != 4 or bias.shape != kernel.shape[-1:]:
+    raise ValueError(f"conv2d: x {x.shape} must be [N, H, W, C], kernel "
+                     f"{kernel.shape} [kh, kw, C / groups, O], bias "
+                     f"{bias.shape} [O]")
+  if kernel.shape[2] * groups != x.shape[-1]:
+    raise ValueError(f"conv2d: kernel {kernel.shape} with groups={groups} "
+                     f"does not fit {x.shape[-1]} input channels")
+  if activation not in _ACTIVATIONS:
+    raise ValueError(f"conv2d: activation={activation!r}, expected one of "
+                     f"{_ACTIVATIONS}")
+  (kh, kw), (sh, sw) = kernel.shape[:2], tuple(strides)
+  if isinstance(padding, str):
+    if padding not in ("SAME", "VALID"):
+      raise ValueError(f"conv2d: padding={padding!r}")
+    pads = ((same_pads(x.shape[1], kh, sh), same_pads(x.shape[2], kw, sw))
+            if padding == "SAME" else ((0, 0), (0, 0)))
+  else:
+    pads = tuple(tuple(int(v) for v in p) for p in padding)
+  spec = onednn.Conv2dSpec(
+      *x.shape, o=kernel.shape[3], kh=kh, kw=kw, strides=(sh, sw),
+      pads=pads[0] + pads[1], groups=groups, activation=activation,
+      slope=float(slope))  # checks the settings
+  onednn.library()
+  _register_ffi_targets()
+  params = jnp.asarray(
+      [sh, sw, *spec.pads, groups, _ACTIVATIONS.index(activation), slope],
+      jnp.float32)
+  out = jax.ShapeDtypeStruct((spec.n,) + spec.out_hw + (spec.o,), jnp.float32)
+  return jax.ffi.ffi_call("ssmtl_onednn_conv2d_inference", out,
+                          vmap_method="sequential")(
+                              x.astype(jnp.float32),
+                              kernel.astype(jnp.float32),
+                              bias.astype(jnp.float32), params)
+
+
+def fold_batch_norm(kernel: jax.Array, bias, scale, offset, mean, var,
+                    epsilon: float) -> tuple[jax.Array, jax.Array]:
+  """(kernel', bias') with conv(x, kernel') + bias' = batch_norm(conv(x,
+  kernel) + bias) in inference mode (running statistics): the folding that
+  lets a convolution and its batch norm run as one primitive. ``bias``
+  None: a bias-free convolution; kernel [..., O], the rest [O]."""
+  inv = scale * jax.lax.rsqrt(var + epsilon)
+  b = -mean if bias is None else bias - mean
+  return kernel * inv, b * inv + offset

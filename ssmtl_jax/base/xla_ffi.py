@@ -226,7 +226,7 @@ def register(name: str, fn: Handler, platform: str = "cpu") -> None:
   except jax.errors.JaxRuntimeError as e:
     reason = " ".join(str(e).split()).rstrip(".")
     raise FfiAbiError(
-        f"XLA refused the FFI handler {name!r} of ssmtl_jax/model/xla_ffi.py "
+        f"XLA refused the FFI handler {name!r} of ssmtl_jax/base/xla_ffi.py "
         f"(XLA FFI API {API_VERSION[0]}.{API_VERSION[1]}) under jax "
         f"{jax.__version__}: {reason}; install a jax / jaxlib that setup.cfg "
         "allows") from e
