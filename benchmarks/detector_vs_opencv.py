@@ -1,11 +1,13 @@
 """The detector section of ``python -m benchmarks.compare``.
 
 Frames/s of YOLOv3-tiny at the same input size, Flax
-(``ssmtl_jax.perception.detector.yolo.Detector``) vs OpenCV dnn
-(``cv2.dnn.readNetFromDarknet``, on the CPU) with the same weights:
-"network" (one letterboxed blob in, decoded rows out, host to host for
-both) and "end_to_end" (frames in, final detections out, both with our
-letterbox pre-processing and NMS post-processing). Where OpenCV has no
+(``ssmtl_jax.perception.detector.yolo.Detector``, its default
+``conv_impl``) vs OpenCV dnn (``cv2.dnn.readNetFromDarknet``, on the CPU)
+with the same weights: "network" (one letterboxed blob in, decoded rows
+out, host to host for both) and "end_to_end" (frames in, final detections
+out, both with our letterbox pre-processing and NMS post-processing). Where
+the default runs oneDNN, "flax_xla_network" times the same network on XLA's
+convolutions in the same run. Where OpenCV has no
 darknet importer, the Flax rows are still measured and the OpenCV rows are
 recorded as ``{"unavailable": reason}``.
 """
@@ -89,12 +91,22 @@ def detector_section(settings: harness.BenchSettings) -> dict:
       harness.Runner("opencv_end_to_end", functools.partial(cv_detect, frames),
                      nosync, len(frames)),
   ]
+  if det.conv_impl != "xla":
+    # The same network on XLA's convolutions, side by side: what the
+    # default ('auto' -> oneDNN) changed.
+    det_xla = yolo.Detector(files.cfg, files.weights, input_size=size,
+                            conf_threshold=0.25, nms_threshold=0.45,
+                            batch_size=settings.det_batch, conv_impl="xla")
+    runners.insert(1, harness.Runner(
+        "flax_xla_network", functools.partial(det_xla.decoded_rows, blob),
+        nosync, settings.det_batch))
   if unavailable:
     runners = [r for r in runners if not r.name.startswith("opencv_")]
   harness.measure(runners, settings)
   out = {r.name: harness.summary(r, "frames_per_s") for r in runners}
   out.update(input_size=list(size), batch=settings.det_batch,
              frames=source, flax_device=str(jax.devices()[0].platform),
+             flax_conv_impl=det.conv_impl,
              opencv_device="cpu", conf_threshold=0.25, nms_threshold=0.45)
   if unavailable:
     for name in ("opencv_network", "opencv_end_to_end", "max_abs_row_diff"):

@@ -154,6 +154,14 @@ def _detector_lines(results: dict) -> list[str]:
           f"| {kind} | {cell(det.get(f'flax_{kind}'), 'frames_per_s')} | "
           f"{cell(det.get(f'opencv_{kind}'), 'frames_per_s')} | "
           f"{fmt_ratio(rat.get(f'detector_{kind}_flax_over_opencv'))} |")
+    if det.get("flax_xla_network"):
+      xla = det["flax_xla_network"]
+      lines.append(
+          f"| network, Flax on XLA's convolutions | "
+          f"{cell(xla, 'frames_per_s')} | | "
+          f"{fmt_ratio(_ratio(xla, det.get('opencv_network', {}), 'frames_per_s'))} |")
+      lines.append(f"Flax's convolutions: {det.get('flax_conv_impl', '?')} "
+                   "(the default) in the first rows.")
     why = (det.get("opencv_network") or {}).get("unavailable")
     if why:
       lines.append(f"OpenCV dnn unavailable: {why}.")

@@ -505,7 +505,9 @@ def test_report_table_handles_errors_and_ratios():
       "infer": {"jax": entry(300.0, "cubes_per_s"),
                 "torch_eager": entry(200.0, "cubes_per_s")},
       "detector": {"flax_network": entry(15.0, "frames_per_s"),
-                   "opencv_network": entry(10.0, "frames_per_s")},
+                   "flax_xla_network": entry(5.0, "frames_per_s"),
+                   "opencv_network": entry(10.0, "frames_per_s"),
+                   "flax_conv_impl": "onednn"},
       "end_to_end": {**entry(3.0, "frames_per_s"), "frames": 16,
                      "source": "ped2/test/01", "objects": 40,
                      "stage_seconds": {"detector": 2.0, "model": 1.5}},
@@ -519,6 +521,8 @@ def test_report_table_handles_errors_and_ratios():
   assert "| train cubes/s | 20.0 [20.0-20.0] | 40.0 [40.0-40.0] | error |" in (
       table)
   assert "BackendCompilerFailed" in table
+  assert ("| network, Flax on XLA's convolutions | 5.0 [5.0-5.0] | | 0.50 |"
+          in table), table
   assert ("16 frames of ped2/test/01 (40 objects): 3.0 [3.0-3.0] frames/s; "
           "seconds per stage: detector 2.00, model 1.50.") in table
 
