@@ -161,7 +161,7 @@ def _detector_lines(results: dict) -> list[str]:
     if det.get("flax_xla_network"):
       xla = det["flax_xla_network"]
       lines.append(
-          f"| network, Flax on XLA's convolutions | "
+          f"| Flax on XLA's convolutions, network | "
           f"{cell(xla, 'frames_per_s')} | | "
           f"{fmt_ratio(_ratio(xla, det.get('opencv_network', {}), 'frames_per_s'))} |")
       lines.append(f"Flax's convolutions: {det.get('flax_conv_impl', '?')} "

@@ -521,7 +521,7 @@ def test_report_table_handles_errors_and_ratios():
   assert "| train cubes/s | 20.0 [20.0-20.0] | 40.0 [40.0-40.0] | error |" in (
       table)
   assert "BackendCompilerFailed" in table
-  assert ("| network, Flax on XLA's convolutions | 5.0 [5.0-5.0] | | 0.50 |"
+  assert ("| Flax on XLA's convolutions, network | 5.0 [5.0-5.0] | | 0.50 |"
           in table), table
   assert ("16 frames of ped2/test/01 (40 objects): 3.0 [3.0-3.0] frames/s; "
           "seconds per stage: detector 2.00, model 1.50.") in table
