@@ -209,24 +209,17 @@ def run(settings: harness.BenchSettings) -> dict:
 
   m = section("models", lambda: harness.build_models(s, device))
   xla = _model_sections(s, m, records, device, results, section)
-  if s.detector:
-    try:
-      results["detector"] = section(
-          "detector", lambda: detector_vs_opencv.detector_section(s))
-    except Exception as e:  # pylint: disable=broad-except
-      results["detector"] = {"error": harness.error_text(e)}
-  if s.teacher:
-    try:
-      results["teacher"] = section(
-          "teacher", lambda: teacher_vs_torch.teacher_section(s))
-    except Exception as e:  # pylint: disable=broad-except
-      results["teacher"] = {"error": harness.error_text(e)}
-  if s.e2e:
-    try:
-      results["end_to_end"] = section(
-          "end_to_end", lambda: end_to_end.end_to_end_section(s, m))
-    except Exception as e:  # pylint: disable=broad-except
-      results["end_to_end"] = {"error": harness.error_text(e)}
+  # The optional sections: one that fails holds its error, the rest run.
+  optional = (
+      ("detector", s.detector, lambda: detector_vs_opencv.detector_section(s)),
+      ("teacher", s.teacher, lambda: teacher_vs_torch.teacher_section(s)),
+      ("end_to_end", s.e2e, lambda: end_to_end.end_to_end_section(s, m)))
+  for name, wanted, fn in optional:
+    if wanted:
+      try:
+        results[name] = section(name, fn)
+      except Exception as e:  # pylint: disable=broad-except
+        results[name] = {"error": harness.error_text(e)}
   n = s.matmul_n * (1 if jax.default_backend() == "cpu" else 2)
   mm = section("matmul", lambda: flops_lib.matmul_flops(n))
   results["flops"] = _flops_entry(s, results, mm, xla)

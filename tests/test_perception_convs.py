@@ -12,7 +12,7 @@ the [onednn] extra); the torch comparisons of tests/test_teachers.py and the
 OpenCV ones of tests/test_detector.py run with the default ('auto') too.
 """
 
-import os
+from unittest import mock
 
 import flax.linen as nn
 import jax
@@ -177,13 +177,18 @@ def test_resolve(monkeypatch):
   assert convs.resolve("auto") == "onednn"  # CPU, oneDNN installed
   with pytest.raises(ValueError, match="conv_impl='fast'"):
     convs.resolve("fast")
-  convs._onednn_usable.cache_clear()
+  onednn_conv.usable.cache_clear()
   monkeypatch.setattr(onednn_conv, "unusable_reason",
                       lambda: "oneDNN not found: ...")
   try:
-    assert convs.resolve("auto") == "xla"
+    with mock.patch.object(onednn_conv.logging, "info") as info:
+      assert convs.resolve("auto") == "xla"
+      assert convs.resolve("auto") == "xla"
+    assert info.call_count == 1  # said once, with the reason
+    assert "oneDNN not found" in info.call_args[0][2]
+    assert "build.conv_impl" in info.call_args[0][1]
   finally:
-    convs._onednn_usable.cache_clear()
+    onednn_conv.usable.cache_clear()
 
 
 def test_conv_bn_act_flax_path_is_the_modules():
@@ -214,15 +219,3 @@ def test_conv_bn_act_flax_path_is_the_modules():
   np.testing.assert_array_equal(Fused("xla").apply(variables, x), want)
   _close(Fused("onednn").apply(variables, x), want)
 
-
-@pytest.fixture(scope="module")
-def tiny_files(request):
-  from ssmtl_jax.perception.detector import weights  # pylint: disable=g-import-not-at-top
-  if os.environ.get(weights.ENV_VAR):
-    dest = weights.default_weights_dir()
-  else:
-    dest = str(request.config.cache.mkdir("ssmtl_yolov3_tiny"))
-  try:
-    return weights.ensure_yolov3_tiny(dest)
-  except weights.DownloadError as e:
-    pytest.skip(f"cannot download YOLOv3-tiny: {e}")

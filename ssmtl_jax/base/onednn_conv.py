@@ -51,6 +51,7 @@ import functools
 import threading
 from typing import Callable, Sequence, Union
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 
@@ -119,6 +120,17 @@ def unusable_reason() -> str:
   except (onednn.OneDnnUnavailableError, xla_ffi.FfiAbiError) as e:
     return str(e)
   return ""
+
+
+@functools.lru_cache(maxsize=None)
+def usable(fallback: str) -> bool:
+  """Whether the custom calls can run here, for an 'auto' choice; where not,
+  logs ``'{fallback}: {reason}'`` once (per ``fallback``: what the caller
+  uses instead)."""
+  reason = unusable_reason()
+  if reason:
+    logging.info("%s: %s", fallback, reason)
+  return not reason
 
 
 # --- JAX side -----------------------------------------------------------------

@@ -9,10 +9,8 @@ No TensorFlow here: the model is pure JAX/Flax (Linen).
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Mapping, Optional, Sequence
 
-from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -148,17 +146,10 @@ def resolve_conv_impl(impl: str) -> str:
     return "xla"
   if jax.device_count() > 1:
     return "fast"
-  return "onednn" if _onednn_usable() else "fast"
-
-
-@functools.lru_cache(maxsize=None)
-def _onednn_usable() -> bool:
   from ssmtl_jax.base import onednn_conv  # pylint: disable=g-import-not-at-top
-  reason = onednn_conv.unusable_reason()
-  if reason:
-    logging.info("model.conv_impl='auto' uses XLA's convolutions ('fast'), "
-                 "not oneDNN: %s", reason)
-  return not reason
+  return "onednn" if onednn_conv.usable(
+      "model.conv_impl='auto' uses XLA's convolutions ('fast'), not "
+      "oneDNN") else "fast"
 
 
 def _pool_impl(impl: str) -> str:

@@ -22,10 +22,8 @@ calling them, and ``init`` always takes the Flax path.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Optional, Sequence, Union
 
-from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -50,17 +48,10 @@ def resolve(impl: str) -> str:
     return impl
   if jax.default_backend() != "cpu":
     return "xla"
-  return "onednn" if _onednn_usable() else "xla"
-
-
-@functools.lru_cache(maxsize=None)
-def _onednn_usable() -> bool:
   from ssmtl_jax.base import onednn_conv  # pylint: disable=g-import-not-at-top
-  reason = onednn_conv.unusable_reason()
-  if reason:
-    logging.info("The detector and the teachers use XLA's convolutions, not "
-                 "oneDNN: %s", reason)
-  return not reason
+  return "onednn" if onednn_conv.usable(
+      "build.conv_impl='auto': the detector and the teachers use XLA's "
+      "convolutions, not oneDNN") else "xla"
 
 
 def activate(x: jax.Array, activation: str, slope: float = 0.0) -> jax.Array:
