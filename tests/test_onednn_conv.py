@@ -182,8 +182,10 @@ def test_ffi_structs_match_the_jaxlib_header():
   assert version[0] == xla_ffi.API_VERSION[0]
   assert version >= xla_ffi.API_VERSION
   for c_name, struct in xla_ffi.C_STRUCTS.items():
-    body = re.search(rf"struct {c_name} {{(.*?)}}", text, re.S)
-    assert body, c_name
+    names = (c_name,) + xla_ffi.C_STRUCT_ALIASES.get(c_name, ())
+    bodies = [re.search(rf"struct {n} {{(.*?)}}", text, re.S) for n in names]
+    body = next((b for b in bodies if b), None)
+    assert body, names
     # The last identifier of each declaration (`int64_t* dims`,
     # `_XLA_FFI_API_STRUCT_FIELD(XLA_FFI_Error_Create)`) is the field.
     fields = [re.findall(r"\w+", decl)[-1]

@@ -14,7 +14,8 @@ This module knows XLA and nothing of what a handler computes (``onednn_conv``
 is the one user: oneDNN's convolution). It is separate because the structs
 below are XLA's ABI, hand-copied from c_api.h as far as a handler reads or
 writes them: they are tied to the jaxlib versions setup.cfg allows (FFI API
-0.x; jaxlib 0.10.2 speaks 0.3 and accepts handlers from 0.1 up), while the
+0.x; jaxlib 0.10.2 speaks 0.3, 0.12.0.1 speaks 0.5, both accept handlers
+from 0.1 up), while the
 oneDNN binding follows oneDNN's headers. XLA changes them only by appending
 fields within a major version, and checks at registration the version a
 handler reports (``API_VERSION``): a jaxlib that speaks another major version
@@ -143,6 +144,9 @@ C_STRUCTS = {
     "XLA_FFI_Error_Create_Args": ErrorCreateArgs,
     "XLA_FFI_Api": ApiHead,
 }
+# Other names a copied struct has in some allowed jaxlib's c_api.h, with the
+# same fields: jaxlib 0.12 (FFI API 0.5) renamed the extension header.
+C_STRUCT_ALIASES = {"XLA_FFI_Extension_Base": ("XLA_FFI_InternalExtension",)}
 C_ENUMS = {
     "XLA_FFI_Extension_Metadata": _EXTENSION_METADATA,
     "XLA_FFI_ExecutionStage_EXECUTE": _STAGE_EXECUTE,
