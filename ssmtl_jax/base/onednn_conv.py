@@ -76,7 +76,9 @@ def _ffi_backward(args, rets) -> None:
 
 # The 2-D inference convolution's settings travel as a small float32 operand
 # (integers, exact in float32), read by the handler: the handler ABI of
-# ``xla_ffi`` passes buffers only, not attributes. Order of ``_conv2d_params``.
+# ``xla_ffi`` passes buffers only, not attributes. Order: that of the
+# ``params`` array ``conv2d`` builds (strides, pads, groups, activation
+# index, slope).
 _NUM_PARAMS = 9
 _ACTIVATIONS = tuple(onednn.ACTIVATIONS)
 
@@ -112,8 +114,9 @@ def _register_ffi_targets() -> None:
 
 
 def unusable_reason() -> str:
-  """'' when ``conv3d`` can run here (libdnnl loads and the installed
-  jaxlib takes the custom call's handlers), else why not, in one line."""
+  """'' when the custom calls (``conv3d``, ``conv2d``) can run here
+  (libdnnl loads and the installed jaxlib takes their handlers), else why
+  not, in one line."""
   try:
     onednn.library()
     _register_ffi_targets()
