@@ -483,11 +483,23 @@ class _OneDnn:
     _check(self.lib.dnnl_primitive_execute(prim.prim, self.stream, len(args),
                                            arr), f"execute ({prim.impl})")
 
+  def _reordered(self, reorder: Optional[_Primitive], md, mem,
+                 owned: list) -> ctypes.c_void_p:
+    """``mem`` (the user's weights) in the layout ``md`` a primitive wants:
+    queues ``reorder`` into a new memory object (appended to ``owned``), or
+    returns ``mem`` itself where the plan needs no reorder (None)."""
+    if reorder is None:
+      return mem
+    out = self._memory(md, _ALLOCATE)
+    owned.append(out)
+    self._execute(reorder, {_ARG_SRC: mem, _ARG_DST: out})
+    return out
+
   def _run(self, dims, steps: Callable[..., None]) -> None:
-    """Runs ``steps(plan, owned)`` (``plan``: of the 3-D ``dims``, or of a
-    ``Conv2dSpec``) (which queues primitives and appends the
-    memory objects it makes to ``owned``) under the lock, waits for the
-    stream, frees those objects. One convolution at a time: each primitive
+    """Runs ``steps(plan, owned)`` -- ``plan`` that of the 3-D ``dims`` or of
+    a ``Conv2dSpec``; ``steps`` queues primitives and appends the memory
+    objects it makes to ``owned`` -- under the lock, waits for the stream,
+    frees those objects. One convolution at a time: each primitive
     already runs on every core, and the plans and the stream are shared."""
     owned: list = []
     with self.lock:
@@ -508,11 +520,7 @@ class _OneDnn:
       mx, mk, my = (self._memory(plan.src, x), self._memory(plan.user_w, k),
                     self._memory(plan.dst, y))
       owned.extend((mx, mk, my))
-      if plan.reorder_fwd_w is not None:  # DHWIO -> the kernel's layout
-        mw = self._memory(plan.fwd_w, _ALLOCATE)
-        owned.append(mw)
-        self._execute(plan.reorder_fwd_w, {_ARG_SRC: mk, _ARG_DST: mw})
-        mk = mw
+      mk = self._reordered(plan.reorder_fwd_w, plan.fwd_w, mk, owned)
       self._execute(plan.fwd, {_ARG_SRC: mx, _ARG_WEIGHTS: mk, _ARG_DST: my})
 
     self._run(dims, steps)
@@ -528,11 +536,8 @@ class _OneDnn:
           self._memory(plan.dst, g), self._memory(plan.src, dx),
           self._memory(plan.user_w, dk))
       owned.extend((mx, mk, mg, mdx, mdk))
-      if plan.reorder_bwd_data_w is not None:
-        mw = self._memory(plan.bwd_data_w, _ALLOCATE)
-        owned.append(mw)
-        self._execute(plan.reorder_bwd_data_w, {_ARG_SRC: mk, _ARG_DST: mw})
-        mk = mw
+      mk = self._reordered(plan.reorder_bwd_data_w, plan.bwd_data_w, mk,
+                           owned)
       self._execute(plan.bwd_data, {_ARG_DIFF_DST: mg, _ARG_WEIGHTS: mk,
                                     _ARG_DIFF_SRC: mdx})
       mdw = mdk
@@ -556,11 +561,7 @@ class _OneDnn:
                         self._memory(plan.user_w, k),
                         self._memory(plan.bias, b), self._memory(plan.dst, y))
       owned.extend((mx, mk, mb, my))
-      if plan.reorder_w is not None:
-        mw = self._memory(plan.fwd_w, _ALLOCATE)
-        owned.append(mw)
-        self._execute(plan.reorder_w, {_ARG_SRC: mk, _ARG_DST: mw})
-        mk = mw
+      mk = self._reordered(plan.reorder_w, plan.fwd_w, mk, owned)
       self._execute(plan.fwd, {_ARG_SRC: mx, _ARG_WEIGHTS: mk,
                                _ARG_BIAS: mb, _ARG_DST: my})
 
