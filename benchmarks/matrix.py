@@ -468,7 +468,7 @@ def default_sections(matrix: dict, batch: int):
   the default configuration (float32, ``model.pool_impl='auto'`` on this
   backend, no fused views, the settings' batch), or None if the matrix did
   not measure it."""
-  pool = network._pool_impl("auto")  # pylint: disable=protected-access
+  pool = network.resolve_pool_impl("auto")
   sections = {}
   xla = None
   for section in ("train", "infer"):

@@ -130,10 +130,14 @@ CONV_IMPLS = ("auto", "xla", "fast", "onednn")
 POOL_IMPLS = ("auto", "argmax", "reduce_window")
 
 
-def resolve_conv_impl(impl: str) -> str:
+def resolve_conv_impl(impl: str, platform: Optional[str] = None) -> str:
   """The convolution ``Conv3x3x3`` runs for ``model.conv_impl``: 'auto' is
   'xla' on GPU/TPU; on the CPU 'onednn' where oneDNN is installed and usable
   and the process has one device, else 'fast' (said once in the log).
+
+  platform: the backend the step is compiled for ('cpu', 'gpu', 'tpu');
+  None = ``jax.default_backend()``. A plan compiled on the CPU for a TPU
+  (``benchmarks.pod_plan``) passes 'tpu'.
 
   One device: the custom call has no sharding rule, so under a mesh of
   several CPU devices XLA's partitioner may gather its operands onto every
@@ -142,7 +146,7 @@ def resolve_conv_impl(impl: str) -> str:
   """
   if impl != "auto":
     return impl
-  if jax.default_backend() != "cpu":
+  if (platform or jax.default_backend()) != "cpu":
     return "xla"
   if jax.device_count() > 1:
     return "fast"
@@ -152,10 +156,14 @@ def resolve_conv_impl(impl: str) -> str:
       "oneDNN") else "fast"
 
 
-def _pool_impl(impl: str) -> str:
+def resolve_pool_impl(impl: str, platform: Optional[str] = None) -> str:
+  """``model.pool_impl`` for ``platform`` (None = ``jax.default_backend()``):
+  'auto' is 'argmax' on the CPU, 'reduce_window' elsewhere."""
   if impl == "auto":
-    return "argmax" if jax.default_backend() == "cpu" else "reduce_window"
+    return ("argmax" if (platform or jax.default_backend()) == "cpu"
+            else "reduce_window")
   return impl
+
 
 
 def max_pool_hw(x, padding: str = "VALID", impl: str = "argmax"):
@@ -182,7 +190,7 @@ def max_pool_hw(x, padding: str = "VALID", impl: str = "argmax"):
 
 
 def _max_pool_hw(x, padding: str, impl: str):
-  if _pool_impl(impl) == "reduce_window":
+  if resolve_pool_impl(impl) == "reduce_window":
     lead = x.shape[:-3]
     y = nn.max_pool(x.reshape((-1,) + x.shape[-3:]), (2, 2), strides=(2, 2),
                     padding=padding)
@@ -396,7 +404,7 @@ class SSMTL(nn.Module):
   def setup(self):
     norm_kw = dict(bn_axis_name=self.bn_axis_name, dtype=self.dtype)
     conv_kw = dict(norm_kw, conv_impl=self.conv_impl,
-                   pool_impl=_pool_impl(self.pool_impl))
+                   pool_impl=resolve_pool_impl(self.pool_impl))
     hw = self.head_width or self.widths[-1]
     self.backbone = Backbone(self.widths, self.convs_per_stage, **conv_kw)
     heads = {}
@@ -494,8 +502,14 @@ def backbone_widths(config) -> tuple[int, ...]:
 
 
 def create_model(config, *, kd_outputs: int, channels: int,
-                 bn_axis_name: Optional[str] = None) -> SSMTL:
-  """Builds the model described by config.model / config.tasks."""
+                 bn_axis_name: Optional[str] = None,
+                 platform: Optional[str] = None) -> SSMTL:
+  """Builds the model described by config.model / config.tasks.
+
+  platform: where the model will be compiled ('cpu', 'gpu', 'tpu'): the
+  'auto' convolution and pooling are resolved for it here. None = resolve at
+  trace time for ``jax.default_backend()`` (what a process runs on).
+  """
   if config.model.depth not in DEPTH_CONVS:
     raise errors.ConfigError(f"config.model.depth={config.model.depth!r}: expected one "
                      f"of {sorted(DEPTH_CONVS)}")
@@ -514,6 +528,8 @@ def create_model(config, *, kd_outputs: int, channels: int,
                tasks=enabled_tasks(config), kd_outputs=kd_outputs,
                out_channels=channels, head_width=int(config.model.head_width),
                bn_axis_name=bn_axis_name, dtype=dtypes[config.model.dtype],
-               conv_impl=config.model.conv_impl,
-               pool_impl=config.model.pool_impl,
+               conv_impl=(resolve_conv_impl(config.model.conv_impl, platform)
+                          if platform else config.model.conv_impl),
+               pool_impl=(resolve_pool_impl(config.model.pool_impl, platform)
+                          if platform else config.model.pool_impl),
                fuse_views=bool(config.model.fuse_views))
