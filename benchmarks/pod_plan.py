@@ -457,21 +457,22 @@ def hbm_budget(topo: Topology, margin: float) -> float:
 
 def largest_batch(steps: Steps, which: str, topo: Topology, dtype: str, *,
                   margin: float, multiple: int = 8, start: int = 8,
-                  probe: int = 0, max_compiles: int = 5, log=None
+                  probe: int = 0, max_compiles: int = 6, log=None
                   ) -> tuple[Optional[Compiled], list[Compiled]]:
   """The largest per-chip batch (a multiple of ``multiple``) whose compiled
   peak memory is within ``margin`` of the chip's HBM, and every compile tried.
 
-  A full compile of this model takes minutes on two CPU cores, an
-  oversized one is refused in seconds with the temporaries it needed. So:
-  compile at ``start`` (arguments and code: fixed; temporaries: per cube),
-  probe at ``probe`` (default: twice the HBM over the first compile's
-  temporaries per cube, which the compiler refuses; refused: the
-  temporaries it needed; accepted: its measured peak), fit a line through the two, compile the batch the line
-  predicts, and step down by the measured excess until one fits. The
-  result is the largest batch the line allows that the compiler confirmed;
-  XLA:TPU rematerialises near its limit, so the true largest may be a
-  little higher, never lower.
+  Bisection on the compiler's answers. A full compile of this model takes
+  minutes on two CPU cores; an oversized one is refused in seconds with the
+  temporaries it needed. So: compile at ``start``; probe at ``probe``
+  (default: four times the HBM over the first compile's temporaries per
+  cube, which the compiler refuses at once); the line through the two
+  gives the first guess, and bisection between the largest batch that fits
+  and the smallest that does not takes it from there, within
+  ``max_compiles`` compiles (the result is then the largest confirmed, and
+  the bracket is logged). Memory is not linear near the limit: XLA:TPU
+  rematerialises (recomputes activations) to stay under it, which shows as
+  more FLOPs per cube (``row``'s ``flops_per_cube``).
   """
   budget = hbm_budget(topo, margin)
   tried: list[Compiled] = []
@@ -488,35 +489,48 @@ def largest_batch(steps: Steps, which: str, topo: Topology, dtype: str, *,
               if c.needed_temp_bytes else "")))
     return c
 
+  def ok(c: Compiled) -> bool:
+    return c.fits and c.peak_bytes <= budget
+
   first = run(start)
-  if not first.fits or first.peak_bytes > budget:
+  if not ok(first):
     return None, tried
   fixed = first.peak_bytes - first.temp_bytes
-  if not probe:  # past the limit by the first compile's bytes per cube
-    probe = int(2 * hbm_budget(topo, 1.0) / max(first.temp_bytes / start, 1))
+  if not probe:
+    probe = int(4 * hbm_budget(topo, 1.0) / max(first.temp_bytes / start, 1))
   high = run(max(probe, 2 * start))
   if high.fits:
     high_bytes = high.peak_bytes
   elif high.needed_temp_bytes:
     high_bytes = fixed + high.needed_temp_bytes
-  else:  # refused without saying how much: assume it just failed
+  else:  # refused without saying how much
     high_bytes = hbm_budget(topo, 1.0)
+  lo = high if ok(high) else first
+  hi = None if ok(high) else high.per_chip_batch
   per_cube = max((high_bytes - first.peak_bytes)
                  / (high.per_chip_batch - start), 1.0)
-  best = first
-  if high.fits and high.peak_bytes <= budget:
-    best = high
-  b = int(start + (budget - first.peak_bytes) / per_cube) // multiple * multiple
-  while len(tried) < max_compiles and b > best.per_chip_batch:
-    c = run(b)
-    if c.fits and c.peak_bytes <= budget:
-      best = c
+  guess = int(start + (budget - first.peak_bytes) / per_cube)
+  guess = guess // multiple * multiple
+  from_line = True  # the line's guess: if it fits, try the next multiple
+  while len(tried) < max_compiles:
+    if hi is not None and guess >= hi:
+      guess = (lo.per_chip_batch + hi) // 2 // multiple * multiple
+    if guess <= lo.per_chip_batch:
       break
-    over = (c.peak_bytes if c.fits else fixed + (c.needed_temp_bytes or
-                                                 budget)) - budget
-    b -= max(multiple,
-             int(math.ceil(max(over, 0) / per_cube / multiple)) * multiple)
-  return best, tried
+    c = run(guess)
+    if ok(c):
+      lo = c
+      guess = (guess + multiple if from_line else
+               2 * guess if hi is None else
+               (guess + hi) // 2 // multiple * multiple)
+    else:
+      hi = guess
+      guess = (lo.per_chip_batch + hi) // 2 // multiple * multiple
+    from_line = False
+  log(f"  {which} {topo.name} {dtype}: largest {lo.per_chip_batch}/chip"
+      + (f" (the next tried, {hi}, did not fit in {margin:.0%} of HBM)"
+         if hi else ""))
+  return lo, tried
 
 
 # --- report -------------------------------------------------------------------
@@ -527,6 +541,7 @@ def row(c: Compiled, topo: Topology) -> dict:
   d["peak_bytes"] = c.peak_bytes
   d["global_batch"] = c.per_chip_batch * topo.devices
   d["chips"] = topo.devices
+  d["flops_per_cube"] = c.flops / c.per_chip_batch if c.fits else None
   if c.fits:
     d["roofline"] = roofline(c, topo)
     d["cubes_per_s"] = (d["global_batch"] / d["roofline"]["bound_s"]
@@ -599,6 +614,9 @@ def _flags() -> flags.FlagValues:
   flags.DEFINE_boolean("search", False, "find the largest per-chip train "
                        "batch within --margin of HBM (several compiles)",
                        flag_values=fv)
+  flags.DEFINE_integer("max_compiles", 6, "compiles per --search (each takes "
+                       "minutes for configs/ped2.py on two CPU cores)",
+                       flag_values=fv, lower_bound=3)
   flags.DEFINE_float("margin", 0.9, "share of the chip's HBM a plan may use",
                      flag_values=fv, lower_bound=0.1, upper_bound=1.0)
   flags.DEFINE_list("steps", ["train", "score"], "which steps to compile",
@@ -626,7 +644,7 @@ def _check_args(args) -> list[Topology]:
 def plan(config, topos: Sequence[Topology], dtypes: Sequence[str], *,
          batches: Sequence[int] = (), search: bool = False,
          margin: float = 0.9, which: Sequence[str] = ("train", "score"),
-         log=None) -> dict:
+         max_compiles: int = 6, log=None) -> dict:
   """Compiles every (topology, dtype, step, batch); returns the rows."""
   log = log or _log
   results = {"config": "", "margin": margin, "rows": [], "largest": {},
@@ -646,7 +664,8 @@ def plan(config, topos: Sequence[Topology], dtypes: Sequence[str], *,
                                     // topo.devices)]
       if search and "train" in which:
         best, tried = largest_batch(steps, "train", topo, dtype,
-                                    margin=margin, log=log)
+                                    margin=margin, max_compiles=max_compiles,
+                                    log=log)
         results["largest"][f"train {topo.name} {dtype}"] = (
             best.per_chip_batch if best else None)
         results["rows"] += [row(c, topo) for c in tried]
@@ -682,7 +701,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "constraints.txt (the TPU compiler; nothing runs on a TPU)"))
   results = cli.run_reporting_user_errors(lambda: plan(
       args.config, topos, args.dtypes, batches=[int(b) for b in args.batches],
-      search=args.search, margin=args.margin, which=args.steps))
+      search=args.search, margin=args.margin, which=args.steps,
+      max_compiles=args.max_compiles))
   results["config"] = " ".join(a for a in argv if a.startswith("--config"))
   table = markdown(results)
   print(table)

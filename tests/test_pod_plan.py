@@ -218,3 +218,48 @@ def test_tiny_config_compiles_for_a_v5e_2x2_slice(tmp_path):
   assert reduce["bytes"] >= train["param_bytes"]
   assert reduce["sources"]["batch-norm forward"]["count"] >= 1
   assert train["roofline"]["bound_s"] > 0
+
+
+class _RematCompiler(_FakeCompiler):
+  """Linear up to ``knee`` cubes, then twice as steep, and above the
+  compiler's limit it recomputes activations to stay just under it (peak
+  near the limit, over any margin) until 3x the limit would be needed."""
+
+  def __init__(self, fixed, per_cube, limit, knee):
+    super().__init__(fixed, per_cube, limit)
+    self.knee = knee
+
+  def __call__(self, steps, which, b, topo, dtype):
+    self.calls.append(b)
+    temp = self.per_cube * min(b, self.knee) + 2 * self.per_cube * max(
+        0, b - self.knee)
+    if temp > 3 * self.limit:
+      return pod_plan.Compiled(step=which, topology=topo.name, dtype=dtype,
+                               per_chip_batch=b, fits=False, compile_s=0.0,
+                               needed_temp_bytes=temp,
+                               available_bytes=self.limit)
+    return pod_plan.Compiled(step=which, topology=topo.name, dtype=dtype,
+                             per_chip_batch=b, fits=True, compile_s=0.0,
+                             argument_bytes=self.fixed,
+                             temp_bytes=min(temp, self.limit * 0.99))
+
+
+def test_largest_batch_bisects_where_memory_is_not_linear(monkeypatch):
+  fake = _RematCompiler(fixed=300 * 2**20, per_cube=60 * 2**20,
+                        limit=15.75 * 2**30, knee=120)
+  monkeypatch.setattr(pod_plan, "compile_step", fake)
+  budget = 16 * 2**30 * 0.9
+  truth = max(b for b in range(8, 4000, 8)
+              if fake.fixed + min(fake.per_cube * min(b, 120)
+                                  + 2 * fake.per_cube * max(0, b - 120),
+                                  fake.limit * 0.99) <= budget)
+  topo = pod_plan.topology("v5e-16")
+  best, _ = pod_plan.largest_batch(None, "train", topo, "float32",
+                                   margin=0.9, max_compiles=12,
+                                   log=lambda m: None)
+  assert best.per_chip_batch == truth
+  fake.calls.clear()
+  best, tried = pod_plan.largest_batch(None, "train", topo, "float32",
+                                       margin=0.9, log=lambda m: None)
+  assert len(tried) <= 6 and best.per_chip_batch <= truth
+  assert best.peak_bytes <= budget
