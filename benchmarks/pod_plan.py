@@ -200,8 +200,8 @@ class Steps:
   info: input_pipeline.RecordsInfo
   cfg: tasks_lib.StepConfig
 
-  def batch(self, global_batch: int, model_keys_only: bool = True) -> dict:
-    del model_keys_only
+  def batch(self, global_batch: int) -> dict:
+    """Abstract train batch (its model keys are the scoring batch)."""
     data = sharding.data_sharding(self.mesh)
     i = self.info
     return {
@@ -561,8 +561,8 @@ def markdown(results: dict) -> str:
       "",
       "| step | topology | chips | dtype | batch/chip | global batch | "
       "args GiB | temp GiB | peak GiB | GFLOP/chip | GB/chip | collectives "
-      "(count, MiB) | roofline ms (compute / HBM / ICI) | XLA estimate ms | "
-      "cubes/s (roofline) | compile s |",
+      "(count, MiB) | roofline ms (compute / HBM / ICI) | "
+      "cubes/s (roofline) | GFLOP/cube | compile s |",
       "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in results["rows"]:
     if not r["fits"]:
@@ -586,8 +586,8 @@ def markdown(results: dict) -> str:
         f"{r['bytes_accessed'] / 1e9:.1f} | {coll} | "
         f"{rl['bound_s'] * 1e3:.1f} ({rl['compute_s'] * 1e3:.1f} / "
         f"{rl['hbm_s'] * 1e3:.1f} / {rl['ici_s'] * 1e3:.2f}) | "
-        + (f"{r['optimal_s'] * 1e3:.1f}" if r["optimal_s"] else "-")
-        + f" | {r['cubes_per_s']:.0f} | {r['compile_s']:.0f} |")
+        f"{r['cubes_per_s']:.0f} | {r['flops_per_cube'] / 1e9:.1f} | "
+        f"{r['compile_s']:.0f} |")
   if results.get("largest"):
     lines += ["", "Largest per-chip batch within "
               f"{results['margin']:.0%} of HBM:", ""]
@@ -703,7 +703,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       args.config, topos, args.dtypes, batches=[int(b) for b in args.batches],
       search=args.search, margin=args.margin, which=args.steps,
       max_compiles=args.max_compiles))
-  results["config"] = " ".join(a for a in argv if a.startswith("--config"))
+  results["config"] = " ".join(
+      [f"--config {cli._config_path(argv)}"]  # pylint: disable=protected-access
+      + [a for a in argv if a.startswith("--config.")])
   table = markdown(results)
   print(table)
   if args.out:

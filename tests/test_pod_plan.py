@@ -263,3 +263,26 @@ def test_largest_batch_bisects_where_memory_is_not_linear(monkeypatch):
                                        margin=0.9, log=lambda m: None)
   assert len(tried) <= 6 and best.per_chip_batch <= truth
   assert best.peak_bytes <= budget
+
+
+def test_markdown_rows_have_every_column():
+  topo = pod_plan.topology("v5e-16")
+  fit = pod_plan.Compiled(
+      step="train", topology="v5e-16", dtype="float32", per_chip_batch=8,
+      fits=True, compile_s=100.0, argument_bytes=2**30, temp_bytes=2**31,
+      flops=4e11, bytes_accessed=2e10,
+      collectives=pod_plan.collectives(_HLO))
+  oom = pod_plan.Compiled(
+      step="train", topology="v5e-16", dtype="float32", per_chip_batch=1024,
+      fits=False, compile_s=3.0, needed_temp_bytes=58.7 * 2**30,
+      available_bytes=15.75 * 2**30)
+  results = {"config": "--config configs/ped2.py", "margin": 0.9,
+             "machine": "x86_64, 2 CPUs", "largest": {"train v5e-16 float32": 8},
+             "versions": {"jax": "0.10.2", "libtpu": "0.0.42.1"},
+             "rows": [pod_plan.row(fit, topo), pod_plan.row(oom, topo)]}
+  table = [l for l in pod_plan.markdown(results).splitlines()
+           if l.startswith("| train") or l.startswith("| step")]
+  assert len(table) == 3
+  assert len({l.count("|") for l in table}) == 1, table
+  assert "batch-norm forward 1" in table[1] and "| 128 |" in table[1]
+  assert "out of memory (temporaries 58.70 of 15.75)" in table[2]
