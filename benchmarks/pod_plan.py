@@ -291,12 +291,14 @@ def collective_source(op_name: str) -> str:
   """What a collective reduces, from the op_name XLA keeps of the first
   operation it was made from: batch-norm statistics of the forward pass
   (each layer's mean and mean square, needed before the next layer can
-  run), batch-norm reductions of the backward pass, or the rest (after XLA's
-  all-reduce combiner: every gradient and the loss terms in one)."""
+  run), batch-norm reductions of the backward pass (with the gradients of
+  the batch-norm scales and offsets), or the rest: in the train step, after
+  XLA's all-reduce combiner, every other gradient and the loss terms in one
+  or two; in the scoring step, the scores, replicated on every chip."""
   if "BatchNorm" in op_name:
     return ("batch-norm backward" if "transpose(" in op_name
             else "batch-norm forward")
-  return "gradients and loss"
+  return "gradients, loss, outputs"
 
 
 def collectives(hlo_text: str) -> dict[str, dict[str, int]]:
@@ -470,9 +472,11 @@ def largest_batch(steps: Steps, which: str, topo: Topology, dtype: str, *,
   gives the first guess, and bisection between the largest batch that fits
   and the smallest that does not takes it from there, within
   ``max_compiles`` compiles (the result is then the largest confirmed, and
-  the bracket is logged). Memory is not linear near the limit: XLA:TPU
-  rematerialises (recomputes activations) to stay under it, which shows as
-  more FLOPs per cube (``row``'s ``flops_per_cube``).
+  the bracket is logged). Memory is not linear in the batch near the
+  limit (for configs/ped2.py on a v5e, float32: 9.1 GiB at 112 cubes per
+  chip, 15.0 GiB at 136 and still 15.3 GiB at 243): the compiler fills what
+  is free, and may rematerialise activations, which shows as more FLOPs per
+  cube (``row``'s ``flops_per_cube``).
   """
   budget = hbm_budget(topo, margin)
   tried: list[Compiled] = []

@@ -42,7 +42,7 @@ def test_collectives_counts_and_bytes_per_kind():
   assert got["all-reduce"]["sources"] == {
       "batch-norm forward": {"count": 1, "bytes": (16 * 3 + 5) * 4},
       "batch-norm backward": {"count": 1, "bytes": 7 * 4},
-      "gradients and loss": {"count": 1, "bytes": 4 * 4}}
+      "gradients, loss, outputs": {"count": 1, "bytes": 4 * 4}}
 
 
 def test_shape_bytes_sums_tuples_and_reads_every_dtype():
