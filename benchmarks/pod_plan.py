@@ -34,8 +34,9 @@ chip's HBM: the compiler refuses an oversized program within seconds
 program's bytes per cube and its fixed bytes, and the prediction is then
 compiled and walked down until it fits.
 
-Environment: libtpu looks for a TPU VM's metadata server at start-up; this
-module sets ``TPU_SKIP_MDS_QUERY=1`` and ``JAX_PLATFORMS=cpu`` (before JAX
+Environment: libtpu looks for a TPU VM's metadata server at start-up and
+locks /tmp/libtpu_lockfile; this module sets ``TPU_SKIP_MDS_QUERY=1``,
+``ALLOW_MULTIPLE_LIBTPU_LOAD=1`` and ``JAX_PLATFORMS=cpu`` (before JAX
 starts) so that it runs on any machine, and nothing here touches a real TPU.
 """
 
@@ -46,6 +47,9 @@ import os
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # quiets libtpu
+# libtpu takes /tmp/libtpu_lockfile, one process per TPU host; a compile-only
+# process owns no TPU, so two plans (or a plan and its test) may run at once.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import dataclasses
