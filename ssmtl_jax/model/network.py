@@ -165,7 +165,6 @@ def resolve_pool_impl(impl: str, platform: Optional[str] = None) -> str:
   return impl
 
 
-
 def max_pool_hw(x, padding: str = "VALID", impl: str = "argmax"):
   """Max-pooling (1, 2, 2) with stride (1, 2, 2) of [..., H, W, C].
 
