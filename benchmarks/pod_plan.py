@@ -699,18 +699,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   fv = _flags()
   args = cli.parse_tool_flags("python -m benchmarks.pod_plan", fv, argv,
                               output_files=("out", "markdown"))
-  if args.config is None:
-    cli.run_reporting_user_errors(lambda: _raise(
-        "--config is required, e.g. --config configs/ped2.py"))
-  topos = cli.run_reporting_user_errors(lambda: _check_args(args))
-  if libtpu_version() is None:
-    cli.run_reporting_user_errors(lambda: _raise(
-        "libtpu is not installed: pip install -e \".[tpu-plan]\" -c "
-        "constraints.txt (the TPU compiler; nothing runs on a TPU)"))
-  results = cli.run_reporting_user_errors(lambda: plan(
-      args.config, topos, args.dtypes, batches=[int(b) for b in args.batches],
-      search=args.search, margin=args.margin, which=args.steps,
-      max_compiles=args.max_compiles))
+  results = cli.run_reporting_user_errors(lambda: _plan_from_flags(args))
   results["config"] = " ".join(
       [f"--config {cli._config_path(argv)}"]  # pylint: disable=protected-access
       + [a for a in argv if a.startswith("--config.")])
@@ -725,8 +714,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   return 0
 
 
-def _raise(message: str):
-  raise errors.UserError(message)
+def _plan_from_flags(args) -> dict:
+  """The flags checked (UserError on the first bad one), then the plan."""
+  if args.config is None:
+    raise errors.UserError("--config is required, e.g. --config "
+                           "configs/ped2.py")
+  topos = _check_args(args)
+  if libtpu_version() is None:
+    raise errors.UserError(
+        "libtpu is not installed: pip install -e \".[tpu-plan]\" -c "
+        "constraints.txt (the TPU compiler; nothing runs on a TPU)")
+  return plan(args.config, topos, args.dtypes,
+              batches=[int(b) for b in args.batches], search=args.search,
+              margin=args.margin, which=args.steps,
+              max_compiles=args.max_compiles)
 
 
 if __name__ == "__main__":

@@ -96,17 +96,22 @@ class _FakeCompiler:
     self.fixed, self.per_cube, self.limit = fixed, per_cube, limit
     self.calls = []
 
+  def temporaries(self, b):
+    """(bytes needed, whether the compiler refuses, bytes it reports)."""
+    temp = self.per_cube * b
+    return temp, temp > self.limit, temp
+
   def __call__(self, steps, which, b, topo, dtype):
     self.calls.append(b)
-    temp = self.per_cube * b
-    if temp > self.limit:
+    temp, refused, held = self.temporaries(b)
+    if refused:
       return pod_plan.Compiled(step=which, topology=topo.name, dtype=dtype,
                                per_chip_batch=b, fits=False, compile_s=0.0,
                                needed_temp_bytes=temp,
                                available_bytes=self.limit)
     return pod_plan.Compiled(step=which, topology=topo.name, dtype=dtype,
                              per_chip_batch=b, fits=True, compile_s=0.0,
-                             argument_bytes=self.fixed, temp_bytes=temp)
+                             argument_bytes=self.fixed, temp_bytes=held)
 
 
 @pytest.mark.parametrize("per_cube_mib", [45.0, 57.3, 130.0, 3.0])
@@ -238,19 +243,10 @@ class _RematCompiler(_FakeCompiler):
     super().__init__(fixed, per_cube, limit)
     self.knee = knee
 
-  def __call__(self, steps, which, b, topo, dtype):
-    self.calls.append(b)
+  def temporaries(self, b):
     temp = self.per_cube * min(b, self.knee) + 2 * self.per_cube * max(
         0, b - self.knee)
-    if temp > 3 * self.limit:
-      return pod_plan.Compiled(step=which, topology=topo.name, dtype=dtype,
-                               per_chip_batch=b, fits=False, compile_s=0.0,
-                               needed_temp_bytes=temp,
-                               available_bytes=self.limit)
-    return pod_plan.Compiled(step=which, topology=topo.name, dtype=dtype,
-                             per_chip_batch=b, fits=True, compile_s=0.0,
-                             argument_bytes=self.fixed,
-                             temp_bytes=min(temp, self.limit * 0.99))
+    return temp, temp > 3 * self.limit, min(temp, self.limit * 0.99)
 
 
 def test_largest_batch_bisects_where_memory_is_not_linear(monkeypatch):
