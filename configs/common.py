@@ -48,7 +48,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.build.padding = 0.0     # box enlarged by this fraction of its size per side
   config.build.min_box_size = 8.0  # px; smaller (clipped) boxes are dropped
   config.build.square = False    # expand boxes to squares before cropping
-  config.build.workers = 2       # videos processed in parallel
+  config.build.workers = 2       # videos processed in parallel (engine 'local')
+  # Where the units run: 'local' (build.workers processes here) or 'beam'
+  # (an Apache Beam pipeline, the [beam] extra; ssmtl_jax/data/beam_builder.py).
+  config.build.engine = "local"
+  # Beam pipeline options, as on a command line; more may follow `--` on
+  # data_prep.build's. Empty = DirectRunner with build.workers processes.
+  config.build.beam_options = ""
+  # Videos longer than this many frames are built in chunks of it (each
+  # chunk a unit: a shard and a worker's task); 0 = one unit per video.
+  config.build.chunk_frames = 0
+  # JAX device of the detector and the classifier teacher: 'auto' (JAX's
+  # default backend: a GPU where jax has one), 'cpu', 'gpu'.
+  config.build.device = "auto"
   # Training objects from every k-th frame only (detector and classifier
   # skip the others, which still serve as cube context); test split: all.
   config.build.train_stride = 1

@@ -2,6 +2,12 @@ r"""Builds object records from raw videos.
 
   python -m data_prep.build --config configs/ped2.py \
       --config.data.root=../shared/data/ped2 --config.data.records=DIR/records
+
+On Apache Beam (the [beam] extra; DirectRunner with build.workers processes
+unless Beam pipeline options say otherwise, after ``--``):
+
+  python -m data_prep.build --config configs/ped2.py ... \
+      --config.build.engine=beam -- --runner=DataflowRunner --project=P ...
 """
 
 import os
@@ -21,17 +27,17 @@ flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from ssmtl_jax.data import builder  # pylint: disable=g-import-not-at-top
+  # After `--`: Beam pipeline options (engine 'beam'; checked by the builder).
+  beam_args = tuple(argv[1:])
   from ssmtl_jax.jobs import config_checks  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.jobs import steps  # pylint: disable=g-import-not-at-top
   config = flags.FLAGS.config
   cli.run_reporting_user_errors(lambda: config_checks.check(config))
   cli.run_reporting_user_errors(lambda: files.check_writable_dir(
       config.data.records, "config.data.records"))
   cli.run_reporting_user_errors(lambda: config_checks.check_build(config))
   metas = cli.run_reporting_user_errors(
-      lambda: builder.build(config))
+      lambda: steps.build_records(config, beam_args=beam_args))
   for split, meta in metas.items():
     print(f"{split}: {meta['num_videos']} videos, {meta['num_frames']} frames, "
           f"{meta['num_objects']} objects")

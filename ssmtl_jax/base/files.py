@@ -52,3 +52,23 @@ def check_writable_dir(path, what: str) -> None:
   except OSError as e:
     raise errors.ConfigError(
         f"{what}: cannot write to {path} ({e.strerror or e})") from None
+
+
+def local_copy(path) -> str:
+  """A local file with the bytes of ``path``: ``path`` itself when local,
+  else a copy in the temporary folder (named by the path's hash, made once
+  per machine and atomically, so workers sharing a machine share it)."""
+  path = os.fspath(path)
+  if "://" not in path:
+    return path
+  name = hashlib.sha256(path.encode()).hexdigest()[:16]
+  local = os.path.join(tempfile.gettempdir(), "ssmtl_files",
+                       f"{name}-{os.path.basename(path)}")
+  if not os.path.exists(local):
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(local))
+    with os.fdopen(fd, "wb") as out, epath.Path(path).open("rb") as f:
+      while block := f.read(16 << 20):
+        out.write(block)
+    os.replace(tmp, local)
+  return local

@@ -27,6 +27,7 @@ import json
 import struct
 import threading
 import zlib
+import uuid
 from typing import Any, Iterator, Mapping, Sequence
 
 from etils import epath
@@ -252,11 +253,18 @@ def dataset_info_json(*, name: str, version: str, filename_template: str,
   return json.dumps(obj, indent=2, sort_keys=True)
 
 
+def temporary_name(path: epath.Path) -> epath.Path:
+  """Where `path` is written before its rename: ``<name>.<random>.incomplete``
+  (random, so two writers of one file -- a Beam bundle retried while the
+  first attempt still runs -- never write into each other's file)."""
+  return path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.incomplete")
+
+
 def write_text_atomic(path: str, text: str) -> None:
   """Writes `path` through a temporary name + rename (never half-written)."""
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".incomplete")
+  tmp = temporary_name(path)
   tmp.write_text(text)
   tmp.replace(path)
 
@@ -284,7 +292,7 @@ def write_tfrecord(path: str, serialized: Sequence[bytes]) -> None:
   """Writes records to `path` atomically (temp file + rename), so a killed
   writer never leaves a half-written file under the final name."""
   path = epath.Path(path)
-  tmp = path.with_name(path.name + ".incomplete")
+  tmp = temporary_name(path)
   with tmp.open("wb") as f:
     for data in serialized:
       f.write(frame(data))

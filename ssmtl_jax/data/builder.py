@@ -1,12 +1,24 @@
 """Builds the object records of a data set: videos -> detections -> cubes -> shards.
 
-One shard per video (``RECORDS/ssmtl_objects-<split>.tfrecord-<i>-of-<n>``, in
-the natural order of video ids), written atomically, plus a per-video
-completion record ``RECORDS/meta/<split>/<video_id>.json``. A rerun skips every
-video whose shard and completion record exist with the same build settings, so
-a killed build resumes without redoing finished videos and never exposes a
-half-written shard. When every video of every split is done, the split summary
-``RECORDS/meta/<split>.json`` and the TFDS metadata are written.
+The work is cut into units (:class:`Unit`): one per video, or with
+``build.chunk_frames`` = N one per N frames of a longer video (each chunk
+reads the W frames of context on both sides, so its objects are the whole
+video's there). One shard per unit
+(``RECORDS/ssmtl_objects-<split>.tfrecord-<i>-of-<n>``, in the natural order
+of video ids, then frame order), written atomically, then the unit's
+completion record ``RECORDS/meta/<split>/<video_id>[@<start>-<stop>].json``.
+A rerun skips every unit whose shard and completion record exist with the
+same build settings, so a killed build resumes without redoing finished units
+and never exposes a half-written shard. When every unit of every split is
+done, the units' summaries are combined into the split summary
+``RECORDS/meta/<split>.json`` and the TFDS metadata is written.
+
+Engines (``build.engine``): ``local`` runs the units in ``build.workers``
+processes of this machine; ``beam`` runs them as an Apache Beam pipeline
+(:mod:`ssmtl_jax.data.beam_builder`; DirectRunner here, Dataflow / Flink /
+Spark by pipeline options). Both plan with :func:`plan`, build each unit
+with :func:`build_unit` and combine with :class:`SplitTotals` and
+:func:`finish`: one implementation.
 
 Detections (``build.detector.kind``):
 
@@ -37,6 +49,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -91,6 +104,7 @@ class BuildSettings:
   train_stride: int
   test_context: int
   conv_impl: str = "auto"
+  device: str = "auto"
 
   @classmethod
   def from_config(cls, config) -> "BuildSettings":
@@ -128,17 +142,18 @@ class BuildSettings:
                classifier_input=int(clf.input_size),
                classifier_crop=str(clf.get("crop", "frame")),
                train_stride=int(b.train_stride), test_context=test_context,
-               conv_impl=str(b.get("conv_impl", "auto")))
+               conv_impl=str(b.get("conv_impl", "auto")),
+               device=str(b.get("device", "auto")))
 
   @property
   def fingerprint(self) -> dict:
     """Settings that change record content (paths excluded: weights count by
     their sha256; batch sizes and the convolutions' implementation do not
-    change results beyond float rounding)."""
+    change results beyond float rounding, nor does the device)."""
     d = dataclasses.asdict(self)
     for k in ("root", "records", "detections_dir", "det_cfg", "det_weights",
               "classifier_weights", "det_batch", "classifier_batch",
-              "conv_impl"):
+              "conv_impl", "device"):
       d.pop(k)
     d["det_input_size"] = list(self.det_input_size)
     if self.detector_kind == "yolov3":
@@ -202,24 +217,6 @@ class BuildSettings:
                            num_det=self.num_det, num_cls=self.num_cls)
 
 
-def _video_done_path(records: str, split: str, video_id: str) -> str:
-  return str(epath.Path(records) / "meta" / split / f"{video_id}.json")
-
-
-def _is_done(settings: BuildSettings, split: str, video_id: str,
-             shard: str, fingerprint: dict) -> bool:
-  done = _video_done_path(settings.records, split, video_id)
-  if not (epath.Path(done).exists() and epath.Path(shard).exists()):
-    return False
-  previous = schema.read_json(done)
-  if previous.get("settings") != fingerprint:
-    raise errors.ConfigError(
-        f"{settings.records} holds records of video {video_id!r} built with "
-        f"other settings ({done}); use a new config.data.records directory "
-        "or delete the old one")
-  return True
-
-
 def detections_file(settings: BuildSettings,
                     src: video_io.VideoSource) -> Optional[str]:
   """Detector kind 'file': DETECTIONS_DIR/<split>/<video_id>.csv."""
@@ -250,31 +247,100 @@ def teacher_std(moments: list[dict]) -> dict[str, float]:
   return out
 
 
-def build_video(settings: BuildSettings, src: video_io.VideoSource,
-                shard_path: str, with_gt: bool,
-                on_frame: Optional[Callable[[], None]] = None, *,
-                stride: int = 1, context: Optional[int] = None,
-                fingerprint: Optional[dict] = None) -> dict:
-  """Writes the shard of one video; returns its summary (frames, objects, ...).
+@dataclasses.dataclass(frozen=True)
+class Unit:
+  """One shard's work: a video, or a chunk of a long one
+  (``build.chunk_frames``): the objects centred on its frames
+  ``chunk[0]..chunk[1]-1``, read with the W frames on each side that the
+  video has, so that they equal the whole video's objects there.
 
-  with_gt: check the video's ground truth (gt_frame/, gt_pixel/) against it;
-  ground truth belongs to the test split (training video is normal).
-  on_frame: called once per frame read (progress).
-  stride: objects of every stride-th frame only (training subsampling).
-  context: real frames needed on each side of an object's frame (default
-    the half window; ``ssmtl_jax.perception.cubes``).
-  fingerprint: stored in the completion record (default: the settings').
+  Both engines (the local processes and the Beam pipeline,
+  :mod:`ssmtl_jax.data.beam_builder`) build units with :func:`build_unit`.
   """
+  split: str
+  index: int            # the shard's index in the split
+  num_shards: int
+  src: video_io.VideoSource
+  with_gt: bool         # check (and count) the video's ground truth
+  stride: int           # objects of every stride-th frame
+  context: int          # real frames needed on each side of a centre
+  fingerprint: dict = dataclasses.field(compare=False)  # the split's
+  chunk: Optional[tuple[int, int, int]] = None  # (start, stop, video frames)
+
+  @property
+  def key(self) -> str:
+    """Names the unit's completion record: the video id, or for a chunk
+    ``<video_id>@<start>-<stop>``."""
+    if self.chunk is None:
+      return self.src.video_id
+    return f"{self.src.video_id}@{self.chunk[0]}-{self.chunk[1]}"
+
+  def shard(self, records: str) -> str:
+    return str(epath.Path(records) / schema.shard_filename(
+        self.split, self.index, self.num_shards))
+
+  def done(self, records: str) -> str:
+    """The completion record, written after the shard."""
+    return str(epath.Path(records) / "meta" / self.split / f"{self.key}.json")
+
+  def frame_range(self, half_window: int) -> tuple[int, Optional[int]]:
+    """The frames to read: all, or a chunk's centres and W on each side."""
+    if self.chunk is None:
+      return 0, None
+    start, stop, frames = self.chunk
+    return max(0, start - half_window), min(frames, stop + half_window)
+
+  def frames_to_read(self, half_window: int, info: video_io.VideoInfo) -> int:
+    lo, hi = self.frame_range(half_window)
+    return (info.frames if hi is None else hi) - lo
+
+
+def _shard_bytes(serialized) -> int:
+  """A TFRecord file's size: per record 8 (length) + 4 + data + 4 (crcs)."""
+  return sum(16 + len(s) for s in serialized)
+
+
+def finished_summary(settings: BuildSettings, unit: Unit) -> Optional[dict]:
+  """The summary of ``unit`` when its shard and completion record exist with
+  these settings (a finished unit), else None.
+
+  Raises:
+    ConfigError: the record was built with other settings.
+  """
+  done, shard = unit.done(settings.records), unit.shard(settings.records)
+  if not (epath.Path(done).exists() and epath.Path(shard).exists()):
+    return None
+  previous = schema.read_json(done)
+  if previous.get("settings") != unit.fingerprint:
+    raise errors.ConfigError(
+        f"{settings.records} holds records of {unit.key!r} built with "
+        f"other settings ({done}); use a new config.data.records directory "
+        "or delete the old one")
+  # A shard of that name from another chunking, or a damaged copy: redo.
+  size = previous.get("shard_bytes")
+  if previous.get("shard") != os.path.basename(shard) or (
+      size is not None and size != epath.Path(shard).stat().length):
+    return None
+  return previous["summary"]
+
+
+def build_unit(settings: BuildSettings, unit: Unit,
+               on_frame: Optional[Callable[[], None]] = None) -> dict:
+  """Writes the shard of one unit (atomically), then its completion record;
+  returns its summary (frames, objects, size, ground truth, seconds, teacher
+  moments). on_frame: called once per frame read (progress)."""
   t0 = time.perf_counter()
   feats = settings.features()
+  src = unit.src
+  lo, hi = unit.frame_range(settings.half_window)
   height = width = None
-  num_frames = 0
+  num_read = 0
 
   def counted(t: int, frame: np.ndarray) -> None:
-    nonlocal num_frames, height, width
+    nonlocal num_read, height, width
     if height is None:
       height, width = frame.shape[:2]
-    num_frames = t + 1
+    num_read = t + 1
     if on_frame is not None:
       on_frame()
 
@@ -288,36 +354,96 @@ def build_video(settings: BuildSettings, src: video_io.VideoSource,
   # bound by it). Same bytes, same order; at most 4 per thread wait.
   threads = min(_ENCODE_THREADS, os.cpu_count() or 1)
   encoding: collections.deque = collections.deque()
-  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+  with _on_device(settings.device), \
+      concurrent.futures.ThreadPoolExecutor(threads) as pool:
     for obj in pipeline.frames_to_objects(
-        settings, video_io.iter_frames(src, settings.channels),
-        video_id=src.video_id, context=context, stride=stride,
+        settings, video_io.iter_frames(src, settings.channels, lo, hi),
+        video_id=src.video_id, context=unit.context, stride=unit.stride,
         detections_file=detections_file(settings, src), video_name=src.path,
-        on_frame=counted):
+        on_frame=counted, first_frame=lo,
+        centres=None if unit.chunk is None else unit.chunk[:2]):
       encoding.append(pool.submit(schema.serialize, feats, obj))
       _add_moments(moments, obj)
       while len(encoding) > 4 * threads or (encoding and encoding[0].done()):
         serialized.append(encoding.popleft().result())
     serialized.extend(f.result() for f in encoding)
-  if num_frames == 0:
+  if num_read == 0:
     raise video_io.VideoInputError(f"video has no frames: {src.path}")
-  labels = None
-  if with_gt:  # ids repeat across splits (Ped2: train/01, test/01)
-    labels, _ = ground_truth.load(settings.root, src.video_id, num_frames,
-                                  height, width, load_masks=False)
-  schema.write_shard(shard_path, serialized)
-  seconds = time.perf_counter() - t0
-  summary = {"frames": num_frames, "objects": len(serialized),
+  if hi is not None and lo + num_read != hi:
+    raise video_io.VideoInputError(
+        f"{src.path}: frames stop decoding at {lo + num_read}, but the "
+        f"preflight counted {unit.chunk[2]}")
+  num_frames = num_read if unit.chunk is None else unit.chunk[2]
+  abnormal = None
+  if unit.with_gt:  # ids repeat across splits (Ped2: train/01, test/01)
+    abnormal = 0
+    if lo == 0:  # the video's first unit counts its abnormal frames
+      labels, _ = ground_truth.load(settings.root, src.video_id, num_frames,
+                                    height, width, load_masks=False)
+      abnormal = int(labels.sum())
+  schema.write_shard(unit.shard(settings.records), serialized)
+  summary = {"frames": (num_frames if unit.chunk is None
+                        else unit.chunk[1] - unit.chunk[0]),
+             "objects": len(serialized),
              "height": int(height), "width": int(width),
-             "abnormal_frames": None if labels is None else int(labels.sum()),
-             "seconds": seconds,
+             "abnormal_frames": abnormal,
+             "seconds": time.perf_counter() - t0,
              "teacher_moments": {k: [n, a.tolist(), b.tolist()]
                                  for k, (n, a, b) in moments.items()}}
-  schema.write_json_atomic(
-      _video_done_path(settings.records, src.split, src.video_id),
-      {"settings": fingerprint or settings.fingerprint, "summary": summary,
-       "shard": os.path.basename(shard_path)})
+  record = {"settings": unit.fingerprint, "summary": summary,
+            "shard": os.path.basename(unit.shard(settings.records)),
+            "shard_bytes": _shard_bytes(serialized)}
+  if unit.chunk is not None:
+    record["chunk"] = list(unit.chunk)
+  schema.write_json_atomic(unit.done(settings.records), record)
   return summary
+
+
+def _on_device(device: str):
+  """``build.device``: 'auto' = JAX's default backend."""
+  if device == "auto":
+    return contextlib.nullcontext()
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    return jax.default_device(jax.devices(device)[0])
+  except RuntimeError as e:
+    raise errors.ConfigError(
+        f"config.build.device={device!r}: no such device here ({e})") from None
+
+
+def load_models(settings: BuildSettings) -> BuildSettings:
+  """Loads the detector and the classifier teacher of ``settings`` once per
+  process (a Beam worker's ``DoFn.setup``), after checking each weight file's
+  sha256 against the one the build was planned with; remote files
+  (``gs://``...) are copied to local temporary files first. Returns the
+  settings with the local paths (same fingerprint).
+
+  Raises:
+    DataError: a weight file missing here or with other bytes.
+  """
+  local = {}
+  for name, path, sha in (
+      ("det_cfg", settings.det_cfg, ""),
+      ("det_weights", settings.det_weights, settings.det_weights_sha256),
+      ("classifier_weights", settings.classifier_weights,
+       settings.classifier_sha256)):
+    if not path:
+      continue
+    if not epath.Path(path).is_file():
+      raise errors.DataError(f"{path}: not found on this worker ({name})")
+    if "://" in path:
+      path = files_lib.local_copy(path)
+      local[name] = path
+    if sha and files_lib.sha256_file(path) != sha:
+      raise errors.DataError(
+          f"{path}: its sha256 on this worker differs from the one the "
+          f"build was planned with ({sha[:12]}...): other weights ({name})")
+  settings = dataclasses.replace(settings, **local)
+  with _on_device(settings.device):
+    if settings.detector_kind == "yolov3":
+      pipeline.detector(settings)
+    pipeline.classifier(settings)
+  return settings
 
 
 def _add_moments(moments: dict[str, list], obj: dict) -> None:
@@ -331,9 +457,102 @@ def _add_moments(moments: dict[str, list], obj: dict) -> None:
       m[2] += y * y
 
 
-def _build_video_job(args):
-  settings, src, shard, with_gt, kwargs = args
-  return src.video_id, build_video(settings, src, shard, with_gt, **kwargs)
+class SplitTotals:
+  """A split's unit summaries, combined (the local loop adds them; the Beam
+  pipeline's ``CombinePerKey`` adds and merges them on its workers). The
+  teacher moments stay per unit and are summed in shard order by
+  :func:`split_meta`, so ``teacher_std`` does not depend on the order in
+  which workers finish (float sums do): 17 kB per unit with both teachers."""
+
+  def __init__(self):
+    self.units: dict[str, dict] = {}
+
+  def add(self, key: str, summary: dict) -> "SplitTotals":
+    self.units[key] = summary
+    return self
+
+  def merge(self, other: "SplitTotals") -> "SplitTotals":
+    self.units.update(other.units)
+    return self
+
+
+@dataclasses.dataclass
+class Plan:
+  """What a build does: every split's units (in shard order), and those not
+  finished yet."""
+  splits: tuple[str, ...]
+  train_split: str
+  units: dict[str, list[Unit]]
+  todo: list[Unit]
+  done: dict[str, dict]   # key of a finished unit -> its summary
+  frames_todo: int        # frames the todo units read (progress)
+
+
+def plan(settings: BuildSettings, config, splits) -> Plan:
+  """Lists the videos, checks every input that will be read (before any model
+  loads or any worker starts) and splits the work into units; a unit whose
+  shard and completion record exist with these settings is finished (a
+  killed build resumes).
+
+  With ``build.chunk_frames`` = N > 0, a video longer than N frames becomes
+  ceil(frames / N) units (every video is probed first: the units' count
+  names the shards).
+
+  Raises:
+    VideoInputError: unreadable inputs, named in one message.
+    ConfigError: records built with other settings.
+  """
+  train_split = config.data.train_split
+  chunk_frames = int(config.build.get("chunk_frames", 0))
+  videos = {split: video_io.list_videos(settings.root, split)
+            for split in splits}
+  infos = {}
+  if chunk_frames:
+    all_srcs = [src for split in splits for src in videos[split]]
+    infos = dict(zip(((s.split, s.video_id) for s in all_srcs),
+                     preflight(all_srcs)))
+  units, todo, done = {}, [], {}
+  for split in splits:
+    fingerprint = settings.fingerprint_for(split, train_split)
+    pieces = []
+    for src in videos[split]:
+      n = infos[src.split, src.video_id].frames if chunk_frames else 0
+      if not chunk_frames or n <= chunk_frames:
+        pieces.append((src, None))
+      else:
+        pieces.extend((src, (a, min(a + chunk_frames, n), n))
+                      for a in range(0, n, chunk_frames))
+    units[split] = [
+        Unit(split=split, index=i, num_shards=len(pieces), src=src,
+             with_gt=split != train_split,
+             stride=settings.stride(split, train_split),
+             context=settings.context(split, train_split),
+             fingerprint=fingerprint, chunk=chunk)
+        for i, (src, chunk) in enumerate(pieces)]
+    for unit in units[split]:
+      summary = finished_summary(settings, unit)
+      if summary is None:
+        todo.append(unit)
+      else:
+        done[unit.key] = summary
+  for unit in todo:  # temporary files of a killed attempt
+    for path in (unit.shard(settings.records), unit.done(settings.records)):
+      path = epath.Path(path)
+      for stale in path.parent.glob(f"{path.name}*.incomplete"):
+        stale.unlink(missing_ok=True)
+  if not chunk_frames:
+    srcs = list({(u.src.split, u.src.video_id): u.src for u in todo}.values())
+    infos = dict(zip(((s.split, s.video_id) for s in srcs), preflight(srcs)))
+  frames_todo = sum(u.frames_to_read(settings.half_window,
+                                     infos[u.src.split, u.src.video_id])
+                    for u in todo)
+  return Plan(splits=tuple(splits), train_split=train_split, units=units, todo=todo, done=done,
+              frames_todo=frames_todo)
+
+
+def _build_unit_job(args):
+  settings, unit = args
+  return unit.key, build_unit(settings, unit)
 
 
 def preflight(sources: list[video_io.VideoSource]) -> list[video_io.VideoInfo]:
@@ -358,99 +577,94 @@ def preflight(sources: list[video_io.VideoSource]) -> list[video_io.VideoInfo]:
   return infos
 
 
-def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
-  """Builds (or resumes) the records of every split; returns the meta per split."""
+def prepare(config, splits: Optional[tuple[str, ...]] = None
+            ) -> tuple[BuildSettings, Plan]:
+  """The settings and the plan of a build (either engine): the records
+  folder made, every input checked."""
   settings = BuildSettings.from_config(config)
-  train_split = config.data.train_split
-  splits = splits or default_splits(config)
+  splits = tuple(splits or default_splits(config))
   epath.Path(settings.records).mkdir(parents=True, exist_ok=True)
-  jobs, videos = _plan(settings, splits, train_split)
-  logging.info("Building %s: %d of %d videos to do.", settings.records,
-               len(jobs), sum(len(v) for v in videos.values()))
-  _run_jobs(jobs, max(1, min(int(config.build.workers), len(jobs))))
-  metas = {}
-  for split in splits:
-    metas[split] = _split_meta(settings, split, train_split, videos[split])
-    schema.write_json_atomic(schema.meta_path(settings.records, split),
-                             metas[split])
-  _finalize(settings, config, splits, metas, videos)
-  return metas
+  work = plan(settings, config, splits)
+  logging.info("Building %s: %d of %d units to do.", settings.records,
+               len(work.todo), sum(len(u) for u in work.units.values()))
+  return settings, work
 
 
-def _plan(settings: BuildSettings, splits, train_split: str):
-  """(the videos still to build as build_video jobs, every split's videos):
-  a video whose shard and completion record exist with these settings is
-  done (a killed build resumes)."""
-  jobs, videos = [], {}
-  for split in splits:
-    videos[split] = video_io.list_videos(settings.root, split)
-    n = len(videos[split])
-    fingerprint = settings.fingerprint_for(split, train_split)
-    for i, src in enumerate(videos[split]):
-      shard = str(epath.Path(settings.records) /
-                  schema.shard_filename(split, i, n))
-      if not _is_done(settings, split, src.video_id, shard, fingerprint):
-        # Ground truth (checked when present) belongs to the scored splits.
-        jobs.append((settings, src, shard, split != train_split,
-                     dict(stride=settings.stride(split, train_split),
-                          context=settings.context(split, train_split),
-                          fingerprint=fingerprint)))
-  return jobs, videos
+def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
+  """Builds (or resumes) the records of every split on this machine (engine
+  'local', ``build.workers`` processes); returns the meta per split.
+  ``ssmtl_jax.jobs.steps.build_records`` chooses the engine."""
+  settings, work = prepare(config, splits)
+  summaries = _run_local(settings, work,
+                         max(1, min(int(config.build.workers),
+                                    len(work.todo))))
+  totals = {}
+  for split in work.splits:
+    totals[split] = SplitTotals()
+    for unit in work.units[split]:
+      totals[split].add(unit.key, summaries.get(unit.key) or
+                        work.done[unit.key])
+  return finish(settings, work, totals, default_splits(config))
 
 
-def _run_jobs(jobs: list, workers: int) -> None:
-  """Builds the videos of ``jobs`` (in ``workers`` processes) under one
-  progress bar. Every input is checked before any model is loaded; the
-  frame counts give the bar its total."""
-  todo_frames = sum(info.frames for info in preflight([j[1] for j in jobs]))
-  with tqdm.tqdm(total=todo_frames, unit="frame", desc="build",
+def _run_local(settings: BuildSettings, work: Plan,
+               workers: int) -> dict[str, dict]:
+  """Builds the todo units (in ``workers`` processes) under one progress bar;
+  returns their summaries by key."""
+  summaries = {}
+  with tqdm.tqdm(total=work.frames_todo, unit="frame", desc="build",
                  dynamic_ncols=True) as bar:
-    counts = {"videos": 0, "objects": 0}
     t0 = time.perf_counter()
 
-    def done(summary, frames_counted: bool):
-      counts["videos"] += 1
-      counts["objects"] += summary["objects"]
+    def done(key, summary, frames_counted: bool):
+      summaries[key] = summary
       dt = max(time.perf_counter() - t0, 1e-9)
-      bar.set_postfix(videos=f"{counts['videos']}/{len(jobs)}",
-                      objects_s=f"{counts['objects'] / dt:.1f}", refresh=False)
+      objects = sum(s["objects"] for s in summaries.values())
+      bar.set_postfix(units=f"{len(summaries)}/{len(work.todo)}",
+                      objects_s=f"{objects / dt:.1f}", refresh=False)
       if not frames_counted:
         bar.update(summary["frames"])
 
     if workers == 1:
-      for settings_, src, shard, with_gt, kwargs in jobs:
-        done(build_video(settings_, src, shard, with_gt,
-                         on_frame=lambda: bar.update(1), **kwargs), True)
+      for unit in work.todo:
+        done(unit.key, build_unit(settings, unit,
+                                  on_frame=lambda: bar.update(1)), True)
     else:
       # spawn, not fork: the parent has JAX (and its threads) loaded, which
       # a forked child must not inherit.
       ctx = multiprocessing.get_context("spawn")
       with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as ex:
-        for _, summary in ex.map(_build_video_job, jobs):
-          done(summary, False)
+        for key, summary in ex.map(_build_unit_job,
+                                   [(settings, u) for u in work.todo]):
+          done(key, summary, False)
+  return summaries
 
 
-def _split_meta(settings: BuildSettings, split: str, train_split: str,
-                videos: list) -> dict:
-  """RECORDS/meta/<split>.json (DESIGN §4.5) from the videos' completion
-  records."""
-  per_video, seconds, moments = {}, 0.0, []
-  for src in videos:
-    summary = schema.read_json(_video_done_path(
-        settings.records, split, src.video_id))["summary"]
-    moments.append(summary.get("teacher_moments", {}))
-    per_video[src.video_id] = {k: summary[k] for k in
-                               ("frames", "objects", "height", "width",
-                                "abnormal_frames")}
-    seconds += summary["seconds"]
+def split_meta(settings: BuildSettings, split: str, train_split: str,
+               units: list[Unit], totals: SplitTotals) -> dict:
+  """RECORDS/meta/<split>.json (DESIGN §4.5) from the split's combined unit
+  summaries: per video (its chunks added up) and the teacher spread."""
+  per_video, seconds = {}, 0.0
+  for unit in units:
+    s = totals.units[unit.key]
+    v = per_video.setdefault(unit.src.video_id, {
+        "frames": 0, "objects": 0, "height": s["height"],
+        "width": s["width"], "abnormal_frames": None})
+    v["frames"] += s["frames"]
+    v["objects"] += s["objects"]
+    if s["abnormal_frames"] is not None:
+      v["abnormal_frames"] = (v["abnormal_frames"] or 0) + s["abnormal_frames"]
+    seconds += s["seconds"]
   return {
       "videos": per_video,
       "num_videos": len(per_video),
       "num_frames": sum(v["frames"] for v in per_video.values()),
       "num_objects": sum(v["objects"] for v in per_video.values()),
+      "shard_objects": [totals.units[u.key]["objects"] for u in units],
       "half_window": settings.half_window,
       "context": settings.context(split, train_split),
-      "teacher_std": teacher_std(moments),
+      "teacher_std": teacher_std([totals.units[u.key].get("teacher_moments", {})
+                                  for u in units]),
       "build_seconds": seconds,
       "settings": settings.fingerprint_for(split, train_split),
       "weights": {"detector": settings.det_weights or None,
@@ -462,20 +676,29 @@ def _split_meta(settings: BuildSettings, split: str, train_split: str,
   }
 
 
-def _finalize(settings: BuildSettings, config, splits, metas: dict,
-              videos: dict) -> None:
-  """The TFDS metadata. It covers every split in the directory, also those
-  built by an earlier call (build(config, ("test",)) next to existing train
-  records)."""
+def finish(settings: BuildSettings, work: Plan, totals: dict[str, SplitTotals],
+           all_splits: tuple[str, ...]) -> dict:
+  """Writes every built split's meta, then the TFDS metadata, which covers
+  every split in the directory, also those built by an earlier call
+  (build(config, ("test",)) next to existing train records). Returns the
+  metas."""
+  metas = {}
+  for split in work.splits:
+    metas[split] = split_meta(settings, split, work.train_split,
+                              work.units[split], totals[split])
+    schema.write_json_atomic(schema.meta_path(settings.records, split),
+                             metas[split])
   counts = {}
-  for split in dict.fromkeys(default_splits(config) + tuple(splits)):
+  for split in dict.fromkeys(all_splits + work.splits):
     if split in metas:
-      counts[split] = [metas[split]["videos"][s.video_id]["objects"]
-                       for s in videos[split]]
+      counts[split] = [totals[split].units[u.key]["objects"]
+                       for u in work.units[split]]
     elif epath.Path(schema.meta_path(settings.records, split)).exists():
       other = schema.read_json(schema.meta_path(settings.records, split))
-      counts[split] = [v["objects"] for v in other["videos"].values()]
+      counts[split] = other.get("shard_objects") or [
+          v["objects"] for v in other["videos"].values()]
   schema.finalize(settings.records, settings.features(), counts)
+  return metas
 
 
 def default_splits(config) -> tuple[str, ...]:

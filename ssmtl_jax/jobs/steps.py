@@ -85,10 +85,33 @@ def prepare_data(config) -> None:
         synthetic.generate(config.data.root, **params)
     if not builder.records_complete(config.data.records, splits):
       config_checks.check_build(config)  # now that the videos exist
-      builder.build(config, splits)
+      build_records(config, splits)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("prepare_data")
+
+
+def build_records(config, splits=None, beam_args=()) -> dict:
+  """Builds (or resumes) the records with the engine of ``build.engine``:
+  'local' (``ssmtl_jax.data.builder``) or 'beam'
+  (``ssmtl_jax.data.beam_builder``; ``beam_args``: Beam pipeline options
+  beyond ``build.beam_options``). Returns the meta per split.
+
+  Raises:
+    ConfigError: Beam options for the local engine; the beam engine without
+      Apache Beam installed.
+  """
+  from ssmtl_jax.base import errors  # pylint: disable=g-import-not-at-top
+  engine = str(config.build.get("engine", "local"))
+  if engine == "beam":
+    from ssmtl_jax.data import beam_builder  # pylint: disable=g-import-not-at-top
+    return beam_builder.build(config, splits, beam_args)
+  if beam_args:
+    raise errors.ConfigError(
+        f"Beam pipeline options {list(beam_args)} given, but "
+        f"config.build.engine={engine!r} (set it to 'beam')")
+  from ssmtl_jax.data import builder  # pylint: disable=g-import-not-at-top
+  return builder.build(config, splits)
 
 
 def test_frame_reader(config) -> Callable[[str], Iterator[np.ndarray]]:

@@ -26,7 +26,8 @@ def iter_objects(
     video_id: str, half_window: int, crop_size: int, padding: float,
     min_box_size: float, square: bool, context: Optional[int] = None,
     classifier: Optional[Classifier] = None, classifier_batch: int = 64,
-    classifier_crop: Optional[int] = None,
+    classifier_crop: Optional[int] = None, first_frame: int = 0,
+    centres: Optional[tuple[int, int]] = None,
 ) -> Iterator[dict]:
   """Yields the objects of one video in frame order, then detection order.
 
@@ -47,6 +48,10 @@ def iter_objects(
       full-resolution middle frame with the object's box (same padding and
       rounding as the cube); None = the cube's stored middle crop (S px,
       stretched by the classifier to its input size).
+    first_frame: the video's index of the first frame (frame_index counts
+      from it).
+    centres: (start, stop): objects only of frames start..stop-1 (video
+      indices); default every frame.
   Yields:
     {"video_id": str, "frame_index": int, "box": float32 [4],
     "det_score": float, "det_class": int, "crops": uint8 [2W+1, S, S, C],
@@ -76,13 +81,17 @@ def iter_objects(
     return done
 
   for t, window in cubes.sliding_windows(frames_only(), w, context):
-    for row in dets_by_frame.pop(t):
+    rows = dets_by_frame.pop(t)
+    if centres is not None and not (
+        centres[0] <= first_frame + t < centres[1]):
+      rows = ()
+    for row in rows:
       cube = cubes.crop_cube(window, row[:4], size=crop_size, padding=padding,
                              min_size=min_box_size, square=square)
       if cube is None:
         continue
       obj = {
-          "video_id": video_id, "frame_index": t,
+          "video_id": video_id, "frame_index": first_frame + t,
           "box": row[:4].astype(np.float32), "det_score": float(row[4]),
           "det_class": int(row[5]), "crops": cube,
           "teacher_det": row[6:].astype(np.float32)}

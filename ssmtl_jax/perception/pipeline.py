@@ -26,6 +26,7 @@ records, DESIGN §4).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 from typing import Callable, Iterable, Iterator, Optional, Protocol
 
@@ -142,7 +143,8 @@ def classifier(settings: Settings):
 
 def detect(settings: Settings, frames: Iterable[np.ndarray], *,
            stride: int = 1, detections_file: Optional[str] = None,
-           video_name: str = "", det=None
+           video_name: str = "", det=None, first_frame: int = 0,
+           centres: Optional[tuple[int, int]] = None,
            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """(frame, detections float32 [N, 6 + num_det]) per frame, streamed.
 
@@ -160,28 +162,49 @@ def detect(settings: Settings, frames: Iterable[np.ndarray], *,
     video_name: names the video in errors (its path).
     det: kind 'yolov3': the detector to run (default :func:`detector`);
       anything with ``detect_stream(frames)``.
+    first_frame: the video's index of the first of ``frames`` (a chunk of
+      a long video starts past 0); strides and detection files count in
+      the video's indices.
+    centres: (start, stop): only frames start..stop-1 (video indices) are
+      detected, the others get none (a chunk's context frames). Default:
+      every frame.
   """
+  wanted = _Wanted(stride, first_frame, centres)
   if settings.detector_kind == "yolov3":
-    yield from _detected(settings, frames, stride,
+    yield from _detected(settings, frames, wanted,
                          det if det is not None else detector(settings))
   else:
-    yield from _from_file(settings, frames, stride, detections_file,
+    yield from _from_file(settings, frames, wanted, detections_file,
                           video_name)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Wanted:
+  """Which frames of a stream get detections (stream index t is video
+  frame first_frame + t)."""
+  stride: int
+  first_frame: int
+  centres: Optional[tuple[int, int]]
+
+  def __call__(self, t: int) -> bool:
+    v = self.first_frame + t
+    return v % self.stride == 0 and (
+        self.centres is None or self.centres[0] <= v < self.centres[1])
 
 
 def _empty(settings: Settings) -> np.ndarray:
   return np.zeros((0, 6 + settings.num_det), np.float32)
 
 
-def _detected(settings, frames, stride, det):
+def _detected(settings, frames, wanted, det):
   empty = _empty(settings)
   # Frames read but not yet yielded, with whether the detector sees them.
   pending: collections.deque = collections.deque()
 
   def selected(stream):
     for t, frame in enumerate(stream):
-      pending.append((frame, t % stride == 0))
-      if t % stride == 0:
+      pending.append((frame, wanted(t)))
+      if pending[-1][1]:
         yield frame
 
   # detect_stream runs a batch ahead; `pending` holds those frames.
@@ -193,14 +216,14 @@ def _detected(settings, frames, stride, det):
     yield pending.popleft()[0], empty
 
 
-def _from_file(settings, frames, stride, path, video_name):
+def _from_file(settings, frames, wanted, path, video_name):
   empty = _empty(settings)
   per_frame = detections_lib.read_detections(path)
   num_frames = 0
   for t, frame in enumerate(frames):
     num_frames = t + 1
-    rows = per_frame.get(t)
-    if rows is None or t % stride:
+    rows = per_frame.get(wanted.first_frame + t)
+    if rows is None or not wanted(t):
       yield frame, empty
       continue
     rows = rows[rows[:, 4] >= settings.min_score]
@@ -212,11 +235,13 @@ def _from_file(settings, frames, stride, path, video_name):
     probs = np.zeros((len(rows), settings.num_det), np.float32)
     probs[np.arange(len(rows)), cls] = rows[:, 4]
     yield frame, np.concatenate([rows, probs], axis=1)
-  late = [t for t in per_frame if t >= num_frames]
-  if late:
+  # A chunk that ends before the video does cannot tell late rows.
+  late = [t for t in per_frame if t >= wanted.first_frame + num_frames]
+  if late and (wanted.centres is None or
+               wanted.centres[1] == wanted.first_frame + num_frames):
     raise detections_lib.DetectionFileError(
         f"{path}: detections for frame {max(late)} but the video "
-        f"{video_name} has {num_frames} frames")
+        f"{video_name} has {wanted.first_frame + num_frames} frames")
 
 
 def frames_to_objects(
@@ -226,6 +251,7 @@ def frames_to_objects(
     det=None, teacher=None,
     classifier_batch: Optional[int] = None,
     on_frame: Optional[Callable[[int, np.ndarray], None]] = None,
+    first_frame: int = 0, centres: Optional[tuple[int, int]] = None,
 ) -> Iterator[dict]:
   """The objects of one video's frames, in frame order, then detection order
   (the dicts of :func:`ssmtl_jax.perception.objects.iter_objects`).
@@ -241,11 +267,18 @@ def frames_to_objects(
       :func:`classifier`).
     classifier_batch: objects classified together (default the settings').
     on_frame: called with (t, frame) as frame t (with its detections) enters
-      the cube window -- every object centred before t - W is out by then.
+      the cube window -- every object centred before t - W is out by then
+      (t counts ``frames``, from 0).
+    first_frame, centres: a chunk of a video: ``frames`` start at the
+      video's frame ``first_frame`` and only objects centred on frames
+      centres[0]..centres[1]-1 are made, with frame_index in the video's
+      indices. The chunk's objects are those of the whole video when
+      ``frames`` hold the W frames on each side of the centres that the
+      video has (``ssmtl_jax.data.builder.Unit``).
   """
   stream = detect(settings, frames, stride=stride,
                   detections_file=detections_file, video_name=video_name,
-                  det=det)
+                  det=det, first_frame=first_frame, centres=centres)
   if on_frame is not None:
     stream = _watched(stream, on_frame)
   teacher = teacher if teacher is not None else classifier(settings)
@@ -258,7 +291,8 @@ def frames_to_objects(
       classifier_batch=(settings.classifier_batch if classifier_batch is None
                         else classifier_batch),
       classifier_crop=(settings.classifier_input
-                       if settings.classifier_crop == "frame" else None))
+                       if settings.classifier_crop == "frame" else None),
+      first_frame=first_frame, centres=centres)
 
 
 def _watched(stream, on_frame):

@@ -31,7 +31,7 @@ import os
 import re
 import shutil
 import tempfile
-from typing import Iterator, Literal, Tuple
+from typing import Iterator, Literal, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -263,12 +263,17 @@ def _decode_image(path: str) -> np.ndarray:
   return img
 
 
-def iter_frames(src: VideoSource, channels: int) -> Iterator[np.ndarray]:
+def iter_frames(src: VideoSource, channels: int, start: int = 0,
+                stop: Optional[int] = None) -> Iterator[np.ndarray]:
   """Streams the frames of ``src`` in order.
 
   Args:
     src: a video from :func:`list_videos`.
     channels: 1 (grayscale) or 3 (RGB).
+    start, stop: only frames start..stop-1 (stop None: to the end), e.g. a
+      chunk of a long video. A video file is decoded from its start (frames
+      before ``start`` are grabbed, not converted): seeking is not
+      frame-exact for every codec.
   Yields:
     uint8 [H, W, channels] per frame; one frame in memory at a time.
   Raises:
@@ -280,17 +285,20 @@ def iter_frames(src: VideoSource, channels: int) -> Iterator[np.ndarray]:
   # Not a generator itself, so argument errors surface at the call site.
   if channels not in (1, 3):
     raise ValueError(f"channels must be 1 or 3, got {channels}")
+  if start < 0 or (stop is not None and stop < start):
+    raise ValueError(f"bad frame range [{start}, {stop})")
   if src.kind == "frames":
-    return _iter_folder(src.path, channels)
+    return _iter_folder(src.path, channels, start, stop)
   if src.kind == "file":
-    return _iter_file(src.path, channels)
+    return _iter_file(src.path, channels, start, stop)
   raise ValueError(f"unknown VideoSource kind {src.kind!r} for {src.path}")
 
 
-def _iter_folder(folder: str, channels: int) -> Iterator[np.ndarray]:
+def _iter_folder(folder: str, channels: int, start: int,
+                 stop: Optional[int]) -> Iterator[np.ndarray]:
   shape = None
   first = None
-  for path in list_frame_files(folder):
+  for path in list_frame_files(folder)[start:stop]:
     img = _decode_image(path)
     if shape is None:
       shape, first = img.shape[:2], path
@@ -301,11 +309,14 @@ def _iter_folder(folder: str, channels: int) -> Iterator[np.ndarray]:
     yield _convert(img, channels)
 
 
-def _iter_file(path: str, channels: int) -> Iterator[np.ndarray]:
+def _iter_file(path: str, channels: int, start: int,
+               stop: Optional[int]) -> Iterator[np.ndarray]:
   with _open_capture(path) as cap:
     shape = None
     index = 0
-    while True:
+    while index < start and cap.grab():
+      index += 1
+    while stop is None or index < stop:
       ok, img = cap.read()
       if not ok:
         break
@@ -314,7 +325,7 @@ def _iter_file(path: str, channels: int) -> Iterator[np.ndarray]:
       elif img.shape[:2] != shape:
         raise VideoInputError(
             f"{path}: frame {index} is {img.shape[1]}x{img.shape[0]} (WxH) "
-            f"but frame 0 is {shape[1]}x{shape[0]}")
+            f"but frame {start} is {shape[1]}x{shape[0]}")
       yield _convert(img, channels)
       index += 1
   if shape is None:
