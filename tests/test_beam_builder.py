@@ -6,6 +6,7 @@ pipeline options are one line."""
 
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -33,9 +34,16 @@ CHUNK = 12
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-  root = str(tmp_path_factory.mktemp("synthetic"))
-  synthetic.generate(root, **PARAMS)
-  return root
+  """The synthetic videos renamed 00, 01, ... in each split: ids repeat
+  across splits, as in Ped2 (train/01 and test/01 are other videos)."""
+  root = tmp_path_factory.mktemp("synthetic")
+  synthetic.generate(str(root), **PARAMS)
+  shutil.rmtree(root / "gt_tracks")
+  for folder in ("train", "test", "detections/train", "detections/test",
+                 "gt_frame", "gt_pixel"):
+    for path in (root / folder).iterdir():
+      path.rename(path.with_name(path.name.split("_", 1)[1]))
+  return str(root)
 
 
 def _config(root, records, **build):
@@ -88,8 +96,19 @@ def test_chunked_videos_give_the_whole_videos_examples(data_root, local,
   assert metas["train"]["shard_objects"].__len__() == 12
   assert metas["test"]["shard_objects"].__len__() == 8
   assert sorted(os.listdir(os.path.join(records, "meta", "test")))[:4] == [
-      "test_00@0-12.json", "test_00@12-24.json", "test_00@24-36.json",
-      "test_00@36-40.json"]
+      "00@0-12.json", "00@12-24.json", "00@24-36.json", "00@36-40.json"]
+  # Each split's summary has its own videos' (ids repeat across splits),
+  # built now or read back by a rerun that finds everything done.
+  rerun = builder.build(_config(data_root, whole))
+  for meta, folder in ((metas, records), (rerun, whole)):
+    assert meta["train"]["num_frames"] == 120  # 3 videos of 40 frames
+    assert meta["test"]["num_frames"] == 80
+    assert all(v["abnormal_frames"] is None
+               for v in meta["train"]["videos"].values())
+    assert all(v["abnormal_frames"] is not None
+               for v in meta["test"]["videos"].values())
+    for split in ("train", "test"):
+      assert meta[split]["num_objects"] == len(_examples(folder, split))
   for split in ("train", "test"):
     _same_examples(_examples(records, split), _examples(whole, split))
     got, want = _meta(records, split), _meta(whole, split)
@@ -223,12 +242,11 @@ def test_a_unit_that_dies_leaves_no_shard_and_a_rerun_finishes(
   config = _config(data_root, records, chunk_frames=CHUNK, engine="beam",
                    workers=1)
   serialize = schema.serialize
-  calls = {"n": 0}
 
   def dies_in_test_01_second_chunk(feats, obj):
-    if obj["video_id"] == "test_01" and 12 <= obj["frame_index"] < 24:
+    # Frame 13 is no training frame (stride 5): test/01, its second chunk.
+    if obj["video_id"] == "01" and obj["frame_index"] == 13:
       raise RuntimeError("worker died")
-    calls["n"] += 1
     return serialize(feats, obj)
 
   monkeypatch.setattr(schema, "serialize", dies_in_test_01_second_chunk)
@@ -237,18 +255,17 @@ def test_a_unit_that_dies_leaves_no_shard_and_a_rerun_finishes(
   victim = os.path.join(records, schema.shard_filename("test", 5, 8))
   assert not os.path.exists(victim)
   assert not os.path.exists(os.path.join(records, "meta", "test",
-                                         "test_01@12-24.json"))
+                                         "01@12-24.json"))
   assert not os.path.exists(os.path.join(records, "dataset_info.json"))
   assert not [f for f in os.listdir(records) if f.endswith(".incomplete")]
-  done = {f: os.stat(os.path.join(records, "meta", s, f)).st_mtime_ns
+  done = {(s, f): os.stat(os.path.join(records, "meta", s, f)).st_mtime_ns
           for s in ("train", "test")
           for f in os.listdir(os.path.join(records, "meta", s))}
   assert done  # some units finished before the failure
 
   monkeypatch.setattr(schema, "serialize", serialize)
   steps.build_records(config)
-  for f, mtime in done.items():  # finished units were not built again
-    split = "train" if f.startswith("train") else "test"
+  for (split, f), mtime in done.items():  # finished units were not rebuilt
     assert os.stat(os.path.join(records, "meta", split, f)).st_mtime_ns == mtime
   reference = str(tmp_path / "local_chunked")
   builder.build(_config(data_root, reference, chunk_frames=CHUNK))
@@ -256,3 +273,45 @@ def test_a_unit_that_dies_leaves_no_shard_and_a_rerun_finishes(
   with open(os.path.join(records, "dataset_info.json")) as a, \
       open(os.path.join(reference, "dataset_info.json")) as b:
     assert json.load(a) == json.load(b)
+
+
+@pytest.mark.slow
+def test_beam_build_of_a_ped2_subset_equals_the_local_one(tmp_path):
+  """Real frames, YOLOv3-tiny and the Lite0 teacher (configs/ped2_cpu.py) on
+  2 training + 2 test videos of UCSD Ped2: the Beam build (DirectRunner, 2
+  processes) writes the local build's shards byte for byte (marked slow: a
+  few minutes on 2 cores; ``pytest -m slow -k ped2_subset``)."""
+  from tests.paths import PED2  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(os.path.join(PED2, "test")):
+    pytest.skip(f"{PED2} not available")
+  _beam()
+  root = tmp_path / "ped2"
+  for split, kind, ext in (("train", None, None), ("test", None, None),
+                           ("test", "gt_frame", "npy"),
+                           ("test", "gt_pixel", "npz")):
+    folder = root / (kind or split)
+    folder.mkdir(parents=True, exist_ok=True)
+    for vid in ("01", "02"):
+      name = f"{vid}.{ext}" if kind else vid
+      src = os.path.join(PED2, kind or split, name)
+      if not os.path.exists(folder / name):
+        (folder / name).symlink_to(src)
+  from configs import ped2_cpu  # pylint: disable=g-import-not-at-top
+  metas = {}
+  for engine in ("local", "beam"):
+    config = ped2_cpu.get_config()
+    config.data.root = str(root)
+    config.data.records = str(tmp_path / engine)
+    config.build.engine = engine
+    config.build.workers = 2 if engine == "beam" else 1
+    metas[engine] = steps.build_records(config)
+  assert metas["local"]["test"]["num_objects"] > 100
+  assert _shards(str(tmp_path / "beam")) == _shards(str(tmp_path / "local"))
+  for split in ("train", "test"):
+    got, want = (_meta(str(tmp_path / e), split) for e in ("beam", "local"))
+    assert got == want, split
+  size = sum(map(len, _shards(str(tmp_path / "local")).values()))
+  objects = sum(m["num_objects"] for m in metas["local"].values())
+  print({e: {s: (m["num_frames"], m["num_objects"], round(m["build_seconds"], 1))
+             for s, m in metas[e].items()} for e in metas},
+        f"{size / objects:.0f} bytes per object")

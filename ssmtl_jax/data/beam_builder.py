@@ -146,9 +146,9 @@ def run(settings: builder.BuildSettings, work: builder.Plan,
         all_splits: tuple[str, ...],
         options: "beam_options.PipelineOptions") -> None:
   """Runs the pipeline of the module docstring to completion."""
-  finished = [(unit.split, (unit.key, work.done[unit.key]))
+  finished = [(unit.split, (unit.key, work.done[unit.id]))
               for split in work.splits for unit in work.units[split]
-              if unit.key in work.done]
+              if unit.id in work.done]
   with beam.Pipeline(options=options) as p:
     built = (p
              | "Units" >> beam.Create(work.todo)

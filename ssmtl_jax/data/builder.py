@@ -268,6 +268,11 @@ class Unit:
   chunk: Optional[tuple[int, int, int]] = None  # (start, stop, video frames)
 
   @property
+  def id(self) -> str:
+    """``<split>/<key>``: ids repeat across splits (Ped2: train/01, test/01)."""
+    return f"{self.split}/{self.key}"
+
+  @property
   def key(self) -> str:
     """Names the unit's completion record: the video id, or for a chunk
     ``<video_id>@<start>-<stop>``."""
@@ -484,7 +489,7 @@ class Plan:
   train_split: str
   units: dict[str, list[Unit]]
   todo: list[Unit]
-  done: dict[str, dict]   # key of a finished unit -> its summary
+  done: dict[str, dict]   # id of a finished unit -> its summary
   frames_todo: int        # frames the todo units read (progress)
 
 
@@ -534,7 +539,7 @@ def plan(settings: BuildSettings, config, splits) -> Plan:
       if summary is None:
         todo.append(unit)
       else:
-        done[unit.key] = summary
+        done[unit.id] = summary
   for unit in todo:  # temporary files of a killed attempt
     for path in (unit.shard(settings.records), unit.done(settings.records)):
       path = epath.Path(path)
@@ -552,7 +557,7 @@ def plan(settings: BuildSettings, config, splits) -> Plan:
 
 def _build_unit_job(args):
   settings, unit = args
-  return unit.key, build_unit(settings, unit)
+  return unit.id, build_unit(settings, unit)
 
 
 def preflight(sources: list[video_io.VideoSource]) -> list[video_io.VideoInfo]:
@@ -602,15 +607,15 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
   for split in work.splits:
     totals[split] = SplitTotals()
     for unit in work.units[split]:
-      totals[split].add(unit.key, summaries.get(unit.key) or
-                        work.done[unit.key])
+      totals[split].add(unit.key, summaries.get(unit.id) or
+                        work.done[unit.id])
   return finish(settings, work, totals, default_splits(config))
 
 
 def _run_local(settings: BuildSettings, work: Plan,
                workers: int) -> dict[str, dict]:
   """Builds the todo units (in ``workers`` processes) under one progress bar;
-  returns their summaries by key."""
+  returns their summaries by unit id."""
   summaries = {}
   with tqdm.tqdm(total=work.frames_todo, unit="frame", desc="build",
                  dynamic_ncols=True) as bar:
@@ -627,7 +632,7 @@ def _run_local(settings: BuildSettings, work: Plan,
 
     if workers == 1:
       for unit in work.todo:
-        done(unit.key, build_unit(settings, unit,
+        done(unit.id, build_unit(settings, unit,
                                   on_frame=lambda: bar.update(1)), True)
     else:
       # spawn, not fork: the parent has JAX (and its threads) loaded, which

@@ -26,6 +26,8 @@ import math
 import os
 from typing import Any, Callable, Optional, Sequence
 
+from etils import epath
+
 from ssmtl_jax.base import errors
 from ssmtl_jax.base import schema
 from ssmtl_jax.evaluation import frame_scoring
@@ -258,7 +260,8 @@ def check_build(config) -> None:
   if not config.data.root:
     raise errors.ConfigError("config.data.root is empty: point it at the "
                              "videos (ROOT/{train,test}/<video_id>/)")
-  if not os.path.isdir(config.data.root):
+  if not (epath.Path(config.data.root).is_dir()
+          if "://" in config.data.root else os.path.isdir(config.data.root)):
     raise errors.ConfigError(
         f"config.data.root={config.data.root!r} is not a directory")
   if not config.data.records:
