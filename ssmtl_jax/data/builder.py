@@ -380,12 +380,12 @@ def build_unit(settings: BuildSettings, unit: Unit,
         f"preflight counted {unit.chunk[2]}")
   num_frames = num_read if unit.chunk is None else unit.chunk[2]
   abnormal = None
-  if unit.with_gt:  # ids repeat across splits (Ped2: train/01, test/01)
-    abnormal = 0
-    if lo == 0:  # the video's first unit counts its abnormal frames
-      labels, _ = ground_truth.load(settings.root, src.video_id, num_frames,
-                                    height, width, load_masks=False)
-      abnormal = int(labels.sum())
+  # The video's first unit checks and counts its labels, if it has any (ids
+  # repeat across splits: Ped2 has train/01 and test/01).
+  if unit.with_gt and lo == 0:
+    labels, _ = ground_truth.load(settings.root, src.video_id, num_frames,
+                                  height, width, load_masks=False)
+    abnormal = None if labels is None else int(labels.sum())
   schema.write_shard(unit.shard(settings.records), serialized)
   summary = {"frames": (num_frames if unit.chunk is None
                         else unit.chunk[1] - unit.chunk[0]),
@@ -435,7 +435,9 @@ def load_models(settings: BuildSettings) -> BuildSettings:
     if not path:
       continue
     if not epath.Path(path).is_file():
-      raise errors.DataError(f"{path}: not found on this worker ({name})")
+      raise errors.DataError(
+          f"{path}: not found on this worker ({name}); give weights by a "
+          "path every worker reads (e.g. gs://...)")
     if "://" in path:
       path = files_lib.local_copy(path)
       local[name] = path
@@ -599,6 +601,8 @@ def build(config, splits: Optional[tuple[str, ...]] = None) -> dict:
   """Builds (or resumes) the records of every split on this machine (engine
   'local', ``build.workers`` processes); returns the meta per split.
   ``ssmtl_jax.jobs.steps.build_records`` chooses the engine."""
+  # No such device here: said before any work.
+  _on_device(str(config.build.get("device", "auto")))
   settings, work = prepare(config, splits)
   summaries = _run_local(settings, work,
                          max(1, min(int(config.build.workers),
@@ -657,8 +661,8 @@ def split_meta(settings: BuildSettings, split: str, train_split: str,
         "width": s["width"], "abnormal_frames": None})
     v["frames"] += s["frames"]
     v["objects"] += s["objects"]
-    if s["abnormal_frames"] is not None:
-      v["abnormal_frames"] = (v["abnormal_frames"] or 0) + s["abnormal_frames"]
+    if unit.chunk is None or unit.chunk[0] == 0:  # it counted the labels
+      v["abnormal_frames"] = s["abnormal_frames"]
     seconds += s["seconds"]
   return {
       "videos": per_video,
