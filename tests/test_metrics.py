@@ -502,3 +502,56 @@ def test_rbdc_tbdc_vs_py_ssvad_metrics_overlapping_boxes(
   c = metrics.detection_curves(dets, gts, extend_to_fpr_max=False)
   assert (want_rb - c.rbdc, want_tb - c.tbdc) == pytest.approx(plain, abs=2e-4)
   assert (want_rb - rb, want_tb - tb) == pytest.approx(merge, abs=2e-4)
+
+
+# --------------------------------------------------------------------------
+# Pixel-level AUC.
+
+
+def _upsampled(maps, height, width):
+  import cv2  # pylint: disable=g-import-not-at-top
+  return np.stack([cv2.resize(m, (width, height),
+                              interpolation=cv2.INTER_LINEAR) for m in maps])
+
+
+def test_pixel_auc_matches_sklearn_on_every_pixel():
+  rng = np.random.default_rng(0)
+  acc = metrics.PixelAUC(-1.0, 3.0)
+  all_scores, all_masks = [], []
+  for frames, (h, w), (height, width) in ((5, (6, 8), (12, 16)),
+                                          (3, (10, 10), (10, 10))):
+    masks = rng.random((frames, height, width)) < 0.2
+    # Scores that lean towards the masks, at the maps' own resolution.
+    maps = rng.normal(size=(frames, h, w)).astype(np.float32)
+    maps += 0.8 * _upsampled(masks.astype(np.float32), h, w)
+    maps = np.clip(maps, -1.0, 3.0)
+    acc.add(maps, masks)
+    all_scores.append(_upsampled(maps, height, width).ravel())
+    all_masks.append(masks.ravel())
+  want = roc_auc_score(np.concatenate(all_masks),
+                       np.concatenate(all_scores))
+  assert 0.55 < want < 0.95
+  assert abs(acc.value() - want) <= acc.tie_bound + 1e-12
+  assert acc.value() == pytest.approx(want, abs=1e-6)
+  # Coarse bins: still within the stated bound, and the bound is not 0.
+  coarse = metrics.PixelAUC(-1.0, 3.0, bins=8)
+  for scores, masks in zip(all_scores[:1], all_masks[:1]):
+    coarse.add(scores.reshape(5, 12, 16), masks.reshape(5, 12, 16))
+  exact = roc_auc_score(all_masks[0], all_scores[0])
+  assert coarse.tie_bound > 0.01
+  assert abs(coarse.value() - exact) <= coarse.tie_bound
+
+
+def test_pixel_auc_perfect_inverted_and_one_class():
+  masks = np.zeros((2, 4, 4), bool)
+  masks[0, 1:3, 1:3] = True
+  perfect = metrics.PixelAUC(0.0, 1.0)
+  perfect.add(masks.astype(np.float32), masks)
+  inverted = metrics.PixelAUC(0.0, 1.0)
+  inverted.add(1.0 - masks.astype(np.float32), masks)
+  assert perfect.value() == 1.0 and inverted.value() == 0.0
+  normal = metrics.PixelAUC(0.0, 1.0)
+  normal.add(np.ones((2, 4, 4), np.float32), np.zeros((2, 4, 4), bool))
+  assert normal.value() is None
+  with pytest.raises(ValueError, match="same T"):
+    normal.add(np.ones((3, 4, 4), np.float32), masks)

@@ -105,6 +105,10 @@ class BuildSettings:
   test_context: int
   conv_impl: str = "auto"
   device: str = "auto"
+  proposals: str = "detector"
+  motion_threshold: float = 25.0
+  motion_min_area: int = 100
+  motion_max_cover: float = 0.5
 
   @classmethod
   def from_config(cls, config) -> "BuildSettings":
@@ -143,7 +147,9 @@ class BuildSettings:
                classifier_crop=str(clf.get("crop", "frame")),
                train_stride=int(b.train_stride), test_context=test_context,
                conv_impl=str(b.get("conv_impl", "auto")),
-               device=str(b.get("device", "auto")))
+               device=str(b.get("device", "auto")),
+               proposals=str(b.get("proposals", "detector")),
+               **_motion_settings(b.get("motion", {})))
 
   @property
   def fingerprint(self) -> dict:
@@ -156,6 +162,10 @@ class BuildSettings:
               "conv_impl", "device"):
       d.pop(k)
     d["det_input_size"] = list(self.det_input_size)
+    if self.proposals == "detector":  # as before proposals existed
+      for k in ("proposals", "motion_threshold", "motion_min_area",
+                "motion_max_cover"):
+        d.pop(k)
     if self.detector_kind == "yolov3":
       d["det_cfg_sha256"] = files_lib.sha256_file(self.det_cfg)
     return d
@@ -186,7 +196,9 @@ class BuildSettings:
         classifier_input=int(fp["classifier_input"]),
         classifier_crop=str(fp.get("classifier_crop", "frame")),
         train_stride=1, test_context=int(fp["context"]),
-        conv_impl=conv_impl)
+        conv_impl=conv_impl, proposals=fp.get("proposals", "detector"),
+        **_motion_settings({k[len("motion_"):]: fp[k] for k in fp
+                            if k.startswith("motion_")}))
 
   def fingerprint_for(self, split: str, train_split: str) -> dict:
     """The fingerprint of one split's records: train_stride and test_context
@@ -215,6 +227,15 @@ class BuildSettings:
     return schema.features(window=2 * self.half_window + 1,
                            crop_size=self.crop_size, channels=self.channels,
                            num_det=self.num_det, num_cls=self.num_cls)
+
+
+def _motion_settings(motion) -> dict:
+  """The motion proposals' settings (``build.motion.*``, defaults where
+  absent) as BuildSettings fields."""
+  motion = dict(motion)
+  return {"motion_threshold": float(motion.get("threshold", 25.0)),
+          "motion_min_area": int(motion.get("min_area", 100)),
+          "motion_max_cover": float(motion.get("max_cover", 0.5))}
 
 
 def detections_file(settings: BuildSettings,

@@ -3,7 +3,7 @@
 Shaped like a big_vision evaluator: ``Evaluator(config, workdir, step)``
 restores a checkpoint and ``run()`` yields ``(name, value)`` metrics
 (``micro_auc``, ``macro_auc``, ``macro_auc_single_class_as_1``, ``rbdc``,
-``tbdc``, ``per_task/<task>``, ``per_task_macro/<task>``);
+``tbdc``, ``pixel_auc``, ``per_task/<task>``, ``per_task_macro/<task>``);
 :func:`evaluate` is the thin driver that writes them to ``report.json`` and
 to TensorBoard (``eval/<name>`` at the checkpoint step, in the trainer's
 event directory), and draws the plots.
@@ -186,9 +186,10 @@ class Evaluator:
   """Scores the test split with one checkpoint and measures the frame scores.
 
   ``Evaluator(config, workdir, step).run()`` yields ``(name, value)``:
-  ``micro_auc``, ``macro_auc``, ``rbdc``, ``tbdc`` and ``per_task/<task>``
-  (the micro AUC of each task alone), measured on the videos with frame
-  labels; a metric that cannot be computed (RBDC/TBDC without pixel masks,
+  ``micro_auc``, ``macro_auc``, ``rbdc``, ``tbdc``, ``pixel_auc`` and
+  ``per_task/<task>`` (the micro AUC of each task alone), measured on the
+  videos with frame labels; a metric that cannot be computed (RBDC/TBDC and
+  pixel AUC without pixel masks,
   macro AUC without a two-class video, every label metric without a labelled
   video) is left out. ``outputs`` holds everything else one evaluation
   computed.
@@ -288,15 +289,17 @@ class Evaluator:
     return frame_scoring.object_anomaly_scores(raw, settings, stats)
 
   def frame_scores(self, values, settings: frame_scoring.Settings, *, keep=None,
-                   context: Optional[int] = None) -> dict[str, np.ndarray]:
+                   context: Optional[int] = None,
+                   on_maps=None) -> dict[str, np.ndarray]:
     """Frame scores of every video from one value per (kept) object, with
-    the records' border context unless ``context`` is given."""
+    the records' border context unless ``context`` is given (``on_maps``:
+    as ``frame_scoring.frame_scores_by_video``)."""
     objs = self.objects
     sel = slice(None) if keep is None else keep
     return frame_scoring.frame_scores_by_video(
         objs.video_id[sel], objs.frame_index[sel], objs.box[sel], values,
         self.videos, settings,
-        context=self.context if context is None else context)
+        context=self.context if context is None else context, on_maps=on_maps)
 
   @property
   def videos(self) -> dict[str, tuple[int, int, int]]:
@@ -318,18 +321,32 @@ class Evaluator:
     # --- Object scores: normalise per task, combine.
     normed, combined = self.object_scores(settings)
 
-    # --- Maps -> frame scores, per video (combined, and each task alone).
+    # --- Maps -> frame scores, per video (combined, and each task alone);
+    # the combined maps also give the pixel-level AUC where every labelled
+    # video has masks.
+    labelled = {vid: g for vid, g in gt.items() if g.labels is not None}
+    pixels = None
+    if labelled and all(g.mask_path for g in labelled.values()):
+      # Maps hold the object scores and their minimum (the background).
+      pixels = metrics.PixelAUC(*((float(np.min(combined)),
+                                   float(np.max(combined)))
+                                  if np.size(combined) else (0.0, 0.0)))
+
+    def add_pixels(vid, maps):
+      if pixels is not None and vid in labelled:
+        pixels.add(maps, labelled[vid].masks())
+
     by_video = functools.partial(self.frame_scores, settings=settings)
     t_maps = time.perf_counter()
-    frame_scores = by_video(combined)
+    frame_scores = by_video(combined, on_maps=add_pixels)
     maps_seconds = time.perf_counter() - t_maps
 
     # --- Metrics, on the labelled videos only.
-    labelled = {vid: g for vid, g in gt.items() if g.labels is not None}
     labels = {vid: g.labels for vid, g in labelled.items()}
     on_labelled = lambda scores: {vid: scores[vid] for vid in labels}
     values = dict.fromkeys(("micro_auc", "macro_auc",
-                            "macro_auc_single_class_as_1", "rbdc", "tbdc"))
+                            "macro_auc_single_class_as_1", "rbdc", "tbdc",
+                            "pixel_auc"))
     for t in tasks:
       values[f"per_task/{t}"] = values[f"per_task_macro/{t}"] = None
     per_video = dict.fromkeys(gt)
@@ -359,6 +376,11 @@ class Evaluator:
       values["rbdc"], values["tbdc"], note = _detection_metrics(
           objs, combined, labelled, extend=bool(config.eval.extend_curves))
       notes.append(note)
+      values["pixel_auc"] = pixels.value() if pixels is not None else None
+      notes.append(
+          "pixel_auc: every pixel of the labelled videos' smoothed anomaly "
+          "maps (resized to the masks) against gt_pixel" if pixels is not None
+          else "pixel_auc: null, not every labelled video has gt_pixel masks")
       for t in tasks:
         task_frames = on_labelled(by_video(normed[t]))
         values[f"per_task/{t}"] = metrics.micro_auc(task_frames, labels)
@@ -445,6 +467,7 @@ def make_report(config, out: Outputs, values: dict[str, float],
       "macro_auc": values.get("macro_auc"),
       "macro_auc_single_class_as_1": values.get("macro_auc_single_class_as_1"),
       "rbdc": values.get("rbdc"), "tbdc": values.get("tbdc"),
+      "pixel_auc": values.get("pixel_auc"),
       "per_task_micro_auc": {t: values.get(f"per_task/{t}") for t in out.tasks},
       "per_task_macro_auc": {t: values.get(f"per_task_macro/{t}")
                              for t in out.tasks},
@@ -562,7 +585,8 @@ def summary_table(report: dict) -> str:
           ("macro AUC", fmt(report["macro_auc"])),
           ("  single-class videos as 1.0",
            fmt(report.get("macro_auc_single_class_as_1"))),
-          ("RBDC", fmt(report["rbdc"])), ("TBDC", fmt(report["tbdc"]))]
+          ("RBDC", fmt(report["rbdc"])), ("TBDC", fmt(report["tbdc"])),
+          ("pixel AUC", fmt(report.get("pixel_auc")))]
   rows += [(f"  {t} alone (micro AUC)", fmt(v))
            for t, v in report["per_task_micro_auc"].items()]
   fps = report["fps"]

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from scipy import ndimage
@@ -486,6 +486,7 @@ def frame_scores_by_video(
     videos: Mapping[str, Tuple[int, int, int]],
     settings: Settings,
     context: int = 0,
+    on_maps: Optional[Callable[[str, np.ndarray], None]] = None,
 ) -> dict[str, np.ndarray]:
   """Object scores -> frame scores of every video (maps, smoothing, max).
 
@@ -498,6 +499,8 @@ def frame_scores_by_video(
     context: the records' context C: the first and last C frames of each
       video, which cannot hold objects, take the maps of the nearest frames
       that can (:func:`fill_borders`).
+    on_maps: called with (video_id, smoothed maps float32 [T, h, w]) of each
+      video (e.g. the pixel-level AUC); the maps are not kept.
   Returns:
     {video_id: float32 [num_frames]}. Other frames covered by no object get
     the lowest object score of *all* videos, so that micro AUC compares like
@@ -513,10 +516,15 @@ def frame_scores_by_video(
   out = {}
   for vid, (frames, height, width) in videos.items():
     idx = np.flatnonzero(video_id == vid)
-    out[vid] = video_frame_scores(
+    got = video_frame_scores(
         boxes[idx], frame_index[idx], values[idx], frames, height, width,
         sigma=settings.sigma, scale=settings.map_scale, background=background,
-        temporal_sigma=settings.temporal_sigma, context=context)
+        temporal_sigma=settings.temporal_sigma, context=context,
+        return_maps=on_maps is not None)
+    if on_maps is not None:
+      got, maps = got
+      on_maps(vid, maps)
+    out[vid] = got
   return out
 
 

@@ -189,6 +189,70 @@ def macro_auc_single_as_one(per_video: Mapping[str, Optional[float]]
 
 
 # --------------------------------------------------------------------------
+# Pixel-level AUC.
+
+
+class PixelAUC:
+  """Pixel-level ROC AUC of anomaly maps against pixel masks, accumulated one
+  video at a time: every pixel of every frame is one sample (the
+  detector-independent number anomaly-map methods report, as in MVTec AD and
+  anomalib), at the masks' resolution (maps are resized bilinearly, per
+  frame, with OpenCV).
+
+  Exact AUC would sort every pixel of the data set (Ped2: 174 M); instead
+  scores are counted in ``bins`` equal bins over [lo, hi], which must hold
+  every map value (the maps of ``frame_scoring`` are convex combinations of
+  the object scores and the background, so their min and max do), and pairs
+  of a positive and a negative pixel in one bin count one half. The error
+  against the exact AUC is at most :attr:`tie_bound` (such pairs / all
+  pairs, halved); with 2**20 bins it was below 1e-6 on Ped2-like maps.
+  """
+
+  def __init__(self, lo: float, hi: float, bins: int = 1 << 20):
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi < lo:
+      raise ValueError(f"bad score range [{lo}, {hi}]")
+    self._lo, self._span, self._bins = float(lo), float(hi - lo), int(bins)
+    self._pos = np.zeros(self._bins, np.int64)
+    self._neg = np.zeros(self._bins, np.int64)
+
+  def add(self, maps: np.ndarray, masks: np.ndarray) -> None:
+    """maps: float [T, h, w]; masks: bool [T, H, W] of the same video."""
+    import cv2  # pylint: disable=g-import-not-at-top
+    maps = np.asarray(maps, np.float32)
+    masks = np.asarray(masks).astype(bool)
+    if maps.ndim != 3 or masks.ndim != 3 or maps.shape[0] != masks.shape[0]:
+      raise ValueError(f"maps {maps.shape} and masks {masks.shape} must be "
+                       "[T, h, w] and [T, H, W] with the same T")
+    height, width = masks.shape[1:]
+    scale = (self._bins - 1) / self._span if self._span else 0.0
+    for t in range(maps.shape[0]):
+      m = maps[t]
+      if m.shape != (height, width):
+        m = cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR)
+      idx = np.clip(((m - self._lo) * scale).astype(np.int64), 0,
+                    self._bins - 1)
+      pos = masks[t]
+      self._pos += np.bincount(idx[pos], minlength=self._bins)
+      self._neg += np.bincount(idx[~pos], minlength=self._bins)
+
+  @property
+  def tie_bound(self) -> float:
+    p, n = int(self._pos.sum()), int(self._neg.sum())
+    if not p or not n:
+      return 0.0
+    return float(np.dot(self._pos, self._neg)) / (2.0 * p * n)
+
+  def value(self) -> Optional[float]:
+    """The AUC, or None when the pixels seen are all of one class."""
+    p, n = int(self._pos.sum()), int(self._neg.sum())
+    if not p or not n:
+      return None
+    below = np.cumsum(self._neg) - self._neg  # negatives in lower bins
+    wins = np.dot(self._pos.astype(np.float64), below + 0.5 * self._neg)
+    return float(wins / (float(p) * float(n)))
+
+
+# --------------------------------------------------------------------------
 # Regions.
 
 

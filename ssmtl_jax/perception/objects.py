@@ -28,6 +28,7 @@ def iter_objects(
     classifier: Optional[Classifier] = None, classifier_batch: int = 64,
     classifier_crop: Optional[int] = None, first_frame: int = 0,
     centres: Optional[tuple[int, int]] = None,
+    motion: Optional[Callable[[np.ndarray, int, np.ndarray], np.ndarray]] = None,
 ) -> Iterator[dict]:
   """Yields the objects of one video in frame order, then detection order.
 
@@ -52,6 +53,9 @@ def iter_objects(
       from it).
     centres: (start, stop): objects only of frames start..stop-1 (video
       indices); default every frame.
+    motion: (window, t, detection rows of frame t) -> the rows with the
+      frame's motion proposals added (``pipeline.frames_to_objects`` makes
+      it from ``build.proposals``; :mod:`ssmtl_jax.perception.motion`).
   Yields:
     {"video_id": str, "frame_index": int, "box": float32 [4],
     "det_score": float, "det_class": int, "crops": uint8 [2W+1, S, S, C],
@@ -85,6 +89,8 @@ def iter_objects(
     if centres is not None and not (
         centres[0] <= first_frame + t < centres[1]):
       rows = ()
+    elif motion is not None:
+      rows = motion(window, t, rows)
     for row in rows:
       cube = cubes.crop_cube(window, row[:4], size=crop_size, padding=padding,
                              min_size=min_box_size, square=square)

@@ -35,6 +35,7 @@ import numpy as np
 
 from ssmtl_jax.base import errors
 from ssmtl_jax.perception import detections as detections_lib
+from ssmtl_jax.perception import motion as motion_lib
 from ssmtl_jax.perception import objects as objects_lib
 
 
@@ -60,6 +61,10 @@ class Settings(Protocol):
   classifier_input: int
   classifier_crop: str     # 'frame' | 'cube'
   conv_impl: str           # 'auto' | 'xla' | 'onednn' (perception/convs.py)
+  proposals: str           # 'detector' | 'detector+motion'
+  motion_threshold: float  # motion proposals (perception/motion.py)
+  motion_min_area: int
+  motion_max_cover: float
 
 
 def detector_files(cfg: Optional[str], weights: Optional[str], *,
@@ -279,6 +284,10 @@ def frames_to_objects(
   stream = detect(settings, frames, stride=stride,
                   detections_file=detections_file, video_name=video_name,
                   det=det, first_frame=first_frame, centres=centres)
+  motion = None
+  if getattr(settings, "proposals", "detector") == "detector+motion":
+    motion = functools.partial(_with_motion, settings,
+                               _Wanted(stride, first_frame, centres))
   if on_frame is not None:
     stream = _watched(stream, on_frame)
   teacher = teacher if teacher is not None else classifier(settings)
@@ -292,7 +301,20 @@ def frames_to_objects(
                         else classifier_batch),
       classifier_crop=(settings.classifier_input
                        if settings.classifier_crop == "frame" else None),
-      first_frame=first_frame, centres=centres)
+      first_frame=first_frame, centres=centres, motion=motion)
+
+
+def _with_motion(settings: Settings, wanted: "_Wanted", window: np.ndarray,
+                 t: int, rows: np.ndarray) -> np.ndarray:
+  """Frame t's detection rows and its motion proposals (only on the frames
+  that are detected: a training stride applies to both)."""
+  if not wanted(t):
+    return rows
+  extra = motion_lib.proposals(
+      window, settings.half_window, rows, num_det=settings.num_det,
+      threshold=settings.motion_threshold,
+      min_area=settings.motion_min_area, max_cover=settings.motion_max_cover)
+  return np.concatenate([rows, extra]) if len(extra) else rows
 
 
 def _watched(stream, on_frame):
