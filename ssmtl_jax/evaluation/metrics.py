@@ -205,7 +205,8 @@ class PixelAUC:
   the object scores and the background, so their min and max do), and pairs
   of a positive and a negative pixel in one bin count one half. The error
   against the exact AUC is at most :attr:`tie_bound` (such pairs / all
-  pairs, halved); with 2**20 bins it was below 1e-6 on Ped2-like maps.
+  pairs, halved); with 2**20 bins it was below 1e-6 on random maps and
+  1.3e-4 on the synthetic job's maps, whose pixels crowd near the background.
   """
 
   def __init__(self, lo: float, hi: float, bins: int = 1 << 20):
