@@ -574,8 +574,8 @@ def plan(settings: BuildSettings, config, splits) -> Plan:
   frames_todo = sum(u.frames_to_read(settings.half_window,
                                      infos[u.src.split, u.src.video_id])
                     for u in todo)
-  return Plan(splits=tuple(splits), train_split=train_split, units=units, todo=todo, done=done,
-              frames_todo=frames_todo)
+  return Plan(splits=tuple(splits), train_split=train_split, units=units,
+              todo=todo, done=done, frames_todo=frames_todo)
 
 
 def _build_unit_job(args):
@@ -642,14 +642,16 @@ def _run_local(settings: BuildSettings, work: Plan,
   """Builds the todo units (in ``workers`` processes) under one progress bar;
   returns their summaries by unit id."""
   summaries = {}
+  objects = 0
   with tqdm.tqdm(total=work.frames_todo, unit="frame", desc="build",
                  dynamic_ncols=True) as bar:
     t0 = time.perf_counter()
 
     def done(key, summary, frames_counted: bool):
+      nonlocal objects
       summaries[key] = summary
+      objects += summary["objects"]
       dt = max(time.perf_counter() - t0, 1e-9)
-      objects = sum(s["objects"] for s in summaries.values())
       bar.set_postfix(units=f"{len(summaries)}/{len(work.todo)}",
                       objects_s=f"{objects / dt:.1f}", refresh=False)
       if not frames_counted:

@@ -13,6 +13,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from ssmtl_jax.base import errors
 from ssmtl_jax.base import files
 from ssmtl_jax.base import run_config
 from ssmtl_jax.jobs import config_checks
@@ -101,7 +102,6 @@ def build_records(config, splits=None, beam_args=()) -> dict:
     ConfigError: Beam options for the local engine; the beam engine without
       Apache Beam installed.
   """
-  from ssmtl_jax.base import errors  # pylint: disable=g-import-not-at-top
   engine = str(config.build.get("engine", "local"))
   if engine == "beam":
     from ssmtl_jax.data import beam_builder  # pylint: disable=g-import-not-at-top
