@@ -29,6 +29,9 @@ def _flags() -> flags.FlagValues:
                        "after each segment", flag_values=fv)
   flags.DEFINE_list("kinds", list(validation_split.KINDS), "pseudo-anomalies to make",
                     flag_values=fv)
+  flags.DEFINE_float("paste_size", validation_split.PASTE_SIZE,
+                     "height of a 'paste' object, as a fraction of the frame "
+                     "height", flag_values=fv)
   flags.DEFINE_string("prefix", "val", "validation ids are "
                       "<prefix><source_id>_<kind>", flag_values=fv)
   return fv
@@ -44,7 +47,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
       args.root, args.out, holdout=args.holdout, seed=args.seed,
       segment=args.segment, fast_stride=args.fast_stride,
       min_normal=args.min_normal, kinds=args.kinds, prefix=args.prefix,
-      progress=True))
+      paste_size=args.paste_size, progress=True))
   for val_id in summary["val"]:
     print(validation_split.describe(val_id, summary["videos"][val_id]))
   status = ("made " + ", ".join(summary["made"]) if summary["made"]

@@ -3,6 +3,7 @@ grayscale jpg like Ped2, 40-60 frames)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -159,20 +160,24 @@ def test_layout(made):
   for vid in TEST:
     assert os.readlink(os.path.join(out, "gt_frame", f"{vid}.npy")) == (
         os.path.join(abs_root, "gt_frame", f"{vid}.npy"))
-  assert os.listdir(os.path.join(out, "gt_pixel")) == ["01.npz"]
+  # The test video's masks are linked; the paste video's are written.
+  assert sorted(os.listdir(os.path.join(out, "gt_pixel"))) == [
+      "01.npz", "val02_paste.npz"]
+  assert os.path.islink(os.path.join(out, "gt_pixel", "01.npz"))
   assert not os.path.exists(os.path.join(out, "detections"))
   # What the builder will see.
   ids = {split: [v.video_id for v in video_io.list_videos(out, split)]
          for split in ("train", "val", "test")}
   assert ids == {"train": ["01", "03"],
-                 "val": ["val02_fast", "val02_reverse"],
+                 "val": ["val02_fast", "val02_paste", "val02_reverse"],
                  "test": ["01", "02"]}
-  assert len(set(ids["val"]) | set(ids["test"])) == 4  # No collision.
+  assert len(set(ids["val"]) | set(ids["test"])) == 5  # No collision.
   for vid in ids["val"]:
     n = len(_frames(out, "val", vid))
     labels = ground_truth.load_frame_labels(out, vid, n)
     assert 0 < labels.sum() < n  # Both classes: per-video AUC defined.
-    assert ground_truth.load_pixel_masks(out, vid, (n, H, W)) is None
+    masks = ground_truth.load_pixel_masks(out, vid, (n, H, W))
+    assert (masks is None) == (not vid.endswith("_paste"))
   np.testing.assert_array_equal(
       ground_truth.load_frame_labels(out, "01", TEST["01"]),
       np.load(os.path.join(root, "gt_frame", "01.npy")))
@@ -182,7 +187,8 @@ def test_layout(made):
   assert marker["complete"] and marker["arguments"]["holdout"] == ["02"]
   assert marker["arguments"]["root"] == abs_root
   assert marker["train"] == ["01", "03"] and marker["test"] == ["01", "02"]
-  assert marker["val"] == ids["val"] and summary["made"] == ids["val"]
+  assert sorted(marker["val"]) == ids["val"]  # Made in KINDS order.
+  assert summary["made"] == marker["val"]
   assert {v["source"] for v in marker["videos"].values()} == {"02"}
   assert {v["kind"] for v in marker["videos"].values()} == set(
       validation_split.KINDS)
@@ -190,13 +196,72 @@ def test_layout(made):
               if n.startswith(".")]
 
 
+def test_paste_draws_a_foreign_object_where_its_masks_say(made):
+  """Outside the masks every frame is its source frame; inside, the pasted
+  texture (dark outline, both dark and light cells); the masks are one box
+  of the planned size on exactly the labelled frames, moving across the
+  frame from one outer third to the other, whole inside it."""
+  root, out, summary = made
+  source = _frames(root, "train", "02")
+  v = summary["videos"]["val02_paste"]
+  a, end = v["segment"]
+  frames = _frames(out, "val", "val02_paste")
+  assert v["frames"] == len(frames) == len(source) and v["stride"] == 1
+  masks = ground_truth.load_pixel_masks(out, "val02_paste",
+                                        (len(frames), H, W))
+  labels = ground_truth.load_frame_labels(out, "val02_paste", len(frames))
+  np.testing.assert_array_equal(masks.any(axis=(1, 2)), labels.astype(bool))
+  assert labels[a:end].all() and labels.sum() == end - a
+  obj = validation_split.PastedObject(**{
+      k: tuple(x) if isinstance(x, list) else x
+      for k, x in v["object"].items()})
+  h, w = obj.shape(H, W)
+  centres = []
+  for t, (f, s) in enumerate(zip(frames, source)):
+    m = masks[t]
+    np.testing.assert_array_equal(f[~m], s[~m])
+    if not m.any():
+      continue
+    ys, xs = np.nonzero(m)
+    box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    assert box == obj.box(t - a, end - a, H, W)
+    assert m.sum() == h * w == (box[2] - box[0]) * (box[3] - box[1])
+    patch = f[box[1]:box[3], box[0]:box[2], 0].astype(int)
+    assert (patch[0] == 10).all() and (patch[:, -1] == 10).all()
+    inner = patch[1:-1, 1:-1]
+    assert inner.min() < 75 and inner.max() > 165  # Dark and light cells.
+    centres.append((box[0] + box[2]) / 2)
+  assert h == max(validation_split.MIN_OBJECT_PX, round(0.2 * H))
+  # Crosses from one outer third of the width to the other.
+  assert abs(centres[-1] - centres[0]) > W / 4
+  assert validation_split.describe("val02_paste", v).startswith(
+      f"val02_paste: {len(frames)} frames from train/02 (")
+
+
+def test_paste_in_colour_video_is_tinted_and_gray_stays_gray(tmp_path):
+  obj = validation_split.PastedObject(size=0.5, aspect=1.0, start=(0.2, 0.5),
+                                      end=(0.8, 0.5), texture_seed=3)
+  gray = obj.texture(20, 20, gray=True)
+  assert (gray[..., 0] == gray[..., 1]).all() and (
+      gray[..., 1] == gray[..., 2]).all()
+  colour = obj.texture(20, 20, gray=False)
+  assert not (colour[..., 0] == colour[..., 1]).all()
+  np.testing.assert_array_equal(colour, obj.texture(20, 20, gray=False))
+  # The box never leaves the frame, even when the object is too wide.
+  wide = dataclasses.replace(obj, aspect=5.0, start=(0.0, 0.0),
+                             end=(1.0, 1.0))
+  for i in range(10):
+    x0, y0, x1, y1 = wide.box(i, 10, 30, 40)
+    assert 0 <= x0 < x1 <= 40 and 0 <= y0 < y1 <= 30
+
+
 def test_rerun_is_a_noop_and_deterministic(tmp_path):
   root = _make_root(tmp_path, detections=True)
   out = str(tmp_path / "out")
   first = validation_split.make_validation_root(root, out, holdout="03,01", seed=5)
   assert first["arguments"]["holdout"] == ["01", "03"]
-  assert first["val"] == ["val01_fast", "val01_reverse", "val03_fast",
-                          "val03_reverse"]
+  assert first["val"] == ["val01_fast", "val01_reverse", "val01_paste",
+                          "val03_fast", "val03_reverse", "val03_paste"]
   before = _tree(out)
   again = validation_split.make_validation_root(root, out, holdout=["01", "03"],
                                           seed=5)
@@ -250,8 +315,11 @@ def test_resume_after_interruption(tmp_path):
   os.rename(os.path.join(out, "val", "val01_reverse"),
             os.path.join(out, "val", ".tmp-val01_reverse"))
   os.remove(os.path.join(out, "gt_frame", "val01_reverse.npy"))
+  os.rename(os.path.join(out, "val", "val01_paste"),
+            os.path.join(out, "val", ".tmp-val01_paste"))
   again = validation_split.make_validation_root(root, out, holdout=["01"])
-  assert again["made"] == ["val01_reverse"] and again["complete"]
+  assert again["made"] == ["val01_reverse", "val01_paste"]
+  assert again["complete"]
   after = _tree(out)
   assert {k: v[0] for k, v in after.items()} == {
       k: v[0] for k, v in before.items()}
@@ -270,6 +338,8 @@ def test_resume_after_interruption(tmp_path):
      "--segment=0.6 leaves no room"),
     (dict(holdout=["01"], kinds=["slow"]), errors.ConfigError, "--kinds=slow"),
     (dict(holdout=["01"], prefix=""), errors.ConfigError, "--prefix"),
+    (dict(holdout=["01"], paste_size=1.5), errors.ConfigError,
+     "--paste_size=1.5"),
 ])
 def test_argument_errors(tmp_path, kwargs, error, message):
   root = _make_root(tmp_path)
@@ -291,8 +361,8 @@ def test_too_short_source(tmp_path):
   assert not os.path.exists(out)
   # Reverse alone fits in 30 frames.
   s = validation_split.make_validation_root(root, out, holdout=["02"],
-                                      kinds=["reverse"])
-  assert s["val"] == ["val02_reverse"]
+                                      kinds=["reverse", "paste"])
+  assert s["val"] == ["val02_reverse", "val02_paste"]
 
 
 def test_foreign_or_different_out(tmp_path):
@@ -376,7 +446,8 @@ def test_cli(tmp_path, capsys):
   lines = capsys.readouterr().out.splitlines()
   assert lines[0].startswith("val02_fast: ") and "fast x2" in lines[0]
   assert lines[1].startswith("val02_reverse: ") and "reversed" in lines[1]
-  assert "made val02_fast, val02_reverse" in lines[2]
+  assert lines[2].startswith("val02_paste: ") and "pasted" in lines[2]
+  assert "made val02_fast, val02_reverse, val02_paste" in lines[3]
   marker = validation_split.read_marker(out)
   assert marker["arguments"]["seed"] == 3
   assert marker["videos"]["val02_fast"]["stride"] == 2

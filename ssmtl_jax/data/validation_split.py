@@ -8,7 +8,8 @@ construction, and lays the result out as a data root the builder reads like
 any other (docs/DESIGN.md §4)::
 
   python -m data_prep.validation --root ../shared/data/ped2 --out DIR/ped2_val \
-      --holdout 08,16 [--seed 0] [--fast_stride 3] [--segment 0.3333]
+      --holdout 08,16 [--seed 0] [--fast_stride 3] [--segment 0.3333] \
+      [--kinds fast,reverse,paste] [--paste_size 0.2]
 
 Output layout (``OUT``; ``ROOT`` is never modified or copied)::
 
@@ -22,7 +23,8 @@ Output layout (``OUT``; ``ROOT`` is never modified or copied)::
                             grayscale when a frame's three channels are equal,
                             as for Ped2, else colour), natural-sorted names
   OUT/gt_frame/<val_id>.npy   uint8 [T] 0/1 labels of each written frame
-                            (no gt_pixel for validation videos)
+  OUT/gt_pixel/<val_id>.npz   the pasted object's masks ("paste" videos
+                            only; "fast" and "reverse" have none)
   OUT/detections/...        only when ROOT/detections/ exists (pre-computed
                             detections, ssmtl_jax/perception/detections.py): train/<id>.csv
                             and test/ are symlinked, and val/<val_id>.csv holds
@@ -67,10 +69,26 @@ is the source frame written as output frame t:
   The segment is the source frames ``s[start-1-length .. start-2]`` reversed;
   the lead-out replays (forwards) frames the lead-in has shown. T = N.
 
+* ``paste`` (size ``paste_size``, default 0.2): the source plays unchanged
+  (``src(t) = t``, T = N) and on the segment frames a *foreign object* is
+  drawn over it: a box ``paste_size`` of the frame height tall (at least
+  4 px), width/height drawn from [0.7, 1.5], filled with a checkerboard of
+  2-4 x 2-4 dark and light cells (random levels; random tints in colour
+  video, gray in gray video) and a dark outline, crossing the frame on a
+  straight line at constant speed from one outer third of the width to the
+  other (centre heights in the middle half; in Ped2's 360 x 240 frames and
+  60-frame segments about 2-4 px per frame). Nothing like it is in any
+  scene, and it is not a COCO class, so it stands for what a detector does
+  not know (Ped2's carts) and measures what boxes the anomaly at all
+  (detector threshold, motion proposals). Its pixel masks are known by
+  construction and written to ``gt_pixel``, so region recall, RBDC/TBDC and
+  pixel AUC can be measured on validation data, never on the test split.
+
 Labels: ``gt_frame[t] = 1`` exactly for the segment frames
 ``start <= t < start + length`` and 0 elsewhere; equivalently, frame t is
 abnormal iff the source step into it, ``src(t) - src(t-1)``, is k (fast) or
--1 (reverse), the normal step being +1. So for ``fast`` the jump at the
+-1 (reverse), the normal step being +1 (paste: the frames showing the
+object, which is whole inside the frame on each of them). So for ``fast`` the jump at the
 segment start (last lead-in frame -> first segment frame, k source frames)
 is part of the anomaly and labelled 1, while the first lead-out frame
 (a step of +1) is normal; for ``reverse`` the turning-point frame
@@ -94,8 +112,10 @@ no-op, other arguments on a non-empty OUT are an error), ``train``/``test``/
 ``val`` id lists, and per validation video: ``source``, ``source_frames``,
 ``kind``, ``stride`` (source step inside the segment: k, or -1 for reverse),
 ``segment`` [start, end) in output frames, ``frames``, ``abnormal_frames``,
-``seed`` and ``source_runs`` (``[start, stop, step]`` Python ranges whose
-concatenation is ``src(0), src(1), ...``).
+``seed``, ``source_runs`` (``[start, stop, step]`` Python ranges whose
+concatenation is ``src(0), src(1), ...``) and, for "paste", ``object``
+(:class:`PastedObject`'s fields: size, aspect, start and end centre as
+fractions of the frame, texture seed).
 
 Each validation video is written into ``OUT/val/.tmp-<val_id>/`` (hidden, so
 ``video_io.list_videos`` skips it) and renamed into place after its labels;
@@ -118,14 +138,87 @@ import numpy as np
 import tqdm
 
 from ssmtl_jax.base import errors
+from ssmtl_jax.base import ground_truth
 from ssmtl_jax.perception import detections as detections_lib
 from ssmtl_jax.perception import video_io
 
 FORMAT_VERSION = 1
 MARKER = "validation.json"
-KINDS = ("fast", "reverse")
+KINDS = ("fast", "reverse", "paste")
 MIN_SEGMENT = 4  # Fewer abnormal frames than this make no useful segment.
+PASTE_SIZE = 0.2  # A pasted object's height, as a fraction of the frame's.
+MIN_OBJECT_PX = 4  # Smallest side of a pasted object, in pixels.
 _MAX_FRAMES = 1 << 20  # Search bound for the minimum source length.
+
+
+@dataclasses.dataclass(frozen=True)
+class PastedObject:
+  """The foreign object of a ``paste`` video, in fractions of the frame.
+
+  Attributes:
+    size: its height, as a fraction of the frame height.
+    aspect: width / height.
+    start: its centre (x / width, y / height) on the first segment frame.
+    end: its centre on the last segment frame; it moves on a straight line
+      at constant speed in between.
+    texture_seed: seeds its texture (:meth:`texture`).
+  """
+  size: float
+  aspect: float
+  start: tuple[float, float]
+  end: tuple[float, float]
+  texture_seed: int
+
+  def shape(self, height: int, width: int) -> tuple[int, int]:
+    """(h, w) in pixels in a height x width frame (at least
+    :data:`MIN_OBJECT_PX`, at most the frame less a pixel on each side)."""
+    h = min(max(MIN_OBJECT_PX, _round(self.size * height)), height - 2)
+    w = min(max(MIN_OBJECT_PX, _round(self.size * self.aspect * height)),
+            width - 2)
+    return h, w
+
+  def box(self, i: int, n: int, height: int, width: int
+          ) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), exclusive ends, on segment frame i of n; always
+    inside the frame."""
+    h, w = self.shape(height, width)
+    f = i / (n - 1) if n > 1 else 0.0
+    cx = (self.start[0] + (self.end[0] - self.start[0]) * f) * width
+    cy = (self.start[1] + (self.end[1] - self.start[1]) * f) * height
+    x0 = min(max(_round(cx - w / 2), 0), width - w)
+    y0 = min(max(_round(cy - h / 2), 0), height - h)
+    return x0, y0, x0 + w, y0 + h
+
+  def texture(self, h: int, w: int, gray: bool) -> np.ndarray:
+    """uint8 [h, w, 3]: a checkerboard of 2-4 x 2-4 cells alternating dark
+    and light (random levels and tints), with a dark outline: sharp edges
+    and a look no scene object has. Equal channels when ``gray``."""
+    rng = np.random.default_rng(self.texture_seed)
+    rows, cols = (int(v) for v in rng.integers(2, 5, size=2))
+    levels = np.where((np.arange(rows)[:, None] + np.arange(cols)) % 2 == 0,
+                      rng.uniform(20, 70, (rows, cols)),
+                      rng.uniform(170, 235, (rows, cols)))
+    tint = rng.uniform(0.55, 1.0, (rows, cols, 3))
+    cells = levels[..., None] * (np.ones_like(tint) if gray else tint)
+    y = np.minimum(np.arange(h) * rows // h, rows - 1)
+    x = np.minimum(np.arange(w) * cols // w, cols - 1)
+    tex = cells[y[:, None], x[None, :]]
+    tex[[0, -1], :] = 10
+    tex[:, [0, -1]] = 10
+    return np.clip(np.round(tex), 0, 255).astype(np.uint8)
+
+
+def _draw_object(rng: np.random.Generator, size: float) -> PastedObject:
+  """A foreign object crossing the frame: left to right or back, starting
+  in one outer third of the width and ending in the other, at heights in
+  the middle half."""
+  sx, ex = rng.uniform(0.1, 0.35), rng.uniform(0.65, 0.9)
+  if rng.integers(2):
+    sx, ex = 1 - sx, 1 - ex
+  sy, ey = rng.uniform(0.25, 0.75, size=2)
+  return PastedObject(size=float(size), aspect=float(rng.uniform(0.7, 1.5)),
+                      start=(float(sx), float(sy)), end=(float(ex), float(ey)),
+                      texture_seed=int(rng.integers(2**31)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,13 +229,15 @@ class Plan:
     val_id: the validation video's id.
     source: the held-out training video.
     source_frames: number of frames of the source.
-    kind: "fast" or "reverse".
-    stride: source step inside the segment (k for fast, -1 for reverse).
+    kind: "fast", "reverse" or "paste".
+    stride: source step inside the segment (k for fast, -1 for reverse, 1
+      for paste).
     frames: number of frames written (T).
     start: first frame of the anomalous segment.
     length: number of frames of the segment.
     runs: (start, stop, step) ranges whose concatenation is src(0..T-1).
     seed: the ``seed`` argument it was drawn with.
+    paste: the pasted object (kind "paste" only).
   """
   val_id: str
   source: video_io.VideoSource
@@ -154,6 +249,7 @@ class Plan:
   length: int
   runs: tuple[tuple[int, int, int], ...]
   seed: int
+  paste: Optional[PastedObject] = None
 
   def source_index(self) -> np.ndarray:
     """int64 [T]: the source frame of each output frame."""
@@ -166,12 +262,31 @@ class Plan:
     return labels
 
   def summary(self) -> dict[str, Any]:
-    return {"source": self.source.video_id,
-            "source_frames": self.source_frames, "kind": self.kind,
-            "stride": self.stride,
-            "segment": [self.start, self.start + self.length],
-            "frames": self.frames, "abnormal_frames": self.length,
-            "seed": self.seed, "source_runs": [list(r) for r in self.runs]}
+    out = {"source": self.source.video_id,
+           "source_frames": self.source_frames, "kind": self.kind,
+           "stride": self.stride,
+           "segment": [self.start, self.start + self.length],
+           "frames": self.frames, "abnormal_frames": self.length,
+           "seed": self.seed, "source_runs": [list(r) for r in self.runs]}
+    if self.paste is not None:
+      out["object"] = {k: list(v) if isinstance(v, tuple) else v
+                       for k, v in dataclasses.asdict(self.paste).items()}
+    return out
+
+  def paste_into(self, t: int, frame: np.ndarray
+                 ) -> tuple[np.ndarray, Optional[tuple[int, int, int, int]]]:
+    """(output frame t, the pasted box or None): the object drawn over the
+    source frame on the segment frames of a "paste" plan."""
+    i = t - self.start
+    if self.paste is None or not 0 <= i < self.length:
+      return frame, None
+    height, width = frame.shape[:2]
+    x0, y0, x1, y1 = box = self.paste.box(i, self.length, height, width)
+    gray = (np.array_equal(frame[..., 0], frame[..., 1]) and
+            np.array_equal(frame[..., 1], frame[..., 2]))
+    frame = frame.copy()
+    frame[y0:y1, x0:x1] = self.paste.texture(y1 - y0, x1 - x0, gray)
+    return frame, box
 
 
 def _round(x: float) -> int:
@@ -217,7 +332,8 @@ def min_source_frames(kind: str, *, segment: float = 1 / 3,
 
 def plan_video(source: video_io.VideoSource, source_frames: int, kind: str, *,
                val_id: str, seed: int = 0, segment: float = 1 / 3,
-               fast_stride: int = 3, min_normal: int = 8) -> Plan:
+               fast_stride: int = 3, min_normal: int = 8,
+               paste_size: float = PASTE_SIZE) -> Plan:
   """The deterministic construction of one validation video (module doc).
 
   Raises:
@@ -237,7 +353,12 @@ def plan_video(source: video_io.VideoSource, source_frames: int, kind: str, *,
   rng = np.random.default_rng([seed, key])
   a = lo + int(rng.integers(hi - lo + 1))
   rest = frames - a - length
-  if kind == "fast":
+  paste = None
+  if kind == "paste":
+    runs = ((0, frames, 1),)
+    stride = 1
+    paste = _draw_object(rng, paste_size)
+  elif kind == "fast":
     k = fast_stride
     end = a + length * k  # First source frame after the segment.
     runs = ((0, a, 1), (a - 1 + k, end, k), (end, end + rest, 1))
@@ -248,7 +369,7 @@ def plan_video(source: video_io.VideoSource, source_frames: int, kind: str, *,
     stride = -1
   return Plan(val_id=val_id, source=source, source_frames=source_frames,
               kind=kind, stride=stride, frames=frames, start=a, length=length,
-              runs=runs, seed=seed)
+              runs=runs, seed=seed, paste=paste)
 
 
 # ----------------------------------------------------------------------------
@@ -258,8 +379,11 @@ def plan_video(source: video_io.VideoSource, source_frames: int, kind: str, *,
 
 def _arguments(root: str, holdout: Sequence[str] | str, seed: int,
                segment: float, fast_stride: int, min_normal: int,
-               kinds: Sequence[str], prefix: str) -> dict[str, Any]:
-  """Validated, normalised arguments (what validation.json compares)."""
+               kinds: Sequence[str], prefix: str,
+               paste_size: float = PASTE_SIZE) -> dict[str, Any]:
+  """Validated, normalised arguments (what validation.json compares;
+  ``paste_size`` only when "paste" is among the kinds, so roots made before
+  that kind existed stay valid)."""
   if "://" in root:
     raise errors.ConfigError(f"--root={root}: only local paths are supported")
   if isinstance(holdout, str):
@@ -286,12 +410,19 @@ def _arguments(root: str, holdout: Sequence[str] | str, seed: int,
     raise errors.ConfigError(
         f"--prefix={prefix!r}: must be a non-empty file name part not "
         "starting with '.'")
+  if "paste" in kinds and not 0 < paste_size < 1:
+    raise errors.ConfigError(
+        f"--paste_size={paste_size}: must be in (0, 1) (the pasted object's "
+        "height as a fraction of the frame height)")
   for kind in kinds:  # Raises when no source could ever be long enough.
     min_source_frames(kind, segment=segment, fast_stride=fast_stride,
                       min_normal=min_normal)
-  return {"root": os.path.abspath(root), "holdout": ids, "seed": int(seed),
+  args = {"root": os.path.abspath(root), "holdout": ids, "seed": int(seed),
           "segment": float(segment), "fast_stride": int(fast_stride),
           "min_normal": int(min_normal), "kinds": kinds, "prefix": prefix}
+  if "paste" in kinds:
+    args["paste_size"] = float(paste_size)
+  return args
 
 
 def read_marker(out: str) -> Optional[dict[str, Any]]:
@@ -373,9 +504,12 @@ def _encode_png(frame: np.ndarray) -> bytes:
   return buf.tobytes()
 
 
-def _write_frames(plan: Plan, folder: str, bar: tqdm.tqdm) -> None:
+def _write_frames(plan: Plan, folder: str, bar: tqdm.tqdm
+                  ) -> Optional[np.ndarray]:
   """Streams the source once, writing each frame to every output position
-  that shows it (the output order never needs the source in memory)."""
+  that shows it (the output order never needs the source in memory).
+  Returns the pasted object's masks, bool [T, H, W], for a "paste" plan,
+  else None."""
   index = plan.source_index()
   positions: dict[int, list[int]] = {}
   for t, j in enumerate(index.tolist()):
@@ -383,11 +517,19 @@ def _write_frames(plan: Plan, folder: str, bar: tqdm.tqdm) -> None:
   last = int(index.max())
   width = max(4, len(str(plan.frames - 1)))
   written = 0
+  masks = None
   frames = video_io.iter_frames(plan.source, 3)
   try:
     for j, frame in enumerate(frames):
+      if plan.paste is not None and masks is None:
+        masks = np.zeros((plan.frames, *frame.shape[:2]), bool)
       for t in positions.get(j, ()):
-        if t == positions[j][0]:
+        if plan.paste is not None:  # Identity mapping: one position each.
+          out, box = plan.paste_into(t, frame)
+          if box is not None:
+            masks[t, box[1]:box[3], box[0]:box[2]] = True
+          data = _encode_png(out)
+        elif t == positions[j][0]:
           data = _encode_png(frame)
         with open(os.path.join(folder, f"{t:0{width}d}.png"), "wb") as f:
           f.write(data)
@@ -401,6 +543,7 @@ def _write_frames(plan: Plan, folder: str, bar: tqdm.tqdm) -> None:
     raise video_io.VideoInputError(
         f"{plan.source.path}: ended before frame {last} while writing "
         f"{plan.val_id} (it was counted as {plan.source_frames} frames)")
+  return masks
 
 
 def _write_val_video(plan: Plan, root: str, out: str, bar: tqdm.tqdm) -> None:
@@ -409,6 +552,7 @@ def _write_val_video(plan: Plan, root: str, out: str, bar: tqdm.tqdm) -> None:
   val_dir = os.path.join(out, "val", plan.val_id)
   tmp = os.path.join(out, "val", f".tmp-{plan.val_id}")
   labels_path = os.path.join(out, "gt_frame", f"{plan.val_id}.npy")
+  masks_path = ground_truth.pixel_masks_path(out, plan.val_id).as_posix()
   dets_src = os.path.join(root, "detections", "train",
                           f"{plan.source.video_id}.csv")
   dets_out = os.path.join(out, "detections", "val", f"{plan.val_id}.csv")
@@ -417,7 +561,14 @@ def _write_val_video(plan: Plan, root: str, out: str, bar: tqdm.tqdm) -> None:
       shutil.rmtree(path)
   os.makedirs(tmp)
   try:
-    _write_frames(plan, tmp, bar)
+    masks = _write_frames(plan, tmp, bar)
+    if masks is not None:
+      os.makedirs(os.path.dirname(masks_path), exist_ok=True)
+      masks_tmp = os.path.join(os.path.dirname(masks_path),
+                               f".{plan.val_id}.npz.tmp{os.getpid()}")
+      with open(masks_tmp, "wb") as f:
+        np.savez_compressed(f, **{ground_truth.MASK_KEY: masks})
+      os.replace(masks_tmp, masks_path)
     labels_tmp = os.path.join(out, "gt_frame",
                               f".{plan.val_id}.npy.tmp{os.getpid()}")
     with open(labels_tmp, "wb") as f:
@@ -431,7 +582,7 @@ def _write_val_video(plan: Plan, root: str, out: str, bar: tqdm.tqdm) -> None:
     os.rename(tmp, val_dir)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
-    for path in (labels_path, dets_out):
+    for path in (labels_path, masks_path, dets_out):
       if os.path.lexists(path):
         os.remove(path)
     raise
@@ -508,7 +659,8 @@ def _plan_videos(by_id: dict[str, video_io.VideoSource],
       plans.append(plan_video(
           src, n, kind, val_id=f"{args['prefix']}{h}_{kind}",
           seed=args["seed"], segment=args["segment"],
-          fast_stride=args["fast_stride"], min_normal=args["min_normal"]))
+          fast_stride=args["fast_stride"], min_normal=args["min_normal"],
+          paste_size=args.get("paste_size", PASTE_SIZE)))
   return plans
 
 
@@ -529,6 +681,7 @@ def make_validation_root(root: str, out: str, *,
                          segment: float = 1 / 3, fast_stride: int = 3,
                          min_normal: int = 8,
                          kinds: Sequence[str] = KINDS, prefix: str = "val",
+                         paste_size: float = PASTE_SIZE,
                          progress: bool = False) -> dict[str, Any]:
   """Makes (or finishes, or finds done) the validation root OUT (module doc).
 
@@ -543,6 +696,7 @@ def make_validation_root(root: str, out: str, *,
     min_normal: fewest normal frames before and after each segment.
     kinds: which pseudo-anomalies to make, among :data:`KINDS`.
     prefix: validation ids are ``<prefix><source_id>_<kind>``.
+    paste_size: the height of a "paste" object, as a fraction of the frame.
     progress: show a tqdm bar over the frames written.
   Returns:
     The contents of OUT/validation.json, plus "made": the validation ids
@@ -554,7 +708,7 @@ def make_validation_root(root: str, out: str, *,
     DataError: unreadable input, or a held-out video too short.
   """
   args = _arguments(root, holdout, seed, segment, fast_stride, min_normal,
-                    kinds, prefix)
+                    kinds, prefix, paste_size)
   if "://" in out:
     raise errors.ConfigError(f"--out={out}: only local paths are supported")
   root, out = args["root"], os.path.abspath(out)
@@ -588,8 +742,8 @@ def make_validation_root(root: str, out: str, *,
 def describe(val_id: str, video: dict[str, Any]) -> str:
   """One line about one validation video of validation.json."""
   start, end = video["segment"]
-  how = (f"fast x{video['stride']}" if video["kind"] == "fast"
-         else "reversed")
+  how = {"fast": f"fast x{video['stride']}", "reverse": "reversed",
+         "paste": "a foreign object pasted on"}[video["kind"]]
   return (f"{val_id}: {video['frames']} frames from train/{video['source']} "
           f"({video['source_frames']}), {how} frames [{start}, {end}) = "
           f"{video['abnormal_frames']} abnormal")
