@@ -177,3 +177,21 @@ def test_cli_prints_every_key_and_per_video(tmp_path, capsys):
   assert set(out["per_video"]) == {"a", "b"}
   assert out["per_video"]["b"]["auc_bound"] == pytest.approx(0.8)
   assert out["auc_bound"]["macro"] == pytest.approx(0.9)
+
+
+def test_videos_without_masks_are_an_error_unless_skipped(tmp_path):
+  """A validation split holds 'paste' videos with masks beside 'fast' and
+  'reverse' ones without: --skip_unmasked measures the former only."""
+  records, root = _write(tmp_path, {"a": A, "b": B})
+  os.remove(ground_truth.pixel_masks_path(root, "a"))
+  with pytest.raises(ground_truth.GroundTruthError,
+                     match="test video 'a' has no pixel masks.*--skip_unmask"):
+    recall.anomaly_recall(records, root)
+  r = recall.anomaly_recall(records, root, skip_unmasked=True)
+  assert r["videos_without_masks"] == ["a"] and set(r["per_video"]) == {"b"}
+  assert r["per_video"]["b"]["auc_bound"] == pytest.approx(0.8)
+  assert r["auc_bound"]["micro"] == pytest.approx(0.8)
+  os.remove(ground_truth.pixel_masks_path(root, "b"))
+  with pytest.raises(ground_truth.GroundTruthError,
+                     match="no test video has pixel masks"):
+    recall.anomaly_recall(records, root, skip_unmasked=True)
