@@ -41,7 +41,6 @@ import time
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -52,13 +51,10 @@ from ssmtl_jax.base import errors  # pylint: disable=g-import-not-at-top,wrong-i
 from ssmtl_jax.base import schema  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ssmtl_jax.data import builder  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file (configs/*.py).", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run's workdir.")
+# --config and --workdir are ssmtl_jax.validate's flags (defined on import).
 _GRID = flags.DEFINE_string(
     "grid", '{"build.detector.min_score": [0.05, 0.1, 0.25, 0.4]}',
     "JSON object: config key -> list of values to try (a product)")
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def parse_grid(text: str, config) -> dict[str, list]:
@@ -168,8 +164,8 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   cli.quiet_library_logs()
-  config = _CONFIG.value
-  workdir = _WORKDIR.value
+  config = flags.FLAGS.config
+  workdir = flags.FLAGS.workdir
 
   def check() -> dict[str, list]:
     if not str(config.data.get("val_split", "") or ""):

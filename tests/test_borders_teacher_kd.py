@@ -396,3 +396,73 @@ def test_ablation_emulates_records_built_with_the_old_border_policy(
                                atol=1e-7)
   assert emulated["micro"] == pytest.approx(old.outputs.metrics["micro_auc"])
   assert emulated["macro"] == pytest.approx(old.outputs.metrics["macro_auc"])
+
+
+# --------------------------------------------------------------------------
+# scripts/validate_build.py and scripts/video_analysis.py on the val job.
+
+
+def _script(name):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(os.path.dirname(__file__), "..", "scripts",
+                         f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_build_settings_are_chosen_on_the_val_split(val_job, tmp_path):
+  """The run's own settings reuse its records; another combination builds
+  the val split only (training records linked, test split not built, the
+  run's records untouched) and is scored by the run's checkpoint."""
+  sweep = _script("validate_build")
+  config, workdir = val_job
+  records_before = sorted(os.listdir(config.data.records))
+  own = sweep.run_combination(
+      config, workdir, {"build.padding": config.build.padding},
+      str(tmp_path / "sweep"))
+  assert own["runs_own_build"] and own["records"] == config.data.records
+  assert own["recall_videos"] == ["val_00"]  # The val video has masks.
+  selection = validate.select(config, workdir)
+  assert own["val_micro_auc"] == selection["chosen_micro_auc"]
+  other = sweep.run_combination(config, workdir, {"build.padding": 0.5},
+                                str(tmp_path / "sweep"))
+  assert not other["runs_own_build"]
+  records = other["records"]
+  assert records.startswith(str(tmp_path / "sweep"))
+  assert os.path.exists(os.path.join(records, "meta", "val.json"))
+  assert not os.path.exists(os.path.join(records, "meta", "test.json"))
+  assert os.path.islink(os.path.join(records, "meta", "train.json"))
+  meta = json.load(open(os.path.join(records, "meta", "val.json")))
+  assert meta["settings"]["padding"] == 0.5
+  assert sorted(os.listdir(config.data.records)) == records_before
+  # Wider boxes hold the same objects, so the val AUC is computed on them.
+  assert other["objects"] == own["objects"]
+  assert 0 <= other["val_micro_auc"] <= 1
+  rows = [dict(own, val_micro_auc=0.5), dict(other, val_micro_auc=0.6)]
+  assert sweep.choose(rows) is rows[1]
+  rows[0]["val_micro_auc"] = 0.6
+  rows[0]["region_recall"] = rows[1]["region_recall"]
+  assert sweep.choose(rows) is rows[0]  # Tie: the earlier row.
+  with pytest.raises(errors.ConfigError, match="--grid: no config key"):
+    sweep.parse_grid('{"build.nothing": [1]}', config)
+  with pytest.raises(errors.ConfigError, match="--grid must be"):
+    sweep.parse_grid('{"build.padding": 0.5}', config)
+
+
+def test_video_analysis_frame_auc_is_the_evaluators(val_job):
+  """The analysis' combined frame AUC per video is the evaluator's, and its
+  object counts add up."""
+  analysis = _script("video_analysis")
+  config, workdir = val_job
+  evaluator = ev.Evaluator(config, workdir)
+  (vid,) = evaluator.gt
+  det_class = analysis._det_class(config, "test", evaluator.objects)  # pylint: disable=protected-access
+  r = analysis.analyse(evaluator, vid, 0.2, det_class)
+  assert r["tasks"]["combined"]["frame_auc"] == pytest.approx(
+      evaluator.outputs.per_video[vid])
+  assert 0 < r["objects_on_anomaly"] < r["objects"] == int(
+      (evaluator.objects.video_id == vid).sum())
+  assert r["proposals"] == 0  # File detections only.
+  assert "combined" in r["tasks"] and "mbp" in r["tasks"]
