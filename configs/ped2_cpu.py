@@ -1,5 +1,6 @@
-"""UCSD Ped2 on a laptop CPU: the ped2 pipeline with a lighter detector
-threshold, smaller crops and the narrow shallow network.
+"""UCSD Ped2 on a laptop CPU: the ped2 pipeline with motion proposals beside
+the detector and its threshold chosen on the validation split, smaller crops
+and the narrow shallow network.
 
   scripts/reproduce_ped2.sh ../shared/data/ped2 /tmp/ped2_cpu configs/ped2_cpu.py
 """
@@ -10,7 +11,15 @@ from configs import ped2
 def get_config():
   config = ped2.get_config()
   config.build.crop_size = 32
-  config.build.detector.min_score = 0.1
+  # Chosen on the validation split (scripts/validate_build.py over
+  # min_score 0.05 / 0.1 / 0.25 x proposals detector / detector+motion, with
+  # the model of a run at 0.1 + motion; README "Past the detector's
+  # ceiling"): motion proposals beside the detector (the pasted foreign
+  # objects: 0 -> 100 % of regions boxed, validation micro AUC 70.7 ->
+  # 95.4 at 0.1) and confidence 0.05 (96.2, against 95.4 at 0.1 and 95.6 at
+  # 0.25). Until 2026-12-05 the threshold was 0.1, chosen on Ped2 test masks.
+  config.build.detector.min_score = 0.05
+  config.build.proposals = "detector+motion"
   # Training objects from every 2nd frame (neighbouring frames hold nearly
   # the same objects); the test split always uses every frame.
   config.build.train_stride = 2

@@ -13,7 +13,12 @@
 # 2. the model trains on the remaining training videos;
 # 3. ssmtl_jax.validate picks the eval settings with the best micro AUC on
 #    'val' (WORKDIR/eval_val/selection.json);
-# 4. ssmtl_jax.evaluate scores the test split once, with those settings.
+# 4. ssmtl_jax.evaluate scores the test split once, with those settings;
+# 5. data_prep.recall measures what the boxes catch: test anomalies
+#    (eval/detector_recall.json) and the validation split's pasted objects
+#    (eval/val_recall.json).
+# Build settings (detector threshold, proposals) are chosen on 'val' too, by
+# scripts/validate_build.py after a run (README "Past the detector's ceiling").
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: $0 DATA_ROOT WORKDIR [CONFIG (default configs/ped2_cpu.py) [--config.key=value ...]]" >&2
@@ -45,6 +50,12 @@ t3=$(stamp)
 python -m ssmtl_jax.evaluate "${common[@]}" "${chosen[@]}" --workdir "$workdir"
 t4=$(stamp)
 python -m data_prep.recall --records "$records" --root "$data" > "$workdir/eval/detector_recall.json"
+# What the boxes catch of the validation split's pasted foreign objects (the
+# videos with masks; data_prep.validation's 'paste' kind).
+if grep -q '"paste"' "$data/validation.json"; then
+  python -m data_prep.recall --records "$records" --root "$data" --split val \
+    --skip_unmasked > "$workdir/eval/val_recall.json"
+fi
 echo "wall time: build $((t1 - t0)) s, train $((t2 - t1)) s, validate $((t3 - t2)) s, evaluate $((t4 - t3)) s" | tee -a "$workdir/eval/wall_time.txt"
 echo "eval settings chosen on the validation split: ${chosen[*]}" | tee -a "$workdir/eval/wall_time.txt"
 python - "$workdir/eval/detector_recall.json" <<'EOF'
