@@ -11,14 +11,15 @@ from configs import ped2
 def get_config():
   config = ped2.get_config()
   config.build.crop_size = 32
-  # Chosen on the validation split (scripts/validate_build.py over
-  # min_score 0.05 / 0.1 / 0.25 x proposals detector / detector+motion, with
-  # the model of a run at 0.1 + motion; README "Past the detector's
-  # ceiling"): motion proposals beside the detector (the pasted foreign
-  # objects: 0 -> 100 % of regions boxed, validation micro AUC 70.7 ->
-  # 95.4 at 0.1) and confidence 0.05 (96.2, against 95.4 at 0.1 and 95.6 at
-  # 0.25). Until 2026-12-05 the threshold was 0.1, chosen on Ped2 test masks.
-  config.build.detector.min_score = 0.05
+  # Chosen on the validation split (README "Past the detector's ceiling"):
+  # motion proposals beside the detector (the pasted foreign objects: 0 ->
+  # 100 % of regions boxed, validation micro AUC ~71 -> ~95), confidence 0.1.
+  # scripts/validate_build.py with a 0.1 model preferred 0.05 (96.2 vs 95.4
+  # with 0.25 at 95.6), but 0.05 built and trained again validated at 95.1,
+  # below the 0.1 run's 95.4: full runs decide, and thresholds 0.05-0.25 lie
+  # within what retraining moves. (Until 2026-12-05, 0.1 was the one
+  # setting chosen on Ped2 test masks; it is now a validation choice.)
+  config.build.detector.min_score = 0.1
   config.build.proposals = "detector+motion"
   # Training objects from every 2nd frame (neighbouring frames hold nearly
   # the same objects); the test split always uses every frame.
