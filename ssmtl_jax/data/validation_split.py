@@ -77,7 +77,7 @@ is the source frame written as output frame t:
   video, gray in gray video) and a dark outline, crossing the frame on a
   straight line at constant speed from one outer third of the width to the
   other (centre heights in the middle half; in Ped2's 360 x 240 frames and
-  60-frame segments about 2-4 px per frame). Nothing like it is in any
+  40-50-frame segments about 2-7 px per frame). Nothing like it is in any
   scene, and it is not a COCO class, so it stands for what a detector does
   not know (Ped2's carts) and measures what boxes the anomaly at all
   (detector threshold, motion proposals). Its pixel masks are known by
@@ -88,11 +88,12 @@ Labels: ``gt_frame[t] = 1`` exactly for the segment frames
 ``start <= t < start + length`` and 0 elsewhere; equivalently, frame t is
 abnormal iff the source step into it, ``src(t) - src(t-1)``, is k (fast) or
 -1 (reverse), the normal step being +1 (paste: the frames showing the
-object, which is whole inside the frame on each of them). So for ``fast`` the jump at the
-segment start (last lead-in frame -> first segment frame, k source frames)
-is part of the anomaly and labelled 1, while the first lead-out frame
-(a step of +1) is normal; for ``reverse`` the turning-point frame
-``start - 1`` and the first lead-out frame ``start + length`` are normal.
+object, which is whole inside the frame on each of them). So for ``fast``
+the jump at the segment start (last lead-in frame -> first segment frame,
+k source frames) is part of the anomaly and labelled 1, while the first
+lead-out frame (a step of +1) is normal; for ``reverse`` the turning-point
+frame ``start - 1`` and the first lead-out frame ``start + length`` are
+normal.
 Frames whose temporal window merely overlaps the segment are labelled by
 their own step, as in real ground truth.
 
