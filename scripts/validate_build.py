@@ -72,16 +72,15 @@ def parse_grid(text: str, config) -> dict[str, list]:
         "--grid must be a JSON object of config keys to non-empty lists, "
         'e.g. \'{"build.detector.min_score": [0.1, 0.25]}\'')
   for key in grid:
-    node = config
-    for part in key.split("."):
-      if part not in node:
-        raise errors.ConfigError(f"--grid: no config key {key!r}")
-      node = node[part]
+    _get(config, key)
   return grid
 
 
 def _get(config, key: str):
+  """The value of a dotted config key; ConfigError naming --grid if none."""
   for part in key.split("."):
+    if not hasattr(config, "keys") or part not in config:
+      raise errors.ConfigError(f"--grid: no config key {key!r}")
     config = config[part]
   return config
 
