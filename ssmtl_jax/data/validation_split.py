@@ -283,8 +283,7 @@ class Plan:
       return frame, None
     height, width = frame.shape[:2]
     x0, y0, x1, y1 = box = self.paste.box(i, self.length, height, width)
-    gray = (np.array_equal(frame[..., 0], frame[..., 1]) and
-            np.array_equal(frame[..., 1], frame[..., 2]))
+    gray = _is_gray(frame)
     frame = frame.copy()
     frame[y0:y1, x0:x1] = self.paste.texture(y1 - y0, x1 - x0, gray)
     return frame, box
@@ -492,10 +491,15 @@ def _link(target: str, link: str) -> None:
   os.symlink(target, link)
 
 
+def _is_gray(frame: np.ndarray) -> bool:
+  """Whether an RGB frame's three channels are equal (Ped2's are)."""
+  return (np.array_equal(frame[..., 0], frame[..., 1]) and
+          np.array_equal(frame[..., 1], frame[..., 2]))
+
+
 def _encode_png(frame: np.ndarray) -> bytes:
   """RGB uint8 [H, W, 3] -> PNG bytes (gray when the channels are equal)."""
-  if (np.array_equal(frame[..., 0], frame[..., 1]) and
-      np.array_equal(frame[..., 1], frame[..., 2])):
+  if _is_gray(frame):
     img = frame[..., 0]
   else:
     img = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
